@@ -1,0 +1,38 @@
+"""User-facing error helpers: one message format for every bad argument.
+
+Every check that a user can trip raises ``ValueError`` or ``TypeError`` with a
+message of the form ``"<function>: <argument> must be <expected>; got <received>."``
+so that the argument, the expectation and the received value are always named.
+Internal invariants use ``chex`` assertions instead (they raise ``AssertionError``).
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+
+def describe(value: object) -> str:
+    """A short, unambiguous description of ``value`` for error messages."""
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        kind = "traced array" if _is_tracer(value) else type(value).__name__
+        return f"{kind} of shape {tuple(shape)} and dtype {dtype}"
+    return repr(value)
+
+
+def _is_tracer(value: object) -> bool:
+    import jax
+
+    return isinstance(value, jax.core.Tracer)
+
+
+def fail(
+    fn: str, arg: str, expected: str, got: object, *, hint: str = "", exc: type = ValueError
+) -> NoReturn:
+    """Raises ``exc`` naming ``fn``, ``arg``, what was expected and what was received."""
+    received = got if isinstance(got, str) else describe(got)
+    message = f"{fn}: `{arg}` must be {expected}; got {received}."
+    if hint:
+        message += f" {hint}"
+    raise exc(message)

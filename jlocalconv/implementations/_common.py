@@ -1,0 +1,50 @@
+"""Layout helpers shared by every implementation (static permutations only)."""
+
+from __future__ import annotations
+
+import jax
+from jax import lax
+
+from jlocalconv.geometry import Geometry
+
+
+def kernel_channels_major(kernel: jax.Array, geom: Geometry) -> jax.Array:
+    """Returns the kernel with feature_dim ordered ``(C, k1, ..., kN)``.
+
+    Keras flattens a channels_last window as ``(k..., C)`` and a channels_first one as
+    ``(C, k...)``; XLA's patch extraction always yields ``(C, k...)``. Reordering the
+    kernel (a parameter, usually smaller than the patch tensor) is the cheap side.
+    """
+    if not geom.channels_last:
+        return kernel
+    n, (items, _, filters) = geom.ndim, kernel.shape
+    k = kernel.reshape(items, *geom.kernel_size, geom.channels, filters)
+    k = k.transpose(0, n + 1, *range(1, n + 1), n + 2)
+    return k.reshape(items, geom.feature_dim, filters)
+
+
+def positions_to_result(out: jax.Array, geom: Geometry) -> jax.Array:
+    """``(output_items, batch, filters)`` -> the result in ``geom``'s data format."""
+    _, batch, filters = out.shape
+    if geom.channels_last:
+        out = lax.transpose(out, (1, 0, 2))
+        return out.reshape(batch, *geom.output_shape, filters)
+    out = lax.transpose(out, (1, 2, 0))
+    return out.reshape(batch, filters, *geom.output_shape)
+
+
+def dimension_numbers(geom: Geometry) -> lax.ConvDimensionNumbers:
+    """Dimension numbers for XLA convolutions: input in ``geom``'s format, output NHWC-like.
+
+    Spelled out once: lhs is ``(N, C, spatial...)`` by axis index, the (implicit) rhs is
+    ``OI`` + spatial, and the output is channels-last so patches land as
+    ``(batch, *output_shape, features)``.
+    """
+    n = geom.ndim
+    spatial = tuple(range(1, n + 1)) if geom.channels_last else tuple(range(2, n + 2))
+    channel = n + 1 if geom.channels_last else 1
+    return lax.ConvDimensionNumbers(
+        lhs_spec=(0, channel, *spatial),
+        rhs_spec=tuple(range(n + 2)),
+        out_spec=(0, n + 1, *range(1, n + 1)),
+    )
