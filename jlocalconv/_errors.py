@@ -30,7 +30,11 @@ def _is_tracer(value: object) -> bool:
 def fail(
     fn: str, arg: str, expected: str, got: object, *, hint: str = "", exc: type = ValueError
 ) -> NoReturn:
-    """Raises ``exc`` naming ``fn``, ``arg``, what was expected and what was received."""
+    """Raises ``exc`` naming ``fn``, ``arg``, what was expected and what was received.
+
+    ``got`` is either the offending value (described by :func:`describe`) or, when it is a
+    ``str``, an already formatted description; pass ``repr(value)`` for user strings.
+    """
     received = got if isinstance(got, str) else describe(got)
     message = f"{fn}: `{arg}` must be {expected}; got {received}."
     if hint:

@@ -75,7 +75,7 @@ def normalize_data_format(data_format: str | None, fn: str = "jlocalconv") -> Da
     if data_format is None:
         return "channels_last"
     if not isinstance(data_format, str) or data_format.lower() not in _DATA_FORMATS:
-        fail(fn, "data_format", f"None or one of {_DATA_FORMATS}", data_format)
+        fail(fn, "data_format", f"None or one of {_DATA_FORMATS}", repr(data_format))
     return data_format.lower()  # type: ignore[return-value]
 
 
@@ -107,7 +107,12 @@ def normalize_padding(
             if n != 1:
                 fail(fn, "padding", "'causal' only with 1 spatial dimension", f"{n} dimensions")
             return ((windows[0] - 1, 0),)
-        fail(fn, "padding", f"one of {_PADDING_MODES}, an int, or {n} (low, high) pairs", padding)
+        fail(
+            fn,
+            "padding",
+            f"one of {_PADDING_MODES}, an int, or {n} (low, high) pairs",
+            repr(padding),
+        )
     expected = f"a non-negative int, {n} ints, or {n} (low, high) pairs of non-negative ints"
     single = _as_int(padding)
     if single is not None:

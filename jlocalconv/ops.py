@@ -263,7 +263,7 @@ def _local_conv(
 
 def _resolve_implementation(fn, implementation, geom, inputs, kernel):
     if not isinstance(implementation, str) or implementation not in names():
-        fail(fn, "implementation", f"one of {names()}", implementation)
+        fail(fn, "implementation", f"one of {names()}", repr(implementation))
     if implementation == "auto":
         backend = jax.default_backend()
         implementation = choose(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype, backend)

@@ -61,9 +61,7 @@ def local_conv_ref(
     out = np.zeros((x.shape[0], *out_shape, filters))
     for p, pos in enumerate(itertools.product(*[range(o) for o in out_shape])):
         # window[b, k1..kN, c]
-        idx = [
-            pos[i] * strides[i] + dilation[i] * np.arange(kernel_size[i]) for i in range(n)
-        ]
+        idx = [pos[i] * strides[i] + dilation[i] * np.arange(kernel_size[i]) for i in range(n)]
         window = x[(slice(None), *np.ix_(*idx), slice(None))]
         if data_format == "channels_first":
             window = np.moveaxis(window, -1, 1)  # (b, C, k1..kN): Keras's channels_first order
