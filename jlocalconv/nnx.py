@@ -1,0 +1,168 @@
+"""Locally connected layers for Flax NNX: ``LocallyConnected1D/2D/3D``.
+
+Thin modules over :func:`jlocalconv.local_conv`. Parameters are ``nnx.Param``\\ s named
+``kernel`` (``(output_items, feature_dim, filters)``, tf.keras's layout) and ``bias``
+(``(*output_shape, filters)``, one bias per output position and filter). Inputs are
+batched, ``(*batch, *input_shape, in_features)`` for ``"channels_last"`` (the default) or
+``(*batch, in_features, *input_shape)`` for ``"channels_first"``.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from jlocalconv.nnx import LocallyConnected2D
+  >>> layer = LocallyConnected2D(3, 16, (3, 3), input_shape=(28, 28), rngs=nnx.Rngs(0))
+  >>> layer.kernel.shape, layer.bias.shape
+  ((676, 27, 16), (26, 26, 16))
+  >>> layer(jnp.ones((8, 28, 28, 3))).shape
+  (8, 26, 26, 16)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jlocalconv import _layer_common as common
+from jlocalconv.geometry import IntOrTuple, PaddingLike
+from jlocalconv.initializers import Initializer, default_kernel_init, zeros
+
+nnx = common.import_optional("flax.nnx", "flax", "jlocalconv.nnx")
+
+
+class _LocallyConnected(nnx.Module):
+    """A locally connected layer: a convolution whose weights differ at every output position.
+
+    Args:
+      in_features: the number of input channels.
+      filters: the number of output channels.
+      kernel_size: the window, an int or one int per spatial dim.
+      input_shape: the input's spatial shape (without batch and channels); it fixes the
+        number of output positions and so the parameter shapes.
+      strides: the window strides, an int or one int per spatial dim.
+      padding: ``"valid"`` (default), ``"same"``, ``"causal"`` (1-D), an int, N ints, or
+        N ``(low, high)`` pairs, as in :func:`jlocalconv.local_conv`.
+      data_format: ``"channels_last"`` (default when None) or ``"channels_first"``.
+      dilation: the kernel dilation, an int or one int per spatial dim.
+      activation: None, a callable, or a Keras activation name such as ``"relu"``.
+      use_bias: whether to add a ``(*output_shape, filters)`` bias.
+      kernel_init: an initialiser or a name from :func:`jlocalconv.initializers.names`;
+        the default treats output positions as a batch axis (see
+        :mod:`jlocalconv.initializers`).
+      bias_init: an initialiser or name for the bias (zeros by default).
+      dtype: the computation dtype; None promotes the inputs and the parameters.
+      param_dtype: the parameters' dtype.
+      precision: forwarded to :func:`jlocalconv.local_conv`.
+      implementation: ``"auto"`` or a name from :mod:`jlocalconv.implementations`.
+      rngs: the ``nnx.Rngs`` to draw the ``params`` keys from.
+
+    Raises:
+      ValueError, TypeError: for a bad argument, at construction; for inputs of the
+        wrong shape, when called.
+    """
+
+    ndim: ClassVar[int]
+
+    def __init__(
+        self,
+        in_features: int,
+        filters: int,
+        kernel_size: IntOrTuple,
+        *,
+        input_shape: Sequence[int],
+        strides: IntOrTuple = 1,
+        padding: PaddingLike = "valid",
+        data_format: str | None = None,
+        dilation: IntOrTuple = 1,
+        activation: str | Any | None = None,
+        use_bias: bool = True,
+        kernel_init: str | Initializer = default_kernel_init,
+        bias_init: str | Initializer = zeros,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: lax.PrecisionLike = None,
+        implementation: str = "auto",
+        rngs: nnx.Rngs,
+    ):
+        self.spec = common.make_spec(
+            type(self).__name__,
+            self.ndim,
+            in_features=in_features,
+            filters=filters,
+            kernel_size=kernel_size,
+            input_shape=input_shape,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation=dilation,
+            activation=activation,
+            use_bias=use_bias,
+            dtype=dtype,
+            precision=precision,
+            implementation=implementation,
+        )
+        kernel, bias = common.init_params(
+            self.spec, kernel_init, bias_init, rngs.params(), param_dtype
+        )
+        self.kernel = nnx.Param(kernel)
+        self.bias = nnx.data(None) if bias is None else nnx.Param(bias)
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Applies the layer to ``(*batch, *input_shape, C)`` (or channels_first) inputs."""
+        bias = None if self.bias is None else self.bias[...]
+        return common.apply(self.spec, inputs, self.kernel[...], bias, batched=True)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The spatial output shape."""
+        return self.spec.geometry.output_shape
+
+    @classmethod
+    def from_keras(
+        cls,
+        layer: Any,
+        *,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: lax.PrecisionLike = None,
+        implementation: str = "auto",
+    ) -> _LocallyConnected:
+        """The layer holding a tf.keras layer's weights, giving Keras's outputs.
+
+        Args:
+          layer: one ``KerasLocallyConnected`` from :func:`jlocalconv.keras_io.load_weights`.
+          dtype, param_dtype, precision, implementation: as in the constructor.
+
+        Returns:
+          The layer, with Keras's configuration (data format and activation included).
+        """
+        kwargs = common.keras_arguments(layer, cls.ndim, f"{cls.__name__}.from_keras")
+        return cls(
+            **kwargs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            precision=precision,
+            implementation=implementation,
+            rngs=nnx.Rngs(0),  # unused: the initialisers return Keras's arrays
+        )
+
+
+class LocallyConnected1D(_LocallyConnected):
+    __doc__ = _LocallyConnected.__doc__
+    ndim = 1
+
+
+class LocallyConnected2D(_LocallyConnected):
+    __doc__ = _LocallyConnected.__doc__
+    ndim = 2
+
+
+class LocallyConnected3D(_LocallyConnected):
+    __doc__ = _LocallyConnected.__doc__
+    ndim = 3
+
+
+__all__ = ["LocallyConnected1D", "LocallyConnected2D", "LocallyConnected3D"]
