@@ -65,7 +65,7 @@ def local_conv_ref(
         window = x[(slice(None), *np.ix_(*idx), slice(None))]
         if data_format == "channels_first":
             window = np.moveaxis(window, -1, 1)  # (b, C, k1..kN): Keras's channels_first order
-        flat = window.reshape(x.shape[0], -1)
+        flat = window.reshape(x.shape[0], w.shape[1])  # -1 is ambiguous for batch 0
         out[(slice(None), *pos, slice(None))] = flat @ w[p]
     if bias is not None:
         out = out + np.asarray(bias, np.float64)
