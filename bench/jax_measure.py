@@ -1,0 +1,56 @@
+"""Compiles a JAX function and its value_and_grad: compile time, XLA temp memory, warm-up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench.candidate import Built, Problem
+
+
+def operands(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Inputs and kernel (Keras layout) in the shape's dtype, and the float32 cotangent."""
+    dtype = jnp.dtype(problem.shape.dtype)
+    x = jnp.asarray(problem.inputs, dtype)
+    k = jnp.asarray(problem.kernel, dtype)
+    return x, k, jnp.asarray(problem.cotangent)
+
+
+def build(fn: Callable[[jax.Array, jax.Array], jax.Array], x, k, g) -> Built:
+    """Jits ``fn(x, k)`` and ``value_and_grad`` of ``sum(fn(x, k) * g)`` w.r.t. ``x`` and ``k``.
+
+    Both are compiled ahead of time (``jit(f).lower(...).compile()``), which gives the
+    compile time and ``memory_analysis().temp_size_in_bytes``; the compiled executables
+    are what gets timed, so every JAX variant pays the same dispatch cost.
+
+    ``fn`` must return channels_last results; ``g`` is float32 and the product is taken in
+    float32 (bf16 results are upcast), as for every peer.
+    """
+
+    def loss(x, k, g):
+        return jnp.sum(fn(x, k).astype(jnp.float32) * g)
+
+    fwd, fwd_s, fwd_temp = _compile(fn, x, k)
+    vag, vag_s, vag_temp = _compile(jax.value_and_grad(loss, argnums=(0, 1)), x, k, g)
+    result = np.asarray(jax.device_get(fwd(x, k)), np.float32)
+    jax.block_until_ready(vag(x, k, g))
+    return Built(
+        forward=lambda: jax.block_until_ready(fwd(x, k)),
+        forward_backward=lambda: jax.block_until_ready(vag(x, k, g)),
+        result=result,
+        compile_s=(fwd_s, vag_s),
+        temp_bytes=(fwd_temp, vag_temp),
+    )
+
+
+def _compile(fn, *args):
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    seconds = time.perf_counter() - start
+    analysis = compiled.memory_analysis()
+    temp = None if analysis is None else int(analysis.temp_size_in_bytes)
+    return compiled, seconds, temp

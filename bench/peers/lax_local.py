@@ -1,0 +1,49 @@
+"""``jax.lax.conv_general_dilated_local``: patch extraction + contraction in lax's layout."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from bench import jax_measure
+from bench.candidate import Built, Candidate, Problem
+
+
+def candidates(options) -> list[Candidate]:
+    del options
+    return [Candidate("jax.lax", "jax", _build)]
+
+
+def dimension_numbers(ndim: int) -> tuple[str, str, str]:
+    """Channels-last specs, e.g. ``("NHWC", "HWIO", "NHWC")`` for 2-D."""
+    letters = "DHW"[-ndim:]
+    lhs = f"N{letters}C"
+    return lhs, f"{letters}IO", lhs
+
+
+def lax_kernel(problem: Problem) -> jnp.ndarray:
+    """The Keras kernel in lax's layout ``(*output_shape, C * prod(k), filters)``.
+
+    Converted once, outside timing: a model using lax would store its kernel this way.
+    """
+    geom = problem.geom
+    k = problem.kernel_channels_major().reshape(*geom.output_shape, geom.feature_dim, -1)
+    return jnp.asarray(k, jnp.dtype(problem.shape.dtype))
+
+
+def _build(problem: Problem) -> Built:
+    geom = problem.geom
+    x, _, g = jax_measure.operands(problem)
+
+    def fn(x, rhs):
+        return lax.conv_general_dilated_local(
+            x,
+            rhs,
+            geom.strides,
+            geom.padding,
+            geom.kernel_size,
+            rhs_dilation=geom.dilation,
+            dimension_numbers=dimension_numbers(geom.ndim),
+        )
+
+    return jax_measure.build(fn, x, lax_kernel(problem), g)

@@ -1,0 +1,109 @@
+"""The ratios the performance issue sets targets for, computed from one run's rows."""
+
+from __future__ import annotations
+
+import math
+
+AUTO, LAX = "jlocalconv:auto", "jax.lax"
+PEER_FAMILIES = ("tf_keras", "torch")
+PHASES = ("fwd", "fwd_bwd")
+
+
+def geomean(values) -> float:
+    """Geometric mean of positive numbers (nan for none)."""
+    values = list(values)
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+def summarize(run: dict) -> dict:
+    """Speedups of "auto" over lax and the best peer, temp memory and roofline fractions.
+
+    Only rows that passed the numerical check count. Ratios > 1 mean "auto" is faster.
+    """
+    rows = {(r["shape"], r["candidate"]): r for r in run["results"] if r["check_ok"]}
+    shapes = [s["key"] for s in run["shapes"]]
+    summary = {
+        "auto_vs_lax": {p: _speedups(rows, shapes, LAX, p) for p in PHASES},
+        "auto_vs_best_peer_fwd_bwd": _versus_peers(run["results"], rows, shapes),
+        "temp_auto_over_lax": {p: _temp_ratios(rows, shapes, p) for p in PHASES},
+        "roofline_auto": {p: _roofline(run["shapes"], rows, p) for p in PHASES},
+    }
+    summary["targets"] = _targets(summary)
+    return summary
+
+
+def _stats(per_shape: dict, worst=min) -> dict:
+    values = {k: v for k, v in per_shape.items() if v is not None and math.isfinite(v)}
+    key = worst(values, key=values.get) if values else None
+    return {
+        "per_shape": per_shape,
+        "geomean": geomean(v for v in values.values() if v > 0),
+        "worst": [key, values[key]] if key else None,
+    }
+
+
+def _speedups(rows, shapes, baseline: str, phase: str) -> dict:
+    per_shape = {}
+    for s in shapes:
+        base, auto = rows.get((s, baseline)), rows.get((s, AUTO))
+        if base and auto:
+            per_shape[s] = base[f"{phase}_ms"] / auto[f"{phase}_ms"]
+    return _stats(per_shape)
+
+
+def _versus_peers(results, rows, shapes) -> dict:
+    per_shape, best_name = {}, {}
+    for s in shapes:
+        peers = [r for r in results if r["shape"] == s and r["family"] in PEER_FAMILIES]
+        peers = [r for r in peers if r["check_ok"]]
+        auto = rows.get((s, AUTO))
+        if peers and auto:
+            best = min(peers, key=lambda r: r["fwd_bwd_ms"])
+            per_shape[s] = best["fwd_bwd_ms"] / auto["fwd_bwd_ms"]
+            best_name[s] = best["candidate"]
+    return {**_stats(per_shape), "best_peer": best_name}
+
+
+def _temp_ratios(rows, shapes, phase: str) -> dict:
+    per_shape = {}
+    for s in shapes:
+        lax, auto = rows.get((s, LAX)), rows.get((s, AUTO))
+        if lax and auto and lax[f"temp_{phase}_bytes"] and auto[f"temp_{phase}_bytes"] is not None:
+            per_shape[s] = auto[f"temp_{phase}_bytes"] / lax[f"temp_{phase}_bytes"]
+    return _stats(per_shape, worst=max)
+
+
+def _roofline(shape_info, rows, phase: str) -> dict:
+    compute = {}
+    for info in shape_info:
+        auto = rows.get((info["key"], AUTO))
+        if auto and info[f"limit_{phase}"] == "compute":
+            compute[info["key"]] = auto[f"roofline_{phase}"]
+    return _stats(compute)
+
+
+def _targets(summary: dict) -> list[dict]:
+    lax, peers = summary["auto_vs_lax"], summary["auto_vs_best_peer_fwd_bwd"]
+    worst = [lax[p]["worst"][1] for p in PHASES if lax[p]["worst"]]
+    temp = summary["temp_auto_over_lax"]["fwd_bwd"]["worst"]
+    roof = [summary["roofline_auto"][p]["worst"] for p in PHASES]
+    roof = [w[1] for w in roof if w]
+    return [
+        _target("auto fwd vs lax, geomean speedup", lax["fwd"]["geomean"], ">= 3", 3),
+        _target("auto fwd+bwd vs lax, geomean speedup", lax["fwd_bwd"]["geomean"], ">= 4", 4),
+        _target("auto vs lax, worst shape (fwd or fwd+bwd)", min(worst, default=None), ">= 1", 1),
+        _target("auto fwd+bwd vs best tf_keras/torch, geomean", peers["geomean"], ">= 2", 2),
+        _target(
+            "temp memory auto/lax (fwd+bwd), worst shape", temp and temp[1], "<= 0.5", 0.5, le=True
+        ),
+        _target(
+            "roofline fraction, compute-bound shapes, worst", min(roof, default=None), ">= 0.5", 0.5
+        ),
+    ]
+
+
+def _target(name, value, goal, threshold, le=False) -> dict:
+    if value is None or not math.isfinite(value):
+        return {"target": name, "measured": None, "goal": goal, "met": None}
+    met = value <= threshold if le else value >= threshold
+    return {"target": name, "measured": value, "goal": goal, "met": met}

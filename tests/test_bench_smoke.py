@@ -1,0 +1,107 @@
+"""The benchmark runs end to end in its tiny smoke mode (so it cannot rot) and its counted
+work is what the README says. No timings are asserted: only that they exist and are sane."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `bench` is a folder of the repository, not an installed package
+
+from bench import roofline, suite  # noqa: E402
+from bench.run import _filter  # noqa: E402
+
+
+def _run(args: list[str], out: Path) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, *args, "--smoke", "--no-sharded", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (js,) = out.glob("cpu-*.json")
+    assert js.with_suffix(".md").exists()
+    return {
+        "json": json.loads(js.read_text()),
+        "md": js.with_suffix(".md").read_text(),
+        "proc": proc,
+    }
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict:
+    return _run(["-m", "bench"], tmp_path_factory.mktemp("bench"))
+
+
+def test_smoke_measures_every_implementation(smoke):
+    import jlocalconv
+
+    run = smoke["json"]
+    measured = {r["candidate"] for r in run["results"]}
+    expected = {f"jlocalconv:{n}" for n in jlocalconv.implementations.names()} | {"jax.lax"}
+    assert expected <= measured
+    for row in run["results"]:
+        if row["family"] in ("jlocalconv", "jax"):
+            assert row["check_ok"], row  # every JAX variant computes the same operation
+            assert row["temp_fwd_bwd_bytes"] is not None and row["compile_fwd_bwd_s"] > 0
+        assert 0 < row["fwd_ms"] < 1e4 and 0 < row["fwd_bwd_ms"] < 1e4
+        assert row["repeats"] == [2, 2]
+
+
+def test_smoke_reports_machine_targets_and_tables(smoke):
+    run, md = smoke["json"], smoke["md"]
+    assert run["machine"]["peak_gflops"] > 0 and run["machine"]["bandwidth_gbs"] > 0
+    assert len(run["summary"]["targets"]) == 6
+    lax_ratio = run["summary"]["auto_vs_lax"]["fwd"]["per_shape"]["tiny"]
+    assert math.isfinite(lax_ratio) and lax_ratio > 0
+    assert "## Forward, median ms" in md and "| tiny: 2, 7x6, 2->3, 3x3, 2, same |" in md
+    assert "jax.lax" in smoke["proc"].stdout  # the table is printed too
+
+
+def test_script_entry_point_and_only_filter(tmp_path):
+    run = _run(["bench/run.py", "--only", "auto,jax.lax"], tmp_path)["json"]
+    assert [r["candidate"] for r in run["results"]] == ["jlocalconv:auto", "jax.lax"]
+
+
+def test_filter_matches_names_families_and_globs():
+    from bench.candidate import Candidate
+
+    cands = [
+        Candidate(n, f, None)
+        for n, f in [
+            ("jlocalconv:auto", "jlocalconv"),
+            ("jax.lax", "jax"),
+            ("tf_keras.LC2", "tf_keras"),
+        ]
+    ]
+    names = lambda only: [c.name for c in _filter(cands, only)]
+    assert names(["auto"]) == ["jlocalconv:auto"]
+    assert names(["tf_keras,jax.lax"]) == ["jax.lax", "tf_keras.LC2"]
+    assert names(["tf_keras.LC*"]) == ["tf_keras.LC2"]
+    assert names([]) == [c.name for c in cands]
+
+
+def test_counted_work_matches_the_formula():
+    s = suite.DEFAULT[0]  # 32, 32x32, 16->16, 3x3, 1: P = 30*30, D = 9*16
+    fwd, both = roofline.work(s, False), roofline.work(s, True)
+    assert fwd.flops == 2 * 32 * 900 * 144 * 16
+    x, k, y = 32 * 32 * 32 * 16 * 4, 900 * 144 * 16 * 4, 32 * 900 * 16 * 4
+    assert fwd.bytes == x + k + y and both.bytes == 3 * (x + k) + 2 * y
+    assert both.flops == 3 * fwd.flops
+
+
+def test_default_suite_is_the_issues():
+    labels = [s.label() for s in suite.DEFAULT]
+    assert labels[:3] == [
+        "32, 32x32, 16->16, 3x3, 1",
+        "32, 28x28, 1->8, 5x5, 1",
+        "64, 16x16, 32->32, 3x3, 1",
+    ]
+    assert "8, 24x24, 32->64, 3x3, 1, same" in labels and "4, 12x12x12, 4->8, 3x3x3, 1" in labels
+    with pytest.raises(ValueError, match="unknown"):
+        suite.select(suite.DEFAULT, ["nope"])
