@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from reference import local_conv_ref, resolve_padding
 
 import jlocalconv
+from jlocalconv.geometry import Geometry, make_geometry
+from jlocalconv.implementations import choose
 
 FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
 PROFILES = [
@@ -67,10 +69,10 @@ class Problem:
         cast = lambda a: None if a is None else a.astype(jnp.dtype(self.dtype))
         return cast(x), cast(k), cast(b)
 
-    def apply(self, x, k, b=None, implementation="auto", *, jit=True):
-        """``jlocalconv.local_conv`` on this problem (jitted; compiled once per shape)."""
+    def static(self, implementation: str = "auto") -> dict:
+        """The static (hashable) keyword arguments of ``local_conv`` for this problem."""
         c = self.case
-        static = dict(
+        return dict(
             kernel_size=c.kernel_size,
             strides=c.strides,
             data_format=c.data_format,
@@ -79,8 +81,27 @@ class Problem:
             implementation=implementation,
             preferred_element_type=jnp.float32 if self.accumulate_f32 else None,
         )
+
+    def apply(self, x, k, b=None, implementation="auto", *, jit=True):
+        """``jlocalconv.local_conv`` on this problem (jitted; compiled once per shape)."""
         fn = _local_conv_jit if jit else _local_conv
-        return fn(x, k, b, **static)
+        return fn(x, k, b, **self.static(implementation))
+
+    def lower(self, x, k, implementation="auto"):
+        """The jitted call lowered for ``x`` and ``k`` (arrays or ShapeDtypeStructs)."""
+        return _local_conv_jit.lower(x, k, None, **self.static(implementation))
+
+    def geometry(self) -> Geometry:
+        c = self.case
+        args = (c.kernel_size, c.strides, c.padding, c.dil, c.data_format)
+        return make_geometry(c.input_shape, *args)
+
+    def resolved(self, implementation: str) -> str:
+        """The implementation ``implementation`` runs ("auto" resolved as the library does)."""
+        if implementation != "auto":
+            return implementation
+        c, backend = self.case, jax.default_backend()
+        return choose(self.geometry(), c.batch, c.filters, jnp.dtype(self.dtype), backend)
 
     def reference(self, x, k, b=None):
         """The float64 NumPy reference on the very same (already rounded) operands."""
@@ -134,7 +155,9 @@ def paddings(n: int) -> st.SearchStrategy:
 
 
 @st.composite
-def cases(draw, ndims=(1, 2, 3), max_batch: int = 3, max_extra: int = 4) -> Case:
+def cases(
+    draw, ndims=(1, 2, 3), min_batch: int = 0, max_batch: int = 3, max_extra: int = 4
+) -> Case:
     """A geometry whose (dilated) window fits the padded input; sizes stay small."""
     n = draw(st.sampled_from(ndims))
     kernel_size = draw(_ints(n, 1, 3))
@@ -158,7 +181,7 @@ def cases(draw, ndims=(1, 2, 3), max_batch: int = 3, max_extra: int = 4) -> Case
         padding=padding,
         dilation=dilation,
         data_format=draw(st.sampled_from([CL, CF])),
-        batch=draw(st.integers(0, max_batch)),
+        batch=draw(st.integers(min_batch, max_batch)),
         bias=draw(st.sampled_from([None, "filters", "positions"])),
     )
 
@@ -173,4 +196,13 @@ def problems(draw, dtypes=FLOAT_DTYPES, **case_kwargs) -> Problem:
         dtype=dtype,
         accumulate_f32=low and draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def auto_matches_one_of(outputs: dict[str, np.ndarray]) -> None:
+    """ "auto" runs one registered implementation: the same math, so the same bits."""
+    auto = outputs["auto"]
+    others = [v for name, v in outputs.items() if name != "auto"]
+    assert any(np.array_equal(auto, v, equal_nan=True) for v in others), (
+        "auto is not bit-identical to any registered implementation"
     )
