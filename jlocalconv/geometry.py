@@ -243,6 +243,8 @@ def make_geometry(
         spatial, channels = tuple(input_shape[1:-1]), input_shape[-1]
     else:
         spatial, channels = tuple(input_shape[2:]), input_shape[1]
+    if channels < 1:  # XLA would fail later with an unnamed feature_group_count error
+        fail(fn, "inputs", f"at least one channel ({fmt})", f"shape {tuple(input_shape)}")
     return _geometry_from_spatial(
         spatial, channels, kernel_size, strides, padding, dilation, fmt, fn, n
     )
