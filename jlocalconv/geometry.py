@@ -36,7 +36,8 @@ def _as_int(value: object) -> int | None:
 def _static_hint(value: object) -> str:
     import jax
 
-    if isinstance(value, jax.core.Tracer):
+    # Tracers may hide inside tuples (e.g. kernel_size=(n, 3) or padding=((n, n), ...)).
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value)):
         return (
             "Shape arguments must be static Python ints: mark them static "
             "(jax.jit(..., static_argnames=...)) or close over them."
@@ -120,7 +121,8 @@ def normalize_padding(
     elif isinstance(padding, Sequence) and len(padding) == n:
         pairs = tuple(_pad_pair(p, fn, expected, padding) for p in padding)
     else:
-        fail(fn, "padding", expected, padding, exc=TypeError if single is None else ValueError)
+        exc = TypeError if single is None else ValueError
+        fail(fn, "padding", expected, padding, exc=exc, hint=_static_hint(padding))
     if any(v < 0 for pair in pairs for v in pair):
         fail(fn, "padding", expected, padding)
     return pairs
@@ -134,7 +136,7 @@ def _pad_pair(item: object, fn: str, expected: str, padding: object) -> tuple[in
         lo, hi = _as_int(item[0]), _as_int(item[1])
         if lo is not None and hi is not None:
             return lo, hi
-    fail(fn, "padding", expected, padding, exc=TypeError)
+    fail(fn, "padding", expected, padding, exc=TypeError, hint=_static_hint(padding))
 
 
 @dataclasses.dataclass(frozen=True)
