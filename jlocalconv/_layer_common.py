@@ -34,6 +34,25 @@ from jlocalconv.implementations import names as implementation_names
 from jlocalconv.initializers import Initializer
 from jlocalconv.ops import local_conv
 
+# Argument descriptions every framework's layer shares, spliced into their docstrings
+# (indented for an ``Args:``/``Attributes:`` section of a class docstring).
+GEOMETRY_DOC = """\
+      kernel_size: the window, an int or one int per spatial dim.
+      strides: the window strides, an int or one int per spatial dim.
+      padding: ``"valid"`` (default), ``"same"``, ``"causal"`` (1-D), an int, N ints, or
+        N ``(low, high)`` pairs, as in :func:`jlocalconv.local_conv`.
+      dilation: the kernel dilation, an int or one int per spatial dim."""
+
+OPTIONS_DOC = """\
+      activation: None, a callable, or a Keras activation name such as ``"relu"``.
+      use_bias: whether to add a ``(*output_shape, filters)`` bias.
+      kernel_init: an initialiser or a name from :func:`jlocalconv.initializers.names`;
+        the default treats output positions as a batch axis (see
+        :mod:`jlocalconv.initializers`).
+      bias_init: an initialiser or name for the bias (zeros by default).
+      precision: forwarded to :func:`jlocalconv.local_conv`.
+      implementation: ``"auto"`` or a name from :mod:`jlocalconv.implementations`."""
+
 
 def import_optional(module: str, extra: str, user: str) -> ModuleType:
     """Imports ``module`` or raises an ImportError that says which extra to install."""

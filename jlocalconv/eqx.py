@@ -32,28 +32,18 @@ eqx = common.import_optional("equinox", "equinox", "jlocalconv.eqx")
 
 
 class _LocallyConnected(eqx.Module):
-    """A locally connected layer: a convolution whose weights differ at every output position.
+    __doc__ = f"""A locally connected layer: every output position has its own filter bank.
 
     Args:
       in_features: the number of input channels.
       filters: the number of output channels.
-      kernel_size: the window, an int or one int per spatial dim.
       input_shape: the input's spatial shape (without channels); it fixes the number of
         output positions and so the parameter shapes.
-      strides: the window strides, an int or one int per spatial dim.
-      padding: ``"valid"`` (default), ``"same"``, ``"causal"`` (1-D), an int, N ints, or
-        N ``(low, high)`` pairs, as in :func:`jlocalconv.local_conv`.
-      data_format: ``"channels_first"`` (the default, Equinox's convention) or
-        ``"channels_last"``; the kernel's feature order follows it.
-      dilation: the kernel dilation, an int or one int per spatial dim.
-      activation: None, a callable, or a Keras activation name such as ``"relu"``.
-      use_bias: whether to add a ``(*output_shape, filters)`` bias.
-      kernel_init: an initialiser or a name from :func:`jlocalconv.initializers.names`;
-        the default treats output positions as a batch axis.
-      bias_init: an initialiser or name for the bias (zeros by default).
+{common.GEOMETRY_DOC}
+      data_format: ``"channels_first"`` (the default, Equinox's convention; also when
+        None) or ``"channels_last"``; the kernel's feature order follows it.
+{common.OPTIONS_DOC}
       dtype: the parameters' dtype (Equinox's meaning); None for JAX's default float.
-      precision: forwarded to :func:`jlocalconv.local_conv`.
-      implementation: ``"auto"`` or a name from :mod:`jlocalconv.implementations`.
       key: the PRNG key for the initialisation.
 
     Raises:
@@ -76,7 +66,7 @@ class _LocallyConnected(eqx.Module):
         input_shape: Sequence[int],
         strides: IntOrTuple = 1,
         padding: PaddingLike = "valid",
-        data_format: str = "channels_first",
+        data_format: str | None = "channels_first",
         dilation: IntOrTuple = 1,
         activation: str | Any | None = None,
         use_bias: bool = True,
@@ -96,7 +86,7 @@ class _LocallyConnected(eqx.Module):
             input_shape=input_shape,
             strides=strides,
             padding=padding,
-            data_format=data_format,
+            data_format=data_format or "channels_first",
             dilation=dilation,
             activation=activation,
             use_bias=use_bias,

@@ -35,25 +35,15 @@ nn = common.import_optional("flax.linen", "flax", "jlocalconv.linen")
 
 
 class _LocallyConnected(nn.Module):
-    """A locally connected layer: a convolution whose weights differ at every output position.
+    __doc__ = f"""A locally connected layer: every output position has its own filter bank.
 
     Attributes:
       filters: the number of output channels.
-      kernel_size: the window, an int or one int per spatial dim.
-      strides: the window strides, an int or one int per spatial dim.
-      padding: ``"valid"`` (default), ``"same"``, ``"causal"`` (1-D), an int, N ints, or
-        N ``(low, high)`` pairs, as in :func:`jlocalconv.local_conv`.
+{common.GEOMETRY_DOC}
       data_format: ``"channels_last"`` (default when None) or ``"channels_first"``.
-      dilation: the kernel dilation, an int or one int per spatial dim.
-      activation: None, a callable, or a Keras activation name such as ``"relu"``.
-      use_bias: whether to add a ``(*output_shape, filters)`` bias.
-      kernel_init: an initialiser or a name from :func:`jlocalconv.initializers.names`;
-        the default treats output positions as a batch axis.
-      bias_init: an initialiser or name for the bias (zeros by default).
+{common.OPTIONS_DOC}
       dtype: the computation dtype; None promotes the inputs and the parameters.
       param_dtype: the parameters' dtype.
-      precision: forwarded to :func:`jlocalconv.local_conv`.
-      implementation: ``"auto"`` or a name from :mod:`jlocalconv.implementations`.
 
     Inputs are ``(*batch, *spatial, C)`` (channels_last) or ``(*batch, C, *spatial)``; the
     trailing ``ndim + 1`` dims are one example. Bad arguments raise ValueError/TypeError
