@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jlocalconv._errors import fail
-from jlocalconv.geometry import Geometry
+from jlocalconv.geometry import Geometry, _as_int, _static_hint
 
 
 def check_array(value: object, fn: str, arg: str) -> None:
@@ -96,12 +96,15 @@ def check_same_dtype(inputs: object, kernel: object, fn: str) -> None:
 def check_output_shape(output_shape: Sequence[int] | None, geom: Geometry, fn: str) -> None:
     if output_shape is None:
         return
+    # Exact ints only: int() would truncate 4.5 and split the string "channels_first".
     try:
-        given = tuple(int(s) for s in output_shape)
-    except TypeError:
-        fail(
-            fn, "output_shape", f"None or a tuple of {geom.ndim} ints", output_shape, exc=TypeError
-        )
+        given = (None,) if isinstance(output_shape, str) else tuple(map(_as_int, output_shape))
+    except TypeError:  # not iterable
+        given = (None,)
+    if None in given:
+        expected = f"None or a tuple of {geom.ndim} ints"
+        got = repr(output_shape) if isinstance(output_shape, str) else output_shape
+        fail(fn, "output_shape", expected, got, exc=TypeError, hint=_static_hint(output_shape))
     if given != geom.output_shape:
         fail(
             fn,
