@@ -25,6 +25,7 @@ import jax
 from jax import lax
 
 from jlocalconv import _layer_common as common
+from jlocalconv._activations import Activation
 from jlocalconv.geometry import IntOrTuple, PaddingLike, normalize_data_format
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
 
@@ -68,7 +69,7 @@ class _LocallyConnected(eqx.Module):
         padding: PaddingLike = "valid",
         data_format: str | None = "channels_first",
         dilation: IntOrTuple = 1,
-        activation: str | Any | None = None,
+        activation: str | Activation | None = None,
         use_bias: bool = True,
         kernel_init: str | Initializer = default_kernel_init,
         bias_init: str | Initializer = zeros,

@@ -28,6 +28,7 @@ from jax import lax
 
 from jlocalconv import _checks
 from jlocalconv import _layer_common as common
+from jlocalconv._activations import Activation
 from jlocalconv.geometry import IntOrTuple, PaddingLike
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
 
@@ -58,7 +59,7 @@ class _LocallyConnected(nn.Module):
     padding: PaddingLike = "valid"
     data_format: str | None = None
     dilation: IntOrTuple = 1
-    activation: Any = None
+    activation: str | Activation | None = None
     use_bias: bool = True
     kernel_init: str | Initializer = default_kernel_init
     bias_init: str | Initializer = zeros

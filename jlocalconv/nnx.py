@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jlocalconv import _layer_common as common
+from jlocalconv._activations import Activation
 from jlocalconv.geometry import IntOrTuple, PaddingLike
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
 
@@ -66,7 +67,7 @@ class _LocallyConnected(nnx.Module):
         padding: PaddingLike = "valid",
         data_format: str | None = None,
         dilation: IntOrTuple = 1,
-        activation: str | Any | None = None,
+        activation: str | Activation | None = None,
         use_bias: bool = True,
         kernel_init: str | Initializer = default_kernel_init,
         bias_init: str | Initializer = zeros,

@@ -95,3 +95,21 @@ def test_core_import_does_not_import_flax_or_equinox():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"), [("nnx", "flax"), ("linen", "flax"), ("eqx", "equinox")]
+)
+def test_missing_extra_names_the_pip_extra(module, extra):
+    # Simulate an install without the extra: a None entry makes `import` raise ImportError.
+    code = (
+        "import sys\n"
+        f"sys.modules.update({{'{extra}': None, 'flax.nnx': None, 'flax.linen': None}})\n"
+        "import jlocalconv\n"
+        "try:\n"
+        f"    jlocalconv.{module}\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert f"pip install 'jlocalconv[{extra}]'" in result.stdout, result.stdout + result.stderr

@@ -59,6 +59,10 @@ def test_output_shape_for_every_padding(padding, strides, out):
     assert layer(jnp.ones((3, 10, 2))).shape == (3, *out, 4)
 
 
+def test_lazy_attribute_access():
+    assert jlocalconv.nnx.LocallyConnected2D is LocallyConnected2D
+
+
 def test_batch_dims_any_number_including_none():
     layer = build(CASES[5], activation="relu")
     x = jnp.asarray(lh.inputs(CASES[5]))
