@@ -63,6 +63,7 @@ class TrainResult(NamedTuple):
 
     params: Params
     losses: np.ndarray
+    test_losses: np.ndarray
     test_accuracy: float
     seconds_per_step: float
 
@@ -224,6 +225,7 @@ def train(
     steps: int,
     batch_size: int = 64,
     seed: int = 0,
+    eval_every: int = 0,
     show_progress: bool = True,
 ) -> TrainResult:
     """Trains ``model`` on ``data`` with minibatches drawn without replacement per step.
@@ -235,32 +237,38 @@ def train(
       steps: the number of optimizer steps.
       batch_size: images per step.
       seed: seeds the initial parameters and the batch order.
+      eval_every: when positive, also record the loss on the whole test set after every
+        ``eval_every`` steps (a small cost, included in the time per step).
       show_progress: draw a progress bar (see :func:`progress`).
 
     Returns:
-      The trained parameters, the loss of every step, the test accuracy and the mean
-      wall time of a step after the first (which includes compilation).
+      The trained parameters, the loss of every step, the recorded test losses, the test
+      accuracy and the mean wall time of a step after the first (which compiles).
 
     Example:
-      >>> result = train(mlp_net(), adam(1e-2), digits_split(), steps=50, show_progress=False)
-      >>> result.losses.shape, result.test_accuracy > 0.5
-      ((50,), True)
+      >>> data = digits_split()
+      >>> result = train(mlp_net(), adam(1e-2), data, steps=50, eval_every=10, show_progress=False)
+      >>> result.losses.shape, result.test_losses.shape, result.test_accuracy > 0.5
+      ((50,), (5,), True)
     """
     params = model.init(jax.random.key(seed))
     step = _make_step(model, optimizer)
+    test_loss = jax.jit(lambda p: cross_entropy(model.apply(p, data.x_test), data.y_test))
     state, rng = optimizer.init(params), np.random.default_rng(seed)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    losses, start = [], 0.0
+    losses, test_losses, start = [], [], 0.0
     for i in progress(range(steps), desc=f"training {model.name}", enabled=show_progress):
         idx = rng.choice(len(data.y_train), batch_size, replace=False)
         params, state, loss = step(params, state, x, y, idx)
         losses.append(loss)
+        if eval_every > 0 and (i + 1) % eval_every == 0:
+            test_losses.append(test_loss(params))
         if i == 0:
             start = time.perf_counter()
     jax.block_until_ready(params)
     per_step = (time.perf_counter() - start) / max(steps - 1, 1)
     test = accuracy(model, params, data.x_test, data.y_test)
-    return TrainResult(params, np.asarray(losses), test, per_step)
+    return TrainResult(params, np.asarray(losses), np.asarray(test_losses), test, per_step)
 
 
 def _make_step(model: Model, optimizer: Optimizer) -> Callable:

@@ -72,9 +72,12 @@ def test_models_have_a_similar_budget_and_learn(make):
     n = _demo.param_count(model.init(jax.random.key(0)))
     assert 5500 < n < 6000, n
     data = _demo.digits_split()
-    result = _demo.train(model, _demo.adam(1e-2), data, steps=120, show_progress=False)
-    assert result.losses.shape == (120,)
+    result = _demo.train(
+        model, _demo.adam(1e-2), data, steps=120, eval_every=40, show_progress=False
+    )
+    assert result.losses.shape == (120,) and result.test_losses.shape == (3,)
     assert result.losses[-20:].mean() < 0.5 * result.losses[:5].mean()
+    assert result.test_losses[-1] < result.test_losses[0]
     assert result.test_accuracy > 0.85  # chance is 0.1
 
 
