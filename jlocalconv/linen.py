@@ -29,6 +29,7 @@ from jax import lax
 from jlocalconv import _checks
 from jlocalconv import _layer_common as common
 from jlocalconv._activations import Activation
+from jlocalconv._errors import fail
 from jlocalconv.geometry import IntOrTuple, PaddingLike
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
 
@@ -85,6 +86,8 @@ class _LocallyConnected(nn.Module):
         spatial, channels = common.split_sample_shape(
             inputs.shape, self.ndim, self.data_format, name
         )
+        if channels < 1:  # in_features is inferred here, so name the inputs
+            fail(name, "inputs", "of at least one channel", f"shape {tuple(inputs.shape)}")
         return common.make_spec(
             name,
             self.ndim,

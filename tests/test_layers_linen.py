@@ -134,6 +134,11 @@ def test_bad_arguments_name_the_argument(kwargs, arg):
         layer.init(jax.random.key(0), jnp.ones((2, 8, 8, 3)))
 
 
+def test_zero_channels_names_the_inputs():
+    with pytest.raises(ValueError, match=r"`inputs` must be of at least one channel"):
+        LocallyConnected2D(4, 3).init(jax.random.key(0), jnp.ones((2, 8, 8, 0)))
+
+
 def test_rank_too_small_is_an_error():
     with pytest.raises(ValueError, match=r"LocallyConnected2D: `inputs` must be of rank >= 3"):
         LocallyConnected2D(4, 3).init(jax.random.key(0), jnp.ones((8, 8)))
