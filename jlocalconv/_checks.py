@@ -34,8 +34,7 @@ def check_array(value: object, fn: str, arg: str) -> None:
 
 def check_floating(value: object, fn: str, arg: str) -> None:
     """Local convolution is defined here for real floating dtypes only (documented)."""
-    dtype = np.dtype(value.dtype)  # type: ignore[attr-defined]
-    if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
+    if not _is_real_floating(np.dtype(value.dtype)):  # type: ignore[attr-defined]
         fail(
             fn,
             arg,
@@ -44,6 +43,25 @@ def check_floating(value: object, fn: str, arg: str) -> None:
             exc=TypeError,
             hint=f"Cast it first, e.g. {arg}.astype(jnp.float32).",
         )
+
+
+def _is_real_floating(dtype: np.dtype) -> bool:
+    return np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
+
+
+def check_preferred_element_type(dtype: object, fn: str) -> None:
+    """None or a real floating dtype: an integer, bool or complex one would silently
+    truncate or reinterpret the floating result."""
+    if dtype is None:
+        return
+    try:
+        got = np.dtype(dtype)  # type: ignore[arg-type]
+    except TypeError:
+        got = None
+    if got is None or not _is_real_floating(got):
+        received = repr(dtype) if got is None else got.name
+        expected = "None or a real floating dtype (e.g. jnp.float32)"
+        fail(fn, "preferred_element_type", expected, received, exc=TypeError)
 
 
 def check_rank(value: object, rank: int, fn: str, arg: str, what: str) -> None:

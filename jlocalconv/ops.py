@@ -252,6 +252,7 @@ def _local_conv(
         _checks.check_rank(inputs, ndim + 2, fn, "inputs", layout)
     geom = make_geometry(inputs.shape, kernel_size, strides, padding, dilation, data_format, fn=fn)
     _checks.check_operands(fn, geom, inputs, kernel, output_shape, bias)
+    _checks.check_preferred_element_type(preferred_element_type, fn)
     impl = _resolve_implementation(fn, implementation, geom, inputs, kernel)
     out = impl(
         inputs, kernel, geom, precision=precision, preferred_element_type=preferred_element_type
