@@ -20,11 +20,15 @@ import jax
 
 from jlocalconv.geometry import Geometry
 from jlocalconv.implementations.patches import local_conv_patches
+from jlocalconv.implementations.slices import local_conv_slices
+from jlocalconv.implementations.tiles import local_conv_tiles
 
 Implementation = Callable[..., jax.Array]
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "patches": local_conv_patches,
+    "slices": local_conv_slices,
+    "tiles": local_conv_tiles,
 }
 
 

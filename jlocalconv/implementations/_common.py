@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax import lax
 
 from jlocalconv.geometry import Geometry
@@ -48,3 +49,31 @@ def dimension_numbers(geom: Geometry) -> lax.ConvDimensionNumbers:
         rhs_spec=tuple(range(n + 2)),
         out_spec=(0, n + 1, *range(1, n + 1)),
     )
+
+
+def contract(
+    patches: jax.Array,
+    kernel: jax.Array,
+    precision: lax.PrecisionLike,
+    preferred_element_type: jax.typing.DTypeLike | None,
+) -> jax.Array:
+    """``(P, B, features) x (P, features, F) -> (P, B, F)`` with P the output positions.
+
+    Output positions are the dot's batch dimension, so each position multiplies its
+    own filter bank; both operands are already in the canonical (batch, rows,
+    contracted) order, so XLA inserts no transposes.
+    """
+    return lax.dot_general(
+        patches,
+        kernel,
+        dimension_numbers=(((2,), (1,)), ((0,), (0,))),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def result_dtype(
+    inputs: jax.Array, preferred_element_type: jax.typing.DTypeLike | None
+) -> np.dtype:
+    """The dtype :func:`contract` returns for ``inputs`` (and a kernel of the same dtype)."""
+    return np.dtype(inputs.dtype if preferred_element_type is None else preferred_element_type)
