@@ -25,8 +25,9 @@ from jlocalconv.implementations import names
 # test_one_hot_patches_turn_inf_inputs_into_nan, so this set cannot go stale.
 INF_INPUT_BECOMES_NAN = frozenset({"patches"})
 
-# Implementations that build the prod(kernel_size)-fold window tensor by design.
-WINDOW_TENSOR_BY_DESIGN = frozenset({"patches"})
+# Implementations that build the whole prod(kernel_size)-fold window tensor by design (their
+# module docstrings say so): "patches" by a one-hot convolution, "slices" by strided slices.
+WINDOW_TENSOR_BY_DESIGN = frozenset({"patches", "slices"})
 
 
 def _windows_holding(problem: Problem, spatial_index: tuple[int, ...]) -> list[tuple[int, ...]]:
