@@ -84,6 +84,8 @@ def test_performance_notebook_plots_a_report(execute, tmp_path):
     reports = sorted((ROOT / "bench" / "results").glob("*.json"))
     env = {}
     if not reports:  # nothing committed yet: make a real, tiny report to read
+        if not (ROOT / "bench" / "__main__.py").exists():
+            pytest.skip("neither a bench report nor the bench in this checkout")
         cmd = [sys.executable, "-m", "bench", "--smoke", "--only", "auto,jax.lax"]
         proc = subprocess.run(
             [*cmd, "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300
