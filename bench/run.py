@@ -15,6 +15,7 @@ import gc
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/run.py`: import the package, not its files
@@ -48,8 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--budget",
         type=float,
-        default=1.0,
-        help="seconds of timing per measurement before stopping (default 1.0)",
+        default=0.5,
+        help="seconds of timing per measurement: at least 3 calls unless one call takes "
+        "over 4x this (default 0.5)",
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     p.add_argument("--no-peers", action="store_true", help="jlocalconv only, no peers")
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = _machine(args)
     repeats = 2 if args.smoke else args.repeats
     budget = 0.05 if args.smoke else args.budget
-    policy = Policy(min_repeats=min(3, repeats), max_repeats=repeats, budget_s=budget)
+    policy = Policy(
+        min_repeats=min(3, repeats), max_repeats=repeats, budget_s=budget, cap_s=4 * budget
+    )
     results, skipped = _run_suite(shapes, candidates, policy, machine)
     run = _assemble(args, shapes, machine, policy, results, skipped, notes)
     md, js = report.write(run, args.out)
@@ -176,8 +180,10 @@ def _reference(problem: Problem) -> np.ndarray:
 
 def _measure(cand: Candidate, problem: Problem, reference, policy, machine):
     """One candidate on one problem: ``(row, None)`` or ``(None, why it was skipped)``."""
+    start = time.perf_counter()
     try:
         built = cand.build(problem)
+        build_s = time.perf_counter() - start  # compile/trace, warm-up and layer set-up
         err = float(np.max(np.abs(built.result - reference)) / np.max(np.abs(reference)))
         fwd = time_call(built.forward, policy)
         vag = time_call(built.forward_backward, policy)
@@ -194,6 +200,7 @@ def _measure(cand: Candidate, problem: Problem, reference, policy, machine):
         "fwd_min_ms": fwd.min_s * 1e3,
         "fwd_bwd_min_ms": vag.min_s * 1e3,
         "repeats": [fwd.repeats, vag.repeats],
+        "build_s": build_s,
         "compile_fwd_s": built.compile_s[0],
         "compile_fwd_bwd_s": built.compile_s[1],
         "temp_fwd_bytes": built.temp_bytes[0],
@@ -262,7 +269,8 @@ def _meta(args, policy: Policy) -> dict:
         "versions": _versions(),
         "policy": (
             f"1 warm-up, {policy.min_repeats}-{policy.max_repeats} timed calls, "
-            f"stopping after {policy.budget_s:g} s"
+            f"stopping after {policy.budget_s:g} s (after one call if it took over "
+            f"{policy.cap_s:g} s)"
         ),
         "devices": [str(d) for d in jax.devices()],
     }

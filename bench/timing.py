@@ -17,12 +17,15 @@ class Policy:
       min_repeats: timed calls made even when they overrun ``budget_s``.
       max_repeats: timed calls at most.
       budget_s: stop once this much time has been spent timing (after ``min_repeats``).
+      cap_s: stop once this much has been spent even before ``min_repeats`` (after one
+        call), so a peer taking seconds per call cannot stretch the run by minutes.
     """
 
     warmup: int = 1
     min_repeats: int = 3
     max_repeats: int = 30
-    budget_s: float = 1.0
+    budget_s: float = 0.5
+    cap_s: float = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +49,14 @@ def time_call(fn: Callable[[], object], policy: Policy) -> Timing:
         fn()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < policy.max_repeats and (
-        len(times) < policy.min_repeats or time.perf_counter() - start < policy.budget_s
-    ):
+    while _more(policy, len(times), time.perf_counter() - start):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return Timing(statistics.median(times), min(times), len(times))
+
+
+def _more(policy: Policy, done: int, spent: float) -> bool:
+    if done >= policy.max_repeats or (done and spent >= policy.cap_s):
+        return False
+    return done < policy.min_repeats or spent < policy.budget_s

@@ -32,11 +32,15 @@ class Options:
         skipped (it ran out of memory at 3.7 GB on the 24 GiB machine).
       sparse_budget_nnz: implementation 3 enumerates its nonzeros in a Python loop when the
         layer is built (about 4 s per million); larger shapes are skipped.
+      loop_budget_positions: ``backend.local_conv`` (and implementation 1) adds one slice
+        per output position to the graph; tracing fwd+bwd at 3600 positions took minutes,
+        so shapes with more positions are skipped.
     """
 
     threads: int = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     dense_budget_bytes: int = 1 << 30
     sparse_budget_nnz: int = 4_000_000
+    loop_budget_positions: int = 2000
 
 
 def load(options: Options, notes: list[str]) -> list[Candidate]:

@@ -23,7 +23,8 @@ def candidates(options: Options) -> list[Candidate]:
         )
         for impl in (1, 2, 3)
     ]
-    return [Candidate("tf_keras.local_conv", "tf_keras", functools.partial(_backend, tf)), *layers]
+    backend = functools.partial(_backend, tf, options)
+    return [Candidate("tf_keras.local_conv", "tf_keras", backend), *layers]
 
 
 def _set_threads(tf, threads: int) -> None:
@@ -32,13 +33,14 @@ def _set_threads(tf, threads: int) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
 
 
-def _backend(tf, problem: Problem) -> Built:
+def _backend(tf, options: Options, problem: Problem) -> Built:
     """``tf_keras.backend.local_conv1d/2d``, the N-D ``local_conv`` for 3-D; valid only."""
     from tf_keras.src import backend
 
     s, geom = problem.shape, problem.geom
     if any(geom.padding[d] != (0, 0) for d in range(geom.ndim)):
         raise Skip("backend local_conv is valid-padding only")
+    _check_positions(options, problem)
     dtype = tf.as_dtype(s.dtype)
     x = tf.cast(problem.inputs, dtype)
     kernel = tf.Variable(tf.cast(problem.kernel, dtype))
@@ -78,6 +80,8 @@ def _check_layer_supports(impl: int, options: Options, problem: Problem) -> None
         raise Skip(f"tf_keras has LocallyConnected1D/2D only (shape is {s.ndim}-D)")
     if impl == 1 and s.padding != "valid":
         raise Skip("LocallyConnected implementation=1 is valid-padding only")
+    if impl == 1:
+        _check_positions(options, problem)
     itemsize = np.dtype(np.float32).itemsize if s.dtype == "float32" else 2
     dense = np.prod(s.spatial) * s.channels * geom.output_items * s.filters * itemsize
     if impl == 2 and dense > options.dense_budget_bytes:
@@ -89,6 +93,15 @@ def _check_layer_supports(impl: int, options: Options, problem: Problem) -> None
         raise Skip(
             f"implementation=3 enumerates {s.kernel_items() / 1e6:.1f}M kernel indices in a "
             f"Python loop when built (budget {options.sparse_budget_nnz / 1e6:.0f}M)"
+        )
+
+
+def _check_positions(options: Options, problem: Problem) -> None:
+    positions = problem.geom.output_items
+    if positions > options.loop_budget_positions:
+        raise Skip(
+            f"backend local_conv traces one slice per output position ({positions}, budget "
+            f"{options.loop_budget_positions}): fwd+bwd tracing alone took minutes at 3600"
         )
 
 
