@@ -7,12 +7,16 @@ at run time, so new ones are covered as they are registered.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cases import CF, CL
 from hypothesis import strategies as st
-from strategies import PROFILES, auto_matches_one_of, problems, run
+from strategies import PROFILES, Problem, auto_matches_one_of, problems, run
 from tolerances import GRAD_CHECK, assert_close
 
 import jlocalconv
@@ -120,3 +124,30 @@ def test_local_conv_transpose_is_the_exact_adjoint(profile):
     if not hasattr(jlocalconv, "local_conv_transpose"):
         pytest.skip("jlocalconv.local_conv_transpose is not implemented yet")
     run(profile, _adjoint, problem=problems(dtypes=("float64",)), seed=st.integers(0, 99))
+
+
+def _layout_round_trips(problem):
+    layout = jlocalconv.layout
+    c = problem.case
+    other = CF if c.data_format == CL else CL
+    x, k, _ = problem.arrays()
+    there = layout.convert_data_format(k, c.kernel_size, c.channels, c.data_format, other)
+    back = layout.convert_data_format(there, c.kernel_size, c.channels, other, c.data_format)
+    np.testing.assert_array_equal(back, k)
+    # The converted kernel computes the same map on the input in the other format.
+    x_other = np.moveaxis(x, -1, 1) if other == CF else np.moveaxis(x, 1, -1)
+    other_problem = Problem(dataclasses.replace(c, data_format=other, bias=None))
+    got = np.asarray(other_problem.apply(x_other, there))
+    got = np.moveaxis(got, 1, -1) if other == CF else np.moveaxis(got, -1, 1)
+    assert_close(got, problem.reference(x, k), problem.scale(x, k), "float32", what="convert")
+    geom = problem.geometry()
+    args = (geom.output_shape, c.kernel_size, c.channels, c.data_format)
+    np.testing.assert_array_equal(layout.from_lax(layout.to_lax(k, *args), *args), k)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_layout_converters_round_trip(profile):
+    """convert_data_format both ways and to_lax/from_lax are exact inverses."""
+    if importlib.util.find_spec("jlocalconv.layout") is None:
+        pytest.skip("jlocalconv.layout is not implemented yet")
+    run(profile, _layout_round_trips, share=0.5, problem=problems(dtypes=("float32",)))
