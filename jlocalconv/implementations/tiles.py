@@ -29,12 +29,16 @@ from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._common import contract, positions_to_result, result_dtype
 from jlocalconv.implementations._windows import pad_spatial, padded, spatial_axis, windows
 
-# A tile's working set (windows + filters + f32 outputs): about L2-sized, so the
-# windows written by the slices are still in cache when the contraction reads them.
-TILE_BYTES = 1 << 20
-# At least this many tiles when there are enough positions: the backward pass then
-# holds at most ~1/MIN_TILES of the patch tensor (the memory-lean guarantee).
-MIN_TILES = 4
+# Cost model constants (CPU, measured on a 2-core Zen 4; see ``plan_tiles``).
+# A tile's working set stays below TILE_BYTES so its windows are still in cache
+# when the contraction reads them ...
+TILE_BYTES = 4 << 20
+# ... and below 1/MIN_TILES of the whole patch tensor, which the one-shot paths
+# (and lax) hold twice in the backward pass: the memory-lean guarantee ...
+MIN_TILES = 8
+# ... but there are at most MAX_TILES tiles: each loop iteration costs tens of
+# microseconds of dispatch, which dominates tiles of one or two positions.
+MAX_TILES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,24 +71,36 @@ def position_bytes(geom: Geometry, batch: int, filters: int, itemsize: int) -> i
 def plan_tiles(
     geom: Geometry, batch: int, filters: int, itemsize: int, tile_bytes: int = TILE_BYTES
 ) -> TilePlan:
-    """The largest tile whose working set fits ``tile_bytes``, with >= MIN_TILES tiles.
+    """The tiling "tiles" uses: a deterministic cost model on static shapes only.
 
-    Deterministic, from static shapes only. A single position is the smallest tile.
+    A tile may hold ``budget = min(tile_bytes, patch_bytes / MIN_TILES) //
+    position_bytes`` positions, where ``patch_bytes`` is the whole patch tensor, but at
+    least ``ceil(output_items / MAX_TILES)``. The largest tile within that budget is
+    chosen (the smallest above the lower bound if none fits between them).
 
     >>> from jlocalconv.geometry import make_geometry
     >>> plan_tiles(make_geometry((32, 32, 32, 16), 3), batch=32, filters=16, itemsize=4)
-    TilePlan(level=0, size=1)
+    TilePlan(level=0, size=2)
     """
-    per_position = position_bytes(geom, batch, filters, itemsize)
-    budget = max(1, min(tile_bytes // max(per_position, 1), geom.output_items // MIN_TILES))
-    best = TilePlan(geom.ndim - 1, 1)
-    for level in range(geom.ndim):
-        inner = math.prod(geom.output_shape[level + 1 :])
-        n = geom.output_shape[level]
-        sizes = [s for s in range(1, n + 1) if n % s == 0 and s * inner <= budget]
-        if sizes and sizes[-1] * inner > best.tile_positions(geom):
-            best = TilePlan(level, sizes[-1])
-    return best
+    patch_bytes = itemsize * batch * geom.output_items * geom.feature_dim
+    per_position = max(position_bytes(geom, batch, filters, itemsize), 1)
+    lower = -(-geom.output_items // MAX_TILES)
+    upper = max(lower, min(tile_bytes, patch_bytes // MIN_TILES) // per_position)
+    plans = sorted(_all_plans(geom), key=lambda p: (p.tile_positions(geom), -p.level))
+    fitting = [p for p in plans if p.tile_positions(geom) <= upper]
+    if fitting and fitting[-1].tile_positions(geom) >= lower:
+        return fitting[-1]
+    return next(p for p in plans if p.tile_positions(geom) >= lower)
+
+
+def _all_plans(geom: Geometry) -> list[TilePlan]:
+    out = geom.output_shape
+    return [
+        TilePlan(level, size)
+        for level in range(geom.ndim)
+        for size in range(1, out[level] + 1)
+        if out[level] % size == 0
+    ]
 
 
 def local_conv_tiles(

@@ -1,0 +1,199 @@
+"""The fast implementations ("slices", "tiles") and the "auto" cost model.
+
+Forward agreement with the NumPy reference for every name is in test_local_conv.py and
+autodiff identities (check_grads, jvp, linear_transpose) in test_autodiff.py; here:
+gradients against the reference and "patches", every tiling, low precision, vmap,
+the memory-lean backward, and the choices "auto" makes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from cases import CASES, Case
+from reference import local_conv_ref
+
+import jlocalconv
+from jlocalconv.geometry import make_geometry
+from jlocalconv.implementations import IMPLEMENTATIONS, choose
+from jlocalconv.implementations import tiles as tiles_module
+from jlocalconv.implementations.tiles import TilePlan, local_conv_tiles, plan_tiles
+
+FAST = ("slices", "tiles")
+
+
+def _geom(case):
+    return make_geometry(case.input_shape, case.kernel_size, case.strides, case.padding,
+                         case.dil, case.data_format)  # fmt: skip
+
+
+def _impl(name, case, **kw):
+    geom = _geom(case)
+    return lambda x, k: IMPLEMENTATIONS[name](x, k, geom, precision="highest", **kw)
+
+
+def _ref(case, x, k):
+    return local_conv_ref(x, k, case.kernel_size, case.strides, case.data_format,
+                          case.padding, case.dil)  # fmt: skip
+
+
+def _grads(f, x, k, w):
+    return jax.jit(jax.grad(lambda x, k: jnp.sum(f(x, k) * w), argnums=(0, 1)))(x, k)
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("case", CASES[::2], ids=str)
+def test_gradients_match_reference_and_patches(case, name):
+    x, k, _ = case.arrays()
+    dx, dk, _ = case.arrays(seed=5)
+    w = np.random.default_rng(2).standard_normal(_ref(case, x, k).shape).astype(np.float32)
+    gx, gk = _grads(_impl(name, case), x, k, w)
+    # Independent check: <f(x, k), w> is bilinear, so <grad_x, dx> = <f(dx, k), w>.
+    np.testing.assert_allclose(np.vdot(gx, dx), np.vdot(_ref(case, dx, k), w), rtol=1e-4)
+    np.testing.assert_allclose(np.vdot(gk, dk), np.vdot(_ref(case, x, dk), w), rtol=1e-4)
+    px, pk = _grads(_impl("patches", case), x, k, w)
+    np.testing.assert_allclose(gx, px, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gk, pk, rtol=1e-5, atol=1e-5)
+
+
+def _some_plans(geom):
+    """The first, a middle and the last tiling: whole rows, a box, single positions."""
+    plans = _every_plan(geom)
+    return sorted({plans[0], plans[len(plans) // 2], plans[-1]}, key=plans.index)
+
+
+def _every_plan(geom):
+    out = geom.output_shape
+    return [TilePlan(level, size) for level in range(geom.ndim)
+            for size in range(1, out[level] + 1) if out[level] % size == 0]  # fmt: skip
+
+
+TILED = [CASES[3], CASES[10], CASES[15]]  # 1-D same, 2-D dilated, 3-D strided
+
+
+@pytest.mark.parametrize("case", TILED, ids=str)
+def test_tilings_match_reference(case):
+    x, k, _ = case.arrays()
+    geom = _geom(case)
+    want = _ref(case, x, k)
+    w = np.random.default_rng(2).standard_normal(want.shape).astype(np.float32)
+    gx_ref, gk_ref = _grads(_impl("patches", case), x, k, w)
+    for plan in _some_plans(geom):
+        f = jax.jit(lambda x, k, plan=plan: local_conv_tiles(x, k, geom, plan=plan,
+                                                              precision="highest"))  # fmt: skip
+        np.testing.assert_allclose(f(x, k), want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
+        gx, gk = _grads(f, x, k, w)
+        np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5, err_msg=str(plan))
+        np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-5, err_msg=str(plan))
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_accumulates_in_f32(name, dtype):
+    case = CASES[13]  # padding, dilation: every window offset shifted
+    x, k, _ = case.arrays()
+    xl, kl = jnp.asarray(x, dtype), jnp.asarray(k, dtype)
+    f32 = _impl(name, case, preferred_element_type=jnp.float32)
+    out = jax.jit(f32)(xl, kl)
+    assert out.dtype == jnp.float32
+    want = _ref(case, np.asarray(xl, np.float32), np.asarray(kl, np.float32))
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    gx, gk = _grads(f32, xl, kl, np.ones(want.shape, np.float32))
+    assert gx.dtype == dtype and gk.dtype == dtype
+    assert jax.jit(_impl(name, case))(xl, kl).dtype == dtype
+
+
+@pytest.mark.parametrize("case", [CASES[6], CASES[15]], ids=str)
+def test_tiles_vmap_over_batch_and_kernels(case):
+    x, k, _ = case.arrays()
+    geom = _geom(case)
+    plan = _every_plan(geom)[1]  # several tiles, so the loop really runs
+    f = lambda x, k: local_conv_tiles(x, k, geom, plan=plan, precision="highest")
+    full = f(x, k)
+    per_example = jax.vmap(lambda xi: f(xi[None], k)[0])(x)
+    np.testing.assert_allclose(per_example, full, rtol=1e-6, atol=1e-6)
+    ens = jax.vmap(lambda kk: f(x, kk))(jnp.stack([k, -2 * k]))
+    np.testing.assert_allclose(ens, np.stack([full, -2 * full]), rtol=1e-5, atol=1e-5)
+
+
+def test_tiles_backward_keeps_under_half_of_lax_temp_memory():
+    """The memory-lean claim, on a suite shape (compile only; nothing runs)."""
+    geom = make_geometry((32, 32, 32, 16), 3)
+    x = jax.ShapeDtypeStruct((32, 32, 32, 16), jnp.float32)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(16), jnp.float32)
+    k_lax = jax.ShapeDtypeStruct((30, 30, 144, 16), jnp.float32)
+
+    def temp(f, kernel):
+        loss = lambda x, k: jnp.sum(f(x, k) ** 2)
+        compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, kernel).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    ours = temp(lambda x, k: local_conv_tiles(x, k, geom), k)
+    lax_dn = ("NHWC", "HWIO", "NHWC")
+    theirs = temp(lambda x, k: jax.lax.conv_general_dilated_local(
+        x, k, (1, 1), "VALID", (3, 3), dimension_numbers=lax_dn), k_lax)  # fmt: skip
+    patch_bytes = 4 * 32 * 900 * 144
+    assert ours <= theirs / 2
+    assert ours <= patch_bytes / 2  # never the whole patch tensor
+
+
+SUITE = [  # (input shape, kernel_size, strides, padding, filters): the benchmark suite
+    ((32, 32, 32, 16), 3, 1, "valid", 16),
+    ((32, 28, 28, 1), 5, 1, "valid", 8),
+    ((64, 16, 16, 32), 3, 1, "valid", 32),
+    ((1, 32, 32, 64), 3, 1, "valid", 64),
+    ((128, 12, 12, 16), 3, 2, "valid", 16),
+    ((16, 64, 64, 8), 5, 1, "valid", 8),
+    ((8, 24, 24, 32), 3, 1, "same", 64),
+    ((32, 256, 32), 7, 1, "valid", 32),
+    ((4, 12, 12, 12, 4), 3, 1, "valid", 8),
+]
+
+
+@pytest.mark.parametrize("shape, ks, st, pad, filters", SUITE)
+def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
+    geom = make_geometry(shape, ks, st, pad)
+    batch = shape[0]
+    # Every suite shape has more than SMALL_PATCH_BYTES of windows: CPU loops over tiles.
+    assert choose(geom, batch, filters, jnp.float32, "cpu") == "tiles"
+    for backend in ("gpu", "tpu"):
+        assert choose(geom, batch, filters, jnp.float32, backend) == "slices"
+    plan = plan_tiles(geom, batch, filters, 4)
+    positions = plan.tile_positions(geom)
+    assert geom.output_shape[plan.level] % plan.size == 0
+    assert int(np.prod(plan.counts(geom))) <= tiles_module.MAX_TILES
+    # The documented budget: a tile holds at most 1/MIN_TILES of the patch tensor,
+    # unless MAX_TILES forces it up, and then it is the smallest tile that complies.
+    per_position = tiles_module.position_bytes(geom, batch, filters, 4)
+    patch_bytes = 4 * batch * geom.output_items * geom.feature_dim
+    lower = -(-geom.output_items // tiles_module.MAX_TILES)
+    budget = max(lower, min(tiles_module.TILE_BYTES, patch_bytes // tiles_module.MIN_TILES)
+                 // per_position)  # fmt: skip
+    sizes = sorted(p.tile_positions(geom) for p in _every_plan(geom))
+    if any(lower <= n <= budget for n in sizes):
+        assert positions == max(n for n in sizes if n <= budget)
+    else:
+        assert positions == min(n for n in sizes if n >= lower)
+
+
+def test_auto_specific_choices():
+    a = make_geometry((32, 32, 32, 16), 3)
+    assert plan_tiles(a, 32, 16, 4) == TilePlan(0, 2)  # 15 tiles of 2 rows
+    d = make_geometry((1, 32, 32, 64), 3)
+    assert plan_tiles(d, 1, 64, 4) == TilePlan(1, 15)  # kernel-bound: MAX_TILES decides
+    tiny = make_geometry((2, 6, 6, 3), 3)
+    assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices"
+    assert choose(a, 32, 16, jnp.bfloat16, "cpu") == "tiles"
+    # Deterministic: the same arguments, the same answer.
+    assert {choose(a, 32, 16, jnp.float32, "cpu") for _ in range(3)} == {"tiles"}
+
+
+def test_auto_runs_the_chosen_implementation():
+    case = Case((12, 12), 4, 8, (3, 3), (1, 1), batch=32)  # 32*100*36*4 B > SMALL
+    x, k, _ = case.arrays()
+    if jax.default_backend() == "cpu":
+        assert choose(_geom(case), 32, 8, x.dtype, "cpu") == "tiles"
+    got = jlocalconv.local_conv(x, k, 3, 1, precision="highest")
+    np.testing.assert_allclose(got, _ref(case, x, k), rtol=1e-5, atol=1e-5)
