@@ -8,11 +8,14 @@ the memory-lean backward, and the choices "auto" makes.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from cases import CASES, Case
+from jax.test_util import check_grads
 from reference import local_conv_ref
 
 import jlocalconv
@@ -59,9 +62,11 @@ def test_gradients_match_reference_and_patches(case, name):
 
 
 def _some_plans(geom):
-    """The first, a middle and the last tiling: whole rows, a box, single positions."""
+    """The first, a middle and the last tiling (whole rows, a box, single positions),
+    the middle one also with values in one shot and only derivatives tiled."""
     plans = _every_plan(geom)
-    return sorted({plans[0], plans[len(plans) // 2], plans[-1]}, key=plans.index)
+    some = sorted({plans[0], plans[len(plans) // 2], plans[-1]}, key=plans.index)
+    return [*some, dataclasses.replace(plans[len(plans) // 2], one_shot_forward=True)]
 
 
 def _every_plan(geom):
@@ -87,6 +92,25 @@ def test_tilings_match_reference(case):
         gx, gk = _grads(f, x, k, w)
         np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5, err_msg=str(plan))
         np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-5, err_msg=str(plan))
+
+
+def test_one_shot_forward_keeps_every_derivative():
+    """Values by "slices", derivatives by the loop (custom_jvp): forward mode, second
+    order and linear_transpose must still work."""
+    case = CASES[15]
+    geom = _geom(case)
+    plan = dataclasses.replace(_every_plan(geom)[1], one_shot_forward=True)
+    x, k, _ = case.arrays(dtype=np.float64)
+    dx, dk, _ = case.arrays(seed=7, dtype=np.float64)
+    with jax.enable_x64(True):
+        f = lambda x, k: local_conv_tiles(x, k, geom, plan=plan)
+        x, k, dx, dk = (jnp.asarray(a, jnp.float64) for a in (x, k, dx, dk))
+        check_grads(f, (x, k), order=2, modes=("fwd", "rev"))
+        _, tangent = jax.jvp(f, (x, k), (dx, dk))
+        np.testing.assert_allclose(tangent, _ref(case, dx, k) + _ref(case, x, dk), rtol=1e-9)
+        y = jnp.asarray(np.random.default_rng(1).standard_normal(f(x, k).shape))
+        (xt,) = jax.linear_transpose(lambda x: f(x, k), x)(y)
+        np.testing.assert_allclose(jnp.vdot(x, xt), jnp.vdot(f(x, k), y), rtol=1e-9)
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -164,25 +188,31 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     positions = plan.tile_positions(geom)
     assert geom.output_shape[plan.level] % plan.size == 0
     assert int(np.prod(plan.counts(geom))) <= tiles_module.MAX_TILES
-    # The documented budget: a tile holds at most 1/MIN_TILES of the patch tensor,
-    # unless MAX_TILES forces it up, and then it is the smallest tile that complies.
+    sizes = sorted(p.tile_positions(geom) for p in _every_plan(geom))
+    assert plan.one_shot_forward == (batch * tiles_module.MIN_TILES < filters)
+    if plan.one_shot_forward:  # kernel-bound: derivatives over >= MIN_TILES tiles
+        assert positions == max(n for n in sizes if n <= geom.output_items // 8)
+        return
+    # The documented bounds: at most min(TILE_BYTES, 2 * patch_bytes / MIN_TILES) bytes
+    # and output_items / MIN_TILES positions; at least MIN_TILE_BYTES and
+    # output_items / MAX_TILES positions; the largest tile between, else the smallest above.
     per_position = tiles_module.position_bytes(geom, batch, filters, 4)
     patch_bytes = 4 * batch * geom.output_items * geom.feature_dim
-    lower = -(-geom.output_items // tiles_module.MAX_TILES)
-    budget = max(lower, min(tiles_module.TILE_BYTES, patch_bytes // tiles_module.MIN_TILES)
-                 // per_position)  # fmt: skip
-    sizes = sorted(p.tile_positions(geom) for p in _every_plan(geom))
-    if any(lower <= n <= budget for n in sizes):
-        assert positions == max(n for n in sizes if n <= budget)
-    else:
-        assert positions == min(n for n in sizes if n >= lower)
+    lower = max(-(-geom.output_items // tiles_module.MAX_TILES),
+                -(-tiles_module.MIN_TILE_BYTES // per_position))  # fmt: skip
+    upper = min(min(tiles_module.TILE_BYTES, 2 * patch_bytes // tiles_module.MIN_TILES)
+                // per_position, geom.output_items // tiles_module.MIN_TILES)  # fmt: skip
+    between = [n for n in sizes if lower <= n <= upper]
+    assert positions == (max(between) if between else min(n for n in sizes if n >= lower))
 
 
 def test_auto_specific_choices():
     a = make_geometry((32, 32, 32, 16), 3)
-    assert plan_tiles(a, 32, 16, 4) == TilePlan(0, 2)  # 15 tiles of 2 rows
-    d = make_geometry((1, 32, 32, 64), 3)
-    assert plan_tiles(d, 1, 64, 4) == TilePlan(1, 15)  # kernel-bound: MAX_TILES decides
+    assert plan_tiles(a, 32, 16, 4) == TilePlan(0, 3)  # 10 tiles of 3 rows
+    g = make_geometry((8, 24, 24, 32), 3, padding="same")  # 64 filters: big filter blocks
+    assert plan_tiles(g, 8, 64, 4) == TilePlan(1, 12)  # 48 tiles of half a row
+    d = make_geometry((1, 32, 32, 64), 3)  # batch 1: the kernel is all that matters
+    assert plan_tiles(d, 1, 64, 4) == TilePlan(0, 3, one_shot_forward=True)
     tiny = make_geometry((2, 6, 6, 3), 3)
     assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices"
     assert choose(a, 32, 16, jnp.bfloat16, "cpu") == "tiles"

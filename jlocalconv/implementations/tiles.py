@@ -19,6 +19,7 @@ Everything is plain ``lax`` (scan, slices, ``dot_general``, dynamic slices), so
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -26,18 +27,22 @@ import jax.numpy as jnp
 from jax import lax
 
 from jlocalconv.geometry import Geometry
+from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import contract, positions_to_result, result_dtype
 from jlocalconv.implementations._windows import pad_spatial, padded, spatial_axis, windows
+from jlocalconv.implementations.slices import local_conv_slices
 
-# Cost model constants (CPU, measured on a 2-core Zen 4; see ``plan_tiles``).
-# A tile's working set stays below TILE_BYTES so its windows are still in cache
-# when the contraction reads them ...
+# Cost model constants (CPU; tuned on a shared 2-core Zen 4, see ``plan_tiles``).
+# A tile's working set (windows, filter block, f32 outputs) stays below TILE_BYTES so
+# the windows are still in cache when the contraction reads them ...
 TILE_BYTES = 4 << 20
-# ... and below 1/MIN_TILES of the whole patch tensor, which the one-shot paths
-# (and lax) hold twice in the backward pass: the memory-lean guarantee ...
+# ... and below 2/MIN_TILES of the patch tensor (which the one-shot paths, and lax,
+# hold twice in the backward pass), in at least MIN_TILES tiles: the memory bound ...
 MIN_TILES = 8
-# ... but there are at most MAX_TILES tiles: each loop iteration costs tens of
-# microseconds of dispatch, which dominates tiles of one or two positions.
+# ... but a tile is never below MIN_TILE_BYTES nor are there more than MAX_TILES:
+# every loop iteration costs tens of microseconds of dispatch (far more on a loaded
+# machine), which dominates tiles of a few positions.
+MIN_TILE_BYTES = 256 << 10
 MAX_TILES = 64
 
 
@@ -49,10 +54,15 @@ class TilePlan:
       level: the output axis along which tiles take ``size`` consecutive indices;
         they take one index along earlier axes and all indices along later ones.
       size: a divisor of ``output_shape[level]``.
+      one_shot_forward: compute values with one contraction over all positions
+        ("slices") and only derivatives with the tile loop; for problems whose
+        kernel dwarfs their windows, where copying filter blocks into the loop
+        would cost more than the windows it keeps small.
     """
 
     level: int
     size: int
+    one_shot_forward: bool = False
 
     def counts(self, geom: Geometry) -> tuple[int, ...]:
         """The number of tiles along output axes ``0..level``."""
@@ -73,24 +83,37 @@ def plan_tiles(
 ) -> TilePlan:
     """The tiling "tiles" uses: a deterministic cost model on static shapes only.
 
-    A tile may hold ``budget = min(tile_bytes, patch_bytes / MIN_TILES) //
-    position_bytes`` positions, where ``patch_bytes`` is the whole patch tensor, but at
-    least ``ceil(output_items / MAX_TILES)``. The largest tile within that budget is
-    chosen (the smallest above the lower bound if none fits between them).
+    With ``patch_bytes = itemsize * batch * output_items * feature_dim`` and
+    ``position_bytes`` a position's share of a tile's working set:
+
+    * if ``batch * MIN_TILES < filters`` the kernel dominates traffic and memory (each
+      filter is read once whatever the tiling; the windows are a small fraction of
+      it): values in one shot (``one_shot_forward``), no filter blocks copied into a
+      loop, and derivatives over the largest tiles that make at least MIN_TILES;
+    * otherwise a tile holds at most ``min(tile_bytes, 2 * patch_bytes / MIN_TILES)``
+      bytes and ``output_items / MIN_TILES`` positions, and at least
+      ``MIN_TILE_BYTES`` bytes and ``output_items / MAX_TILES`` positions. The largest
+      tile within those bounds is chosen, else the smallest above the lower bound.
 
     >>> from jlocalconv.geometry import make_geometry
     >>> plan_tiles(make_geometry((32, 32, 32, 16), 3), batch=32, filters=16, itemsize=4)
-    TilePlan(level=0, size=2)
+    TilePlan(level=0, size=3, one_shot_forward=False)
     """
+    plans = sorted(_all_plans(geom), key=lambda p: (p.tile_positions(geom), -p.level))
+    if batch * MIN_TILES < filters:
+        at_most = max(1, geom.output_items // MIN_TILES)
+        fitting = [p for p in plans if p.tile_positions(geom) <= at_most]
+        return dataclasses.replace(fitting[-1], one_shot_forward=True)
     patch_bytes = itemsize * batch * geom.output_items * geom.feature_dim
     per_position = max(position_bytes(geom, batch, filters, itemsize), 1)
-    lower = -(-geom.output_items // MAX_TILES)
-    upper = max(lower, min(tile_bytes, patch_bytes // MIN_TILES) // per_position)
-    plans = sorted(_all_plans(geom), key=lambda p: (p.tile_positions(geom), -p.level))
-    fitting = [p for p in plans if p.tile_positions(geom) <= upper]
-    if fitting and fitting[-1].tile_positions(geom) >= lower:
+    lower = max(-(-geom.output_items // MAX_TILES), -(-MIN_TILE_BYTES // per_position))
+    upper = min(min(tile_bytes, 2 * patch_bytes // MIN_TILES) // per_position,
+                geom.output_items // MIN_TILES)  # fmt: skip
+    fitting = [p for p in plans if lower <= p.tile_positions(geom) <= upper]
+    if fitting:
         return fitting[-1]
-    return next(p for p in plans if p.tile_positions(geom) >= lower)
+    above = [p for p in plans if p.tile_positions(geom) >= lower]
+    return min(above, key=lambda p: (p.tile_positions(geom), p.level)) if above else plans[-1]
 
 
 def _all_plans(geom: Geometry) -> list[TilePlan]:
@@ -116,9 +139,27 @@ def local_conv_tiles(
 
     ``plan`` defaults to :func:`plan_tiles` for this problem.
     """
-    batch, filters = inputs.shape[0], kernel.shape[-1]
     if plan is None:
-        plan = plan_tiles(geom, batch, filters, inputs.dtype.itemsize)
+        plan = plan_tiles(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
+    options = dict(precision=precision, preferred_element_type=preferred_element_type)
+    loop = functools.partial(_tile_loop, geom=geom, plan=plan, **options)
+    if not plan.one_shot_forward:
+        return loop(inputs, kernel)
+    one_shot = functools.partial(local_conv_slices, geom=geom, **options)
+    return split_bilinear(one_shot, loop)(inputs, kernel)
+
+
+def _tile_loop(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    *,
+    geom: Geometry,
+    plan: TilePlan,
+    precision: lax.PrecisionLike,
+    preferred_element_type: jax.typing.DTypeLike | None,
+) -> jax.Array:
+    """The ``lax.scan`` over tiles, its body rematerialised for autodiff."""
+    batch, filters = inputs.shape[0], kernel.shape[-1]
     padded_inputs, full = pad_spatial(inputs, geom), padded(geom)
     tile = _tile_geometry(full, plan)
     counts = plan.counts(geom)
