@@ -1,4 +1,4 @@
-"""The fast implementations ("slices", "tiles") and the "auto" cost model.
+"""The fast implementations ("slices", "tiles", "shifts") and the "auto" cost model.
 
 Forward agreement with the NumPy reference for every name is in test_local_conv.py and
 autodiff identities (check_grads, jvp, linear_transpose) in test_autodiff.py; here:
@@ -20,11 +20,11 @@ from reference import local_conv_ref
 
 import jlocalconv
 from jlocalconv.geometry import make_geometry
-from jlocalconv.implementations import IMPLEMENTATIONS, choose
+from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, choose
 from jlocalconv.implementations import tiles as tiles_module
 from jlocalconv.implementations.tiles import TilePlan, local_conv_tiles, plan_tiles
 
-FAST = ("slices", "tiles")
+FAST = ("slices", "tiles", "shifts")
 
 
 def _geom(case):
@@ -180,8 +180,10 @@ SUITE = [  # (input shape, kernel_size, strides, padding, filters): the benchmar
 def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     geom = make_geometry(shape, ks, st, pad)
     batch = shape[0]
-    # Every suite shape has more than SMALL_PATCH_BYTES of windows: CPU loops over tiles.
-    assert choose(geom, batch, filters, jnp.float32, "cpu") == "tiles"
+    # Every suite shape has more than SMALL_PATCH_BYTES of windows: CPU loops over
+    # tiles, for values too unless there are few channels.
+    few = geom.channels <= SHIFTS_MAX_CHANNELS
+    assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else "tiles")
     for backend in ("gpu", "tpu"):
         assert choose(geom, batch, filters, jnp.float32, backend) == "slices"
     plan = plan_tiles(geom, batch, filters, 4)
@@ -215,13 +217,16 @@ def test_auto_specific_choices():
     assert plan_tiles(d, 1, 64, 4) == TilePlan(0, 3, one_shot_forward=True)
     tiny = make_geometry((2, 6, 6, 3), 3)
     assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices"
+    mnist = make_geometry((32, 28, 28, 1), 5)
+    assert choose(mnist, 32, 8, jnp.float32, "cpu") == "shifts"
+    assert choose(mnist, 32, 8, jnp.float32, "gpu") == "slices"
     assert choose(a, 32, 16, jnp.bfloat16, "cpu") == "tiles"
     # Deterministic: the same arguments, the same answer.
     assert {choose(a, 32, 16, jnp.float32, "cpu") for _ in range(3)} == {"tiles"}
 
 
 def test_auto_runs_the_chosen_implementation():
-    case = Case((12, 12), 4, 8, (3, 3), (1, 1), batch=32)  # 32*100*36*4 B > SMALL
+    case = Case((12, 12), 5, 8, (3, 3), (1, 1), batch=32)  # 32*100*45*4 B > SMALL, 5 > SHIFTS_MAX
     x, k, _ = case.arrays()
     if jax.default_backend() == "cpu":
         assert choose(_geom(case), 32, 8, x.dtype, "cpu") == "tiles"

@@ -2,10 +2,14 @@
 
 Local convolution ``f(x, k)`` is bilinear, so its JVP is ``f(dx, k) + f(x, dk)``:
 the derivative is the op itself. :func:`split_bilinear` evaluates values with one
-implementation (the fastest forward pass) and tangents with another (one whose
-transpose is lean), through ``jax.custom_jvp``. Reverse mode transposes the tangent
-implementation, so ``grad``, ``jvp``, ``linear_transpose`` and higher orders all
-work (``custom_vjp`` would have broken forward mode).
+implementation (the fastest forward pass) and, whenever it is differentiated, values
+and tangents with another (one whose transpose is lean), through ``jax.custom_jvp``.
+Differentiated values come from the tangent implementation too because a program
+that mixes both kept both working sets alive: on a 32x28x28x1 input with 5x5
+windows, ``value_and_grad`` of ``sum(f * g)`` needed 5.5 MiB of XLA temporaries with
+"shifts" values and tiled tangents, 2.4 MiB with tiled values and tangents.
+Reverse mode transposes the tangent implementation, so ``grad``, ``jvp``,
+``linear_transpose`` and higher orders all work (``custom_vjp`` would have broken forward mode).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ Bilinear = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def split_bilinear(value: Bilinear, tangent: Bilinear) -> Bilinear:
-    """``value`` for values, ``tangent`` for derivatives; both must compute the same op.
+    """``value`` for values, ``tangent`` under differentiation; both the same op.
 
     Args:
       value: ``(x, k) -> y``, bilinear.
@@ -42,7 +46,7 @@ def split_bilinear(value: Bilinear, tangent: Bilinear) -> Bilinear:
 
     def jvp(primals, tangents):
         (x, k), (dx, dk) = primals, tangents
-        y = op(x, k)
+        y = tangent(x, k)
         # Symbolic zeros skip a whole contraction, e.g. the kernel term in grad wrt x.
         parts = [tangent(dx, k)] if not isinstance(dx, SymbolicZero) else []
         if not isinstance(dk, SymbolicZero):

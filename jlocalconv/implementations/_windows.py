@@ -53,9 +53,9 @@ def windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
     Returns:
       The patch tensor, features in Keras's order for ``geom.data_format``.
     """
-    batch, first = inputs.shape[0], spatial_axis(geom)
+    batch = inputs.shape[0]
     offsets = itertools.product(*(range(k) for k in geom.kernel_size))
-    slices = [_window_slice(inputs, geom, offset, first) for offset in offsets]
+    slices = [window_slice(inputs, geom, offset) for offset in offsets]
     if geom.channels_last:  # (B, *out, W, C) -> (B, P, W*C)
         stacked = jnp.stack(slices, axis=-2).reshape(batch, geom.output_items, geom.feature_dim)
         return lax.transpose(stacked, (1, 0, 2))
@@ -64,10 +64,13 @@ def windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
     return lax.transpose(stacked, (2, 0, 1))
 
 
-def _window_slice(
-    inputs: jax.Array, geom: Geometry, offset: tuple[int, ...], first: int
-) -> jax.Array:
-    """The input element under window ``offset`` for every output position."""
+def window_slice(inputs: jax.Array, geom: Geometry, offset: tuple[int, ...]) -> jax.Array:
+    """The input element under window ``offset`` for every output position.
+
+    ``inputs`` as in :func:`windows`; the result is ``inputs`` with its spatial axes
+    replaced by ``geom.output_shape``.
+    """
+    first = spatial_axis(geom)
     start, limit, strides = [0] * inputs.ndim, list(inputs.shape), [1] * inputs.ndim
     for i, (o, d, s, n) in enumerate(zip(offset, geom.dilation, geom.strides, geom.output_shape)):
         start[first + i] = o * d

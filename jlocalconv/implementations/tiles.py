@@ -54,8 +54,8 @@ class TilePlan:
       level: the output axis along which tiles take ``size`` consecutive indices;
         they take one index along earlier axes and all indices along later ones.
       size: a divisor of ``output_shape[level]``.
-      one_shot_forward: compute values with one contraction over all positions
-        ("slices") and only derivatives with the tile loop; for problems whose
+      one_shot_forward: compute undifferentiated values with one contraction over
+        all positions ("slices"), differentiated ones with the tile loop; for problems whose
         kernel dwarfs their windows, where copying filter blocks into the loop
         would cost more than the windows it keeps small.
     """

@@ -1,0 +1,84 @@
+"""Shift-and-accumulate values, tiled derivatives: for inputs with few channels.
+
+With few input channels a window's features are mostly window offsets, and each
+position's contraction is a tiny ``(batch, features) x (features, filters)`` product
+that no matmul kernel runs efficiently. Instead, for every window offset ``o`` and
+channel ``c``, one strided slice of the padded input (``(batch, *output, 1)``) times
+that offset's filters (``(*output, filters)``) is added to the result: elementwise
+work that XLA fuses into a few loops over the output, with no patch tensor at all.
+
+The transpose of that sum would hold one product per term for the backward pass, so
+under differentiation values and derivatives come from the "tiles" loop instead (through
+:func:`~jlocalconv.implementations._bilinear.split_bilinear`, which keeps forward
+mode, higher orders and ``linear_transpose``): fast values, lean gradients.
+The number of fused terms is ``prod(kernel_size) * channels``, which is why "auto"
+only picks this for a handful of channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jlocalconv.geometry import Geometry
+from jlocalconv.implementations._bilinear import split_bilinear
+from jlocalconv.implementations._common import result_dtype
+from jlocalconv.implementations._windows import pad_spatial, padded, window_slice
+from jlocalconv.implementations.tiles import local_conv_tiles, plan_tiles
+
+
+def local_conv_shifts(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    geom: Geometry,
+    *,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: jax.typing.DTypeLike | None = None,
+) -> jax.Array:
+    """Local convolution: shift-and-accumulate values; "tiles" when differentiated.
+
+    ``precision`` applies to the derivatives' contractions; values are elementwise
+    products accumulated in float32 (or ``preferred_element_type``, if wider).
+    """
+    plan = plan_tiles(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
+    loop = functools.partial(
+        local_conv_tiles,
+        geom=geom,
+        plan=dataclasses.replace(plan, one_shot_forward=False),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    values = functools.partial(
+        _shift_accumulate, geom=geom, out_dtype=result_dtype(inputs, preferred_element_type)
+    )
+    return split_bilinear(values, loop)(inputs, kernel)
+
+
+def _shift_accumulate(
+    inputs: jax.Array, kernel: jax.Array, *, geom: Geometry, out_dtype: jnp.dtype
+) -> jax.Array:
+    """``sum over (offset, channel)`` of a strided input slice times its filters."""
+    if not geom.channels_last:  # work channels-last: each term is then (B, *out, 1)
+        inputs = jnp.moveaxis(inputs, 1, -1)
+    view = dataclasses.replace(padded(geom), data_format="channels_last")
+    x = pad_spatial(inputs, dataclasses.replace(geom, data_format="channels_last"))
+    # Keras's feature order: (k..., C) for channels_last, (C, k...) for channels_first.
+    per_offset = (geom.window_items, geom.channels)
+    k = kernel.reshape(
+        *geom.output_shape, *(per_offset if geom.channels_last else per_offset[::-1]), -1
+    )
+    acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
+    acc = jnp.zeros((inputs.shape[0], *geom.output_shape, kernel.shape[-1]), acc_dtype)
+    offsets = itertools.product(*(range(n) for n in geom.kernel_size))
+    for i, offset in enumerate(offsets):
+        xo = window_slice(x, view, offset).astype(acc_dtype)
+        for c in range(geom.channels):
+            filters = k[..., i, c, :] if geom.channels_last else k[..., c, i, :]
+            acc = acc + xo[..., c, None] * filters.astype(acc_dtype)
+    acc = acc.astype(out_dtype)
+    return acc if geom.channels_last else jnp.moveaxis(acc, -1, 1)
