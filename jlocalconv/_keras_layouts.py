@@ -236,11 +236,16 @@ def from_keras_dense(
     geom = keras_geometry(spatial, channels, kernel_size, strides, padding, fmt, fn)
     filters = kernel.shape[-1] if geom.channels_last else kernel.shape[len(spatial) + 1]
     _check_shape(kernel, keras_kernel_shape(geom, filters, 2), fn, "kernel", "Keras's dense layout")
+    return dense_to_kernel(kernel, geom)
+
+
+def dense_to_kernel(dense: np.ndarray, geom: Geometry) -> np.ndarray:
+    """:func:`from_keras_dense` for a validated ``geom`` and a dense kernel of the right shape."""
     index, valid = _taps(geom)
-    common = _dense_to_common(kernel, geom)
+    common = _dense_to_common(dense, geom)
     positions = np.arange(geom.output_items)[:, None, None]
-    split = common[index[:, :, None], np.arange(channels)[None, None, :], positions]
-    split = np.where(valid[:, :, None, None], split, np.zeros((), kernel.dtype))
+    split = common[index[:, :, None], np.arange(geom.channels)[None, None, :], positions]
+    split = np.where(valid[:, :, None, None], split, np.zeros((), dense.dtype))
     return _join_features(split, geom)
 
 
@@ -379,16 +384,16 @@ def from_keras_sparse(
         fail(fn, "output_shape", f"the geometry's spatial output shape {geom.output_shape}", out)
     filters, channels = _sparse_sizes(values, idxs, geom, fn)
     geom = dataclasses.replace(geom, channels=channels)
-    valid, expected_idxs, order = _sparse_entries(geom, filters)
-    if not np.array_equal(idxs, expected_idxs):
+    if not np.array_equal(idxs, _sparse_entries(geom, filters)[1]):
         hint = "Pass the layer's own kernel_idxs, in Keras's sorted order."
-        fail(
-            fn,
-            "kernel_idxs",
-            "Keras's sorted indices for this geometry",
-            "other indices",
-            hint=hint,
-        )
+        fail(fn, "kernel_idxs", "Keras's indices for this geometry", "other indices", hint=hint)
+    return sparse_to_kernel(values, geom, filters)
+
+
+def sparse_to_kernel(values: np.ndarray, geom: Geometry, filters: int) -> np.ndarray:
+    """:func:`from_keras_sparse` for a validated ``geom`` and ``values`` of the right length."""
+    valid, _, order = _sparse_entries(geom, filters)
+    channels = geom.channels
     connected = np.empty(len(values), values.dtype)
     connected[order] = values
     split = np.zeros((*valid.shape, channels, filters), values.dtype)
