@@ -98,12 +98,13 @@ def check_kernel(kernel: object, geom: Geometry, fn: str) -> None:
         fail(fn, "kernel", "at least one filter (axis 2)", kernel)
 
 
-def check_same_dtype(inputs: object, kernel: object, fn: str) -> None:
+def check_same_dtype(inputs: object, kernel: object, fn: str, other: str = "inputs") -> None:
+    """``kernel`` must have the dtype of ``inputs`` (named ``other`` in the message)."""
     if inputs.dtype != kernel.dtype:  # type: ignore[attr-defined]
         fail(
             fn,
             "kernel",
-            f"of the same dtype as `inputs` ({inputs.dtype})",  # type: ignore[attr-defined]
+            f"of the same dtype as `{other}` ({inputs.dtype})",  # type: ignore[attr-defined]
             kernel,
             exc=TypeError,
             hint="Mixed precision is explicit here: cast one operand and use "
