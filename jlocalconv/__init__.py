@@ -3,6 +3,7 @@
 Public API::
 
     local_conv, local_conv1d, local_conv2d, local_conv3d   # the operation
+    local_conv_transpose, local_conv{1,2,3}d_transpose     # its adjoint in the input
     conv_output_shape, kernel_shape                        # static shape helpers
 
 Submodules (imported on first attribute access, so optional dependencies stay optional):
@@ -15,6 +16,12 @@ from types import ModuleType
 
 from jlocalconv.geometry import conv_output_shape, kernel_shape
 from jlocalconv.ops import local_conv, local_conv1d, local_conv2d, local_conv3d
+from jlocalconv.transpose import (
+    local_conv1d_transpose,
+    local_conv2d_transpose,
+    local_conv3d_transpose,
+    local_conv_transpose,
+)
 
 __version__ = "0.1.0"
 
@@ -36,6 +43,10 @@ __all__ = [
     "kernel_shape",
     "local_conv",
     "local_conv1d",
+    "local_conv1d_transpose",
     "local_conv2d",
+    "local_conv2d_transpose",
     "local_conv3d",
+    "local_conv3d_transpose",
+    "local_conv_transpose",
 ]
