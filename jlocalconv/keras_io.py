@@ -4,8 +4,9 @@
 
 * ``model.save("m.h5")``: the legacy HDF5 model file (config and weights);
 * ``model.save("m.keras")``: the zip archive (``config.json`` + ``model.weights.h5``);
-* ``model.save_weights("w.h5")``: weights only. Such a file has no configuration, so the
-  caller passes it, per layer, in ``configs=`` (see :func:`load_weights`).
+* ``model.save_weights("w.h5")`` or ``model.save_weights("w.weights.h5")``: weights only.
+  Such a file has no configuration, so the caller passes it, per layer, in ``configs=``
+  (see :func:`load_weights`).
 
 Each LocallyConnected layer becomes a :class:`KerasLocallyConnected` whose ``kernel`` is in
 jlocalconv's layout whatever Keras's ``implementation`` (1, 2 or 3) was, and whose
@@ -148,9 +149,12 @@ def load_weights(
         shape). Required for weights-only files, which hold no configuration: there the
         layers read are exactly those named, each needing ``kernel_size``, ``filters``
         and (except implementation 2) ``input_shape``; the rest default as in tf.keras.
+        A ``.weights.h5`` file names layers by class and position (``locally_connected2d``,
+        ``locally_connected2d_1``, ...), so those are its keys; errors list what is stored.
 
     Returns:
-      ``{layer name: KerasLocallyConnected}`` in the model's layer order.
+      ``{layer name: KerasLocallyConnected}`` in the model's layer order (the order of
+      ``configs`` for a weights-only file).
 
     Raises:
       FileNotFoundError: if ``path`` does not exist.
@@ -216,6 +220,9 @@ def _open(path: str | os.PathLike) -> Iterator[tuple[dict | None, Weights, list[
                 root = f["model_weights"]
             elif "layer_names" in f.attrs:
                 config, root = None, f
+            elif isinstance(f.get("layers"), h5py.Group):  # model.save_weights("w.weights.h5")
+                yield None, lambda entry: _archive_weights(f, entry), list(f["layers"])
+                return
             else:
                 fail(_FN, "path", expected, f"an HDF5 file with attributes {sorted(f.attrs)}")
             stored = [_text(name) for name in root.attrs.get("layer_names", [])]
@@ -269,7 +276,10 @@ def _entries(model_config: dict | None, configs: dict, stored: list[str]) -> lis
                 "None",
                 hint=hint,
             )
-        return [_Entry(name, {}, None, name) for name in configs]
+        for name in configs:
+            if name not in stored:
+                fail(_FN, "configs", f"keyed by layers stored in the file, {stored}", repr(name))
+        return [_Entry(name, {}, None, f"layers/{name}") for name in configs]
     found: list[_Entry] = []
     _walk(model_config, "", found)
     if not found:
