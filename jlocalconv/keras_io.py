@@ -13,11 +13,16 @@ jlocalconv's layout whatever Keras's ``implementation`` (1, 2 or 3) was, and who
 ``bias`` is the per-position bias Keras really adds. Install with
 ``pip install "jlocalconv[keras]"``.
 
-Example:
+Example (from a jlocalconv checkout, whose tests/fixtures hold files written by tf_keras):
+  >>> import numpy as np
   >>> from jlocalconv import keras_io
-  >>> layers = keras_io.load_weights("tests/fixtures/lc2d_first.h5")  # doctest: +SKIP
-  >>> sorted(layers)  # doctest: +SKIP
-  ['a', 'b', 'c']
+  >>> layers = keras_io.load_weights("tests/fixtures/lc2d_first.h5")
+  >>> {name: layer.config["implementation"] for name, layer in layers.items()}
+  {'a': 1, 'b': 2, 'c': 3}
+  >>> saved = np.load("tests/fixtures/lc2d_first.npz")    # Keras's inputs and outputs
+  >>> y = layers["b"].apply(saved["b/inputs"])
+  >>> bool(np.allclose(y, saved["b/outputs"], atol=1e-5))
+  True
 """
 
 from __future__ import annotations
@@ -166,9 +171,11 @@ def load_weights(
 
     Example:
       >>> from jlocalconv.keras_io import load_weights
-      >>> layer = load_weights("tests/fixtures/lc2d_first.h5", "b")["b"]  # doctest: +SKIP
-      >>> layer.config["implementation"], layer.kernel.shape  # doctest: +SKIP
-      (2, (12, 18, 2))
+      >>> layer = load_weights("tests/fixtures/lc2d_first.h5", "b")["b"]
+      >>> layer.config["implementation"], layer.config["padding"]   # Keras's "same"
+      (2, ((1, 0), (1, 1)))
+      >>> layer.input_shape, layer.channels_in, layer.kernel.shape, layer.bias.shape
+      ((3, 5), 3, (9, 18, 2), (3, 3, 2))
     """
     configs = _check_configs(configs)
     with _open(path) as (model_config, weights, stored):
