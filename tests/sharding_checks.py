@@ -1,0 +1,287 @@
+"""Multi-device checks of :mod:`jlocalconv.sharding`, run on 8 simulated CPU devices.
+
+The device count is fixed when JAX starts, and the main pytest process has already started
+JAX with one device, so ``tests/test_sharding.py`` runs this file in a subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8``. By hand::
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_checks.py [NAME...]
+
+Each check prints ``PASS <name>`` or ``FAIL <name>`` and a traceback; the exit status is 1
+if any failed. Results are compared in float64 with a tight tolerance against the
+single-device ``jlocalconv.local_conv`` (itself checked against ``tests/reference.py``), so a
+missing, duplicated or misplaced halo row (an error of order one) cannot pass.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jlocalconv  # noqa: E402
+from cases import CF, CL, Case  # noqa: E402
+from jlocalconv.sharding import kernel_sharding, sharded_local_conv  # noqa: E402
+from reference import local_conv_ref  # noqa: E402
+
+CHECKS: dict[str, Callable[[], None]] = {}
+AUTO = (AxisType.Auto, AxisType.Auto)
+
+# Geometries whose output rows divide by 8: each stresses a different halo shape.
+GEOMETRIES = {
+    # valid, stride 1: 2 halo rows from the next device, the last one's from the tail slab
+    "valid": Case((18, 7), 3, 4, (3, 3), (1, 1), batch=8, bias="filters"),
+    # same, stride 1: one row from each neighbour, zeros (the padding) at both ends
+    "same-cf": Case((16, 6), 2, 3, (3, 3), (1, 1), "same", data_format=CF, batch=8),
+    # stride 2, even window: each device's block ends one row into the next device's
+    "stride2-same": Case((32, 5), 2, 3, (4, 3), (2, 1), "same", batch=8, bias="positions"),
+    # dilation 2 with blocks of 2 rows: the halo spans two devices (two hops)
+    "dilated": Case((20, 6), 2, 3, (3, 3), (1, 2), batch=8, dilation=(2, 1)),
+    # stride 3 larger than the window, 3 low pad rows: rows come only from the previous device
+    "stride3-explicit-cf": Case(
+        (19, 5), 2, 2, (2, 2), (3, 1), ((3, 1), (0, 2)), data_format=CF, batch=8
+    ),
+    # causal 1-D, dilation 2: 6 rows from three previous devices
+    "causal-1d": Case((16,), 3, 2, (4,), (1,), "causal", dilation=2, batch=8, bias="positions"),
+    # one output row per device, a 9-row window: hops past the last device (tail only)
+    "wide-1d": Case((16,), 1, 2, (9,), (1,), batch=8),
+    # 3-D, same
+    "3d-same": Case((8, 3, 4), 2, 2, (3, 3, 2), (1, 1, 1), "same", batch=8),
+}
+
+
+def check(fn: Callable[[], None]) -> Callable[[], None]:
+    CHECKS[fn.__name__.removeprefix("check_")] = fn
+    return fn
+
+
+def _mesh(shape: tuple[int, ...], names: tuple[str, ...], explicit: bool = False):
+    types = (AxisType.Explicit if explicit else AxisType.Auto,) * len(shape)
+    return jax.make_mesh(shape, names, axis_types=types)
+
+
+def _operands(case: Case):
+    x, k, b = case.arrays(seed=1, dtype=np.float64)
+    return jnp.asarray(x), jnp.asarray(k), None if b is None else jnp.asarray(b)
+
+
+def _value_and_grads(conv, case: Case, x, k, b):
+    """Forward result and gradients of a fixed random projection, as one jit program."""
+    ct = jnp.asarray(np.random.default_rng(2).standard_normal(conv_shape(case, k)))
+
+    def loss(x, k, b):
+        y = conv(x, k, case.kernel_size, case.strides, data_format=case.data_format,
+                 bias=b, **case.kwargs())  # fmt: skip
+        return jnp.vdot(y, ct), y
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2) if b is not None else (0, 1),
+                                      has_aux=True))  # fmt: skip
+    (_, y), grads = grad(x, k, b)
+    return y, grads
+
+
+def conv_shape(case: Case, k) -> tuple[int, ...]:
+    if case.data_format == CL:
+        return (case.batch, *case.output_shape, k.shape[-1])
+    return (case.batch, k.shape[-1], *case.output_shape)
+
+
+def _assert_close(got, want, what: str) -> None:
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max(), err_msg=what)
+
+
+def _compare_meshes(mesh, batch_axis, spatial_axis, names) -> None:
+    f = sharded_local_conv(mesh, batch_axis=batch_axis, spatial_axis=spatial_axis)
+    for name in names:
+        case = GEOMETRIES[name]
+        x, k, b = _operands(case)
+        y, grads = _value_and_grads(f, case, x, k, b)
+        y0, grads0 = _value_and_grads(jlocalconv.local_conv, case, x, k, b)
+        _assert_close(y, y0, f"{name}: forward")
+        for label, g, g0 in zip(("inputs", "kernel", "bias"), grads, grads0):
+            _assert_close(g, g0, f"{name}: d/d{label}")
+        if spatial_axis is not None:  # the kernel's gradient stays split by output row
+            assert grads[1].sharding.spec[0] == spatial_axis, grads[1].sharding
+
+
+@check
+def check_reference_forward() -> None:
+    """One spatial case against the independent NumPy loop, not only against local_conv."""
+    case = GEOMETRIES["stride2-same"]
+    x, k, b = _operands(case)
+    f = sharded_local_conv(_mesh((8,), ("space",)), spatial_axis="space")
+    y = f(x, k, case.kernel_size, case.strides, bias=b, **case.kwargs())
+    want = local_conv_ref(np.asarray(x), np.asarray(k), case.kernel_size, case.strides,
+                          case.data_format, bias=np.asarray(b), **case.kwargs())  # fmt: skip
+    _assert_close(y, want, "forward vs reference.py")
+
+
+@check
+def check_data_parallel_8() -> None:
+    _compare_meshes(_mesh((8,), ("data",)), "data", None, ["valid", "same-cf", "stride2-same"])
+
+
+@check
+def check_spatial_8() -> None:
+    _compare_meshes(_mesh((8,), ("space",)), None, "space", list(GEOMETRIES))
+
+
+@check
+def check_data_by_spatial_2x4() -> None:
+    names = ["valid", "same-cf", "stride3-explicit-cf", "causal-1d", "3d-same"]
+    _compare_meshes(_mesh((2, 4), ("data", "space")), "data", "space", names)
+
+
+@check
+def check_explicit_mesh_2x4() -> None:
+    """A mesh of Explicit axes (jax.make_mesh's default) with pre-placed operands."""
+    mesh = _mesh((2, 4), ("data", "space"), explicit=True)
+    case = GEOMETRIES["valid"]
+    x, k, b = _operands(case)
+    x = jax.device_put(x, NamedSharding(mesh, P("data")))
+    k = jax.device_put(k, kernel_sharding(mesh, "space"))
+    with jax.set_mesh(mesh):
+        y, grads = _value_and_grads(
+            sharded_local_conv(mesh, batch_axis="data", spatial_axis="space"), case, x, k, b
+        )
+    y0, grads0 = _value_and_grads(jlocalconv.local_conv, case, *_operands(case))
+    _assert_close(y, y0, "forward")
+    for g, g0 in zip(grads, grads0):
+        _assert_close(g, g0, "gradient")
+    assert grads[1].sharding.spec[0] == "space"
+
+
+@check
+def check_plain_jit_with_named_shardings() -> None:
+    """Plain local_conv under jit: batch-sharded inputs, kernel replicated or row-sharded."""
+    mesh = _mesh((2, 4), ("data", "space"))
+    case = GEOMETRIES["valid"]
+    x, k, b = _operands(case)
+    want, _ = _value_and_grads(jlocalconv.local_conv, case, x, k, b)
+    xs = jax.device_put(x, NamedSharding(mesh, P(("data", "space"))))
+    for kspec in (P(), P("space")):
+        ks = jax.device_put(k, NamedSharding(mesh, kspec))
+        y, grads = _value_and_grads(jlocalconv.local_conv, case, xs, ks, b)
+        _assert_close(y, want, f"kernel {kspec}")
+        assert len(y.sharding.device_set) == 8
+
+
+@check
+def check_pmap() -> None:
+    case = GEOMETRIES["same-cf"]
+    x, k, _ = _operands(case)
+    xs = x.reshape(8, 1, *x.shape[1:])
+    conv = lambda x: jlocalconv.local_conv(x, k, case.kernel_size, case.strides,
+                                           data_format=CF, **case.kwargs())  # fmt: skip
+    _assert_close(jax.pmap(conv)(xs).reshape(-1, *conv(x).shape[1:]), conv(x), "pmap")
+
+
+def _train_problem():
+    case = Case((16, 8), 2, 4, (3, 3), (1, 1), "same", batch=8, bias="positions")
+    x, k, b = case.arrays(seed=3)  # float32, as in training
+    rng = np.random.default_rng(4)
+    params = {"kernel": k, "bias": b, "head": rng.standard_normal((4, 3)).astype(np.float32)}
+    labels = rng.integers(0, 3, case.batch)
+    return case, jnp.asarray(x), jax.tree.map(jnp.asarray, params), jnp.asarray(labels)
+
+
+def _train_step(conv, case, optimizer):
+    def loss_fn(params, x, labels):
+        h = conv(x, params["kernel"], case.kernel_size, case.strides, padding=case.padding,
+                 bias=params["bias"])  # fmt: skip
+        logits = jax.nn.relu(h).mean(axis=(1, 2)) @ params["head"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    @jax.jit
+    def step(params, state, x, labels):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, labels)
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss, grads
+
+    return step
+
+
+@check
+def check_training_step_2x4() -> None:
+    case, x, params, labels = _train_problem()
+    optimizer = optax.adamw(1e-2)
+    want = _train_step(jlocalconv.local_conv, case, optimizer)(
+        params, optimizer.init(params), x, labels
+    )
+    mesh = _mesh((2, 4), ("data", "space"))
+    placed = dict(params, kernel=jax.device_put(params["kernel"], kernel_sharding(mesh, "space")))
+    placed["bias"] = jax.device_put(params["bias"], NamedSharding(mesh, P("space")))
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    conv = sharded_local_conv(mesh, batch_axis="data", spatial_axis="space")
+    got = _train_step(conv, case, optimizer)(placed, optimizer.init(placed), xs, labels)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+    new_params = got[0]
+    assert new_params["kernel"].sharding.spec[0] == "space", new_params["kernel"].sharding
+    assert float(got[2]) > 0
+
+
+def _hlo(f, *args) -> str:
+    return jax.jit(f).lower(*args).compile().as_text()
+
+
+def _collectives(hlo: str, op: str) -> list[str]:
+    return [line for line in hlo.splitlines() if f" {op}(" in line or f" {op}-start(" in line]
+
+
+@check
+def check_hlo_halo_exchange_without_all_gather() -> None:
+    """The compiled spatial path moves halo rows with collective-permutes and never
+    all-gathers the input, in the forward and in the kernel's backward pass."""
+    mesh = _mesh((2, 4), ("data", "space"))
+    f = sharded_local_conv(mesh, batch_axis="data", spatial_axis="space")
+    for name in ("valid", "same-cf"):
+        case = GEOMETRIES[name]
+        x, k, _ = _operands(case)
+        x_placements = [P("data")]
+        if case.padding == "same":  # rows already split over devices, e.g. a previous layer's
+            x_placements.append(P("data", None, "space"))
+        for spec in x_placements:
+            xs = jax.device_put(x, NamedSharding(mesh, spec))
+            ks = jax.device_put(k, kernel_sharding(mesh, "space"))
+            conv = lambda x, k: f(x, k, case.kernel_size, case.strides,
+                                  data_format=case.data_format, **case.kwargs())  # fmt: skip
+            for what, fn in (
+                ("fwd", conv),
+                ("kernel grad", jax.grad(lambda x, k: conv(x, k).sum(), 1)),
+            ):
+                hlo = _hlo(fn, xs, ks)
+                assert _collectives(hlo, "collective-permute"), f"{name} {spec} {what}: no halo"
+                gathers = _collectives(hlo, "all-gather")
+                assert not gathers, f"{name} {spec} {what}: {gathers}"
+
+
+def main(names: list[str]) -> int:
+    assert jax.device_count() == 8, f"needs 8 devices, got {jax.devices()} (set XLA_FLAGS)"
+    failed = 0
+    for name in names or list(CHECKS):
+        try:
+            CHECKS[name]()
+            print(f"PASS {name}", flush=True)
+        except Exception:  # report every check, not only the first failure
+            failed += 1
+            print(f"FAIL {name}\n{traceback.format_exc()}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
