@@ -149,6 +149,24 @@ def _join_features(split: np.ndarray, geom: Geometry) -> np.ndarray:
     return split.reshape(geom.kernel_shape(split.shape[-1]))
 
 
+def _our_kernel(
+    kernel: Any,
+    input_shape: Sequence[int],
+    kernel_size: IntOrTuple,
+    strides: IntOrTuple,
+    padding: str,
+    data_format: str | None,
+    fn: str,
+) -> tuple[np.ndarray, Geometry]:
+    """A jlocalconv kernel as NumPy and its Keras geometry, ``C`` read from the kernel."""
+    kernel = np.asarray(kernel)
+    spatial = spatial_shape(input_shape, fn)
+    channels = _channels_from(kernel, kernel_size, len(spatial), fn)
+    geom = keras_geometry(spatial, channels, kernel_size, strides, padding, data_format, fn)
+    _check_shape(kernel, geom.kernel_shape(kernel.shape[-1]), fn, "kernel", "the geometry's")
+    return kernel, geom
+
+
 def _channels_from(kernel: Any, kernel_size: IntOrTuple, ndim: int, fn: str) -> int:
     """``C`` from a jlocalconv kernel's ``feature_dim = prod(kernel_size) * C``."""
     if not (hasattr(kernel, "shape") and len(kernel.shape) == 3):
@@ -218,7 +236,7 @@ def from_keras_dense(
 
     Example:
       >>> import numpy as np
-      >>> from jlocalconv._keras_layouts import from_keras_dense
+      >>> from jlocalconv.layout import from_keras_dense
       >>> dense = np.ones((5, 2, 3, 4), np.float32)   # 5 steps, C=2 -> 3 outputs, 4 filters
       >>> k = from_keras_dense(dense, (5,), 3)
       >>> k.shape, float(k.sum())
@@ -279,23 +297,19 @@ def to_keras_dense(
 
     Example:
       >>> import numpy as np
-      >>> from jlocalconv._keras_layouts import from_keras_dense, to_keras_dense
+      >>> from jlocalconv.layout import from_keras_dense, to_keras_dense
       >>> k = np.arange(3 * 6 * 4, dtype=np.float32).reshape(3, 6, 4)
       >>> dense = to_keras_dense(k, (5,), 3)
       >>> dense.shape, bool((from_keras_dense(dense, (5,), 3) == k).all())
       ((5, 2, 3, 4), True)
     """
-    fn = "to_keras_dense"
-    kernel = np.asarray(kernel)
-    spatial = spatial_shape(input_shape, fn)
-    channels = _channels_from(kernel, kernel_size, len(spatial), fn)
-    geom = keras_geometry(spatial, channels, kernel_size, strides, padding, data_format, fn)
-    _check_shape(kernel, geom.kernel_shape(kernel.shape[-1]), fn, "kernel", "the geometry's")
+    kernel, geom = _our_kernel(
+        kernel, input_shape, kernel_size, strides, padding, data_format, "to_keras_dense"
+    )
     index, valid = _taps(geom)
     split = _split_features(kernel, geom)
-    common = np.zeros(
-        (math.prod(spatial), channels, geom.output_items, kernel.shape[-1]), kernel.dtype
-    )
+    shape = (math.prod(geom.spatial_shape), geom.channels, geom.output_items, kernel.shape[-1])
+    common = np.zeros(shape, kernel.dtype)
     positions = np.broadcast_to(np.arange(geom.output_items)[:, None], index.shape)
     common[index[valid], :, positions[valid], :] = split[valid]
     return _common_to_dense(common, geom)
@@ -362,7 +376,7 @@ def from_keras_sparse(
 
     Example:
       >>> import numpy as np
-      >>> from jlocalconv._keras_layouts import from_keras_sparse, to_keras_sparse
+      >>> from jlocalconv.layout import from_keras_sparse, to_keras_sparse
       >>> k = np.arange(3 * 6 * 4, dtype=np.float32).reshape(3, 6, 4)
       >>> values, idxs = to_keras_sparse(k, (5,), 3)
       >>> values.shape, idxs[:3].tolist()
@@ -438,16 +452,13 @@ def to_keras_sparse(
 
     Example:
       >>> import numpy as np
-      >>> from jlocalconv._keras_layouts import to_keras_sparse
+      >>> from jlocalconv.layout import to_keras_sparse
       >>> values, idxs = to_keras_sparse(np.ones((4, 8, 1)), (4, 4), 2, 2)  # C=2, 1 filter
       >>> values.shape, idxs.shape, idxs[0].tolist(), idxs[-1].tolist()
       ((32,), (32, 2), [0, 0], [3, 31])
     """
-    fn = "to_keras_sparse"
-    kernel = np.asarray(kernel)
-    spatial = spatial_shape(input_shape, fn)
-    channels = _channels_from(kernel, kernel_size, len(spatial), fn)
-    geom = keras_geometry(spatial, channels, kernel_size, strides, padding, data_format, fn)
-    _check_shape(kernel, geom.kernel_shape(kernel.shape[-1]), fn, "kernel", "the geometry's")
+    kernel, geom = _our_kernel(
+        kernel, input_shape, kernel_size, strides, padding, data_format, "to_keras_sparse"
+    )
     valid, idxs, order = _sparse_entries(geom, kernel.shape[-1])
     return _split_features(kernel, geom)[valid].ravel()[order], idxs

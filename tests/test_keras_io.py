@@ -301,6 +301,26 @@ def test_load_weights_errors(tmp_path, call, exc, message):
         call(tmp_path)
 
 
+def test_model_without_locally_connected_layers(tmp_path):
+    import json
+
+    import h5py
+
+    path = tmp_path / "dense.h5"
+    config = {"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense"}]}}
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(config)
+        f.create_group("model_weights").attrs["layer_names"] = ["dense"]
+    with pytest.raises(ValueError, match="`path` must be a model with LocallyConnected1D/2D"):
+        keras_io.load_weights(path)
+
+
+def test_weights_only_configs_must_name_stored_layers():
+    path = FIXTURES / "weights_only" / "lc2d_last.weights.h5"
+    with pytest.raises(ValueError, match=r"keyed by layers stored in the file, \[.*'locally_conn"):
+        keras_io.load_weights(path, configs={"a": {"filters": 3, "kernel_size": 2}})
+
+
 def _text_file(directory):
     path = directory / "model.h5"
     path.write_text("not a model")
