@@ -1,0 +1,218 @@
+"""jlocalconv.sharding: the halo plan (pure Python, many geometries), argument errors, a
+1-device mesh in this process, and, in subprocesses, 8 simulated devices
+(``tests/sharding_checks.py``) and a 2-process ``jax.distributed`` training step
+(``tests/multihost_worker.py``)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sharding_checks import CHECKS
+from sharding_problem import GRAD_TOL, PARAM_TOL, optimizer, train_problem, train_step
+
+import jlocalconv
+from jlocalconv.geometry import make_geometry
+from jlocalconv.sharding import (
+    halo_plan,
+    kernel_partition_spec,
+    kernel_sharding,
+    sharded_local_conv,
+)
+
+TESTS = Path(__file__).resolve().parent
+EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
+
+
+# ---------------------------------------------------------------- the halo plan
+
+
+def _rows_assembled(plan, device: int, rows: int) -> list[int | None]:
+    """Input row indices device ``device`` concatenates by following ``plan`` (None: a
+    zero row: a device before the first, or a row past the input)."""
+    got: list[int | None] = []
+    for hop, start, stop in plan.pieces:
+        source = device + hop
+        for r in range(start, stop):
+            index = source * plan.block + r
+            real = source >= 0 and (source < plan.devices or plan.tail) and index < rows
+            got.append(index if real else None)
+    return got
+
+
+def _rows_needed(geom, devices: int, device: int) -> list[int | None]:
+    """The padded-input rows device ``device``'s output rows read, from the definition."""
+    per_device = geom.output_shape[0] // devices
+    stride, dil, size = geom.strides[0], geom.dilation[0], geom.kernel_size[0]
+    low, rows = geom.padding[0][0], geom.spatial_shape[0]
+    first = device * per_device * stride - low
+    extent = (per_device - 1) * stride + dil * (size - 1) + 1
+    return [r if 0 <= r < rows else None for r in range(first, first + extent)]
+
+
+GEOMETRY_GRID = list(
+    itertools.product(
+        [1, 2, 3, 4, 7, 9],  # window
+        [1, 2, 3],  # stride
+        [1, 2, 3],  # dilation
+        ["valid", "same", (0, 0), (3, 1), (0, 5), (6, 2)],  # row padding
+        [1, 2, 4, 8],  # devices
+    )
+)
+
+
+def test_halo_plan_gives_every_device_exactly_its_rows():
+    """For ~1300 row geometries (every window/stride/dilation/padding mix, 1 to 8 devices, one
+    to several hops each way, with and without a tail), following the plan yields exactly the
+    rows each device's outputs read, in order, with zeros exactly where the padding is."""
+    checked = 0
+    for size, stride, dil, padding, devices in GEOMETRY_GRID:
+        for rows in range(1, 40):
+            pad = padding if isinstance(padding, str) else (padding,)
+            try:
+                geom = make_geometry((1, rows, 1), size, stride, pad, dil)
+            except ValueError:  # the window does not fit
+                continue
+            if geom.output_shape[0] % devices:
+                continue
+            plan = halo_plan(geom, devices)
+            for device in range(devices):
+                want = _rows_needed(geom, devices, device)
+                assert _rows_assembled(plan, device, rows) == want, (geom, devices, device, plan)
+            checked += 1
+    assert checked > 1000
+
+
+def test_halo_plan_rows_moved():
+    geom = make_geometry((1, 16, 16, 3), 3, padding="same")  # one row from each neighbour
+    plan = halo_plan(geom, 4)
+    assert plan.halo_rows == 2 and plan.tail == 0 and plan.block == 4
+
+
+# ---------------------------------------------------------------- this process (1 device)
+
+
+def test_one_device_mesh_equals_local_conv():
+    mesh = jax.make_mesh((1, 1), ("data", "space"))
+    f = sharded_local_conv(mesh, batch_axis="data", spatial_axis="space")
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
+    k = jax.random.normal(jax.random.key(1), jlocalconv.kernel_shape(x.shape, 4, 3, 2, "same"))
+    b = jnp.arange(4.0)
+    got = jax.jit(lambda x, k: f(x, k, 3, 2, padding="same", bias=b))(x, k)
+    want = jlocalconv.local_conv(x, k, 3, 2, padding="same", bias=b)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_kernel_placement_helpers():
+    mesh = jax.make_mesh((1,), ("space",))
+    assert kernel_partition_spec("space") == jax.sharding.PartitionSpec("space", None, None)
+    assert kernel_partition_spec() == jax.sharding.PartitionSpec(None, None, None)
+    assert kernel_sharding(mesh, "space").spec == kernel_partition_spec("space")
+    with pytest.raises(ValueError, match="kernel_sharding: `spatial_axis` must be None or one of"):
+        kernel_sharding(mesh, "rows")
+
+
+def test_bad_arguments_are_named():
+    mesh = jax.make_mesh((1, 1), ("data", "space"))
+    with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh"):
+        sharded_local_conv(jax.devices())
+    with pytest.raises(ValueError, match="`batch_axis` must be None or one of"):
+        sharded_local_conv(mesh, batch_axis="batch")
+    with pytest.raises(ValueError, match="`spatial_axis` must be a mesh axis other than"):
+        sharded_local_conv(mesh, batch_axis="data", spatial_axis="data")
+    f = sharded_local_conv(mesh, spatial_axis="space")
+    x = jnp.ones((2, 6, 6, 3))
+    with pytest.raises(ValueError, match="sharded_local_conv: `kernel` must be of output_items"):
+        f(x, jnp.ones((10, 27, 4)), 3, 1)
+    with pytest.raises(ValueError, match="sharded_local_conv: `implementation` must be one of"):
+        f(x, jnp.ones((16, 27, 4)), 3, 1, implementation="fast")
+
+
+def test_rows_and_batch_must_divide(monkeypatch):
+    """Checked before shard_map, from the mesh's axis sizes (a fake 3x4 shape here: one
+    device cannot make a larger mesh in this process)."""
+    mesh = jax.make_mesh((1, 1), ("data", "space"))
+    monkeypatch.setattr(type(mesh), "shape", property(lambda self: {"data": 3, "space": 4}))
+    f = sharded_local_conv(mesh, batch_axis="data", spatial_axis="space")
+    x = jnp.ones((6, 7, 5, 2))  # valid 3x3: 5 output rows
+    k = jnp.ones(jlocalconv.kernel_shape(x.shape, 2, 3))
+    with pytest.raises(ValueError, match=r"output rows \(5\) divide evenly over mesh axis 'space'"):
+        f(x, k, 3, 1)
+    with pytest.raises(ValueError, match=r"batch size \(4\) divide evenly over mesh axis 'data'"):
+        f(x[:4], k, 3, 1)
+
+
+# ---------------------------------------------------------------- 8 simulated devices
+
+
+@pytest.fixture(scope="module")
+def eight_device_report() -> str:
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {EIGHT_DEVICES}")
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, str(TESTS / "sharding_checks.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert "PASS" in proc.stdout or "FAIL" in proc.stdout, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_on_eight_devices(eight_device_report, name):
+    """One check of tests/sharding_checks.py (see its docstrings); its traceback on failure."""
+    lines = eight_device_report.split("\n")
+    assert f"PASS {name}" in lines, eight_device_report.split(f"FAIL {name}\n")[-1][:4000]
+
+
+# ---------------------------------------------------------------- two processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_data_parallel_step_equals_one_process(tmp_path):
+    """Two processes (one CPU device and half the batch each, gloo collectives) take one
+    adamw step of tests/sharding_problem.py; loss, gradients and new parameters equal the
+    same step in this process on the whole batch."""
+    out, port = tmp_path / "step.npz", _free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    cmd = [sys.executable, str(TESTS / "multihost_worker.py"), str(port)]
+    procs = [
+        subprocess.Popen([*cmd, str(i), str(out)], env=env, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    errors = []
+    for p in procs:
+        try:
+            errors.append(p.communicate(timeout=180)[1])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("the two jax.distributed processes did not finish in 180 s")
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
+
+    case, x, params, labels = train_problem()
+    opt = optimizer()
+    new_params, _, loss, grads = train_step(jlocalconv.local_conv, case, opt)(
+        params, opt.init(params), x, labels
+    )
+    got = np.load(out)
+    np.testing.assert_allclose(got["loss"], loss, rtol=1e-5)
+    for name in params:
+        np.testing.assert_allclose(got[f"grads/{name}"], grads[name], **GRAD_TOL)
+        np.testing.assert_allclose(got[f"params/{name}"], new_params[name], **PARAM_TOL)
