@@ -155,7 +155,7 @@ def to_lax(
     fn = "to_lax"
     out, window, channels, fmt = _lax_args(output_shape, kernel_size, channels_in, data_format, fn)
     _check_rank(kernel, 3, fn, "(output_items, feature_dim, filters)")
-    _check_axis(kernel, 0, math.prod(out), fn, f"output_items = prod(output_shape={out})")
+    _check_axis(kernel, 0, math.prod(out), fn, f"prod(output_shape={out})")
     _check_features(kernel, window, channels, fn)
     if fmt == "channels_last":
         kernel = _swap_window_and_channels(kernel, window, channels, to_channels_first=True)
@@ -371,6 +371,9 @@ def _window_items(kernel_size: IntOrTuple, features: int, channels: int, fn: str
     window = k
     while window * channels < features:
         window *= k
+    if window * channels != features:
+        expected = f"of feature_dim (axis 1) = {k}**N * channels_in={channels} for some N"
+        fail(fn, "kernel", expected, f"feature_dim {features}")
     return window
 
 
