@@ -62,7 +62,7 @@ def kernel_partition_spec(spatial_axis: Hashable | None = None) -> P:
     Example:
       >>> from jlocalconv.sharding import kernel_partition_spec
       >>> kernel_partition_spec("space")
-      PartitionSpec('space', None, None)
+      P('space', None, None)
     """
     return P(spatial_axis, None, None)
 
@@ -86,7 +86,7 @@ def kernel_sharding(mesh: Mesh, spatial_axis: Hashable | None) -> NamedSharding:
       >>> from jlocalconv.sharding import kernel_sharding
       >>> mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("space",))
       >>> kernel_sharding(mesh, "space").spec
-      PartitionSpec('space', None, None)
+      P('space', None, None)
     """
     _check_mesh(mesh, "kernel_sharding")
     _check_axis(mesh, spatial_axis, "kernel_sharding", "spatial_axis")
