@@ -27,6 +27,7 @@ from typing import TypeVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from jlocalconv import _checks
 from jlocalconv._errors import fail
@@ -48,7 +49,6 @@ from jlocalconv.geometry import (
     normalize_data_format,
     normalize_tuple,
 )
-from jlocalconv.implementations._windows import pad_spatial, padded, windows
 
 Array = TypeVar("Array", np.ndarray, jax.Array)
 
@@ -318,14 +318,20 @@ def _tap_sources(geom: Geometry) -> np.ndarray:
     """``(output_items, feature_dim)``: the flat input element each kernel weight reads.
 
     Flat indices are row-major over one example's input in ``geom``'s data format; ``-1``
-    marks taps in the zero padding. Computed by running the core's own window extraction
-    on ``1 + arange`` (padding reads 0), so the order is by construction the kernel's.
+    marks taps in the zero padding. Static NumPy: the windows of ``1 + arange`` (padding
+    reads 0), taken straight from the definition.
     """
-    size = math.prod(geom.spatial_shape) * geom.channels
-    with jax.ensure_compile_time_eval():  # static indices, also while tracing under jit
-        iota = jnp.arange(1, size + 1, dtype=jnp.int32).reshape(geom.input_shape(1))
-        taps = windows(pad_spatial(iota, geom), padded(geom))  # (items, 1, feature_dim)
-    return np.asarray(taps)[:, 0, :].astype(np.int64) - 1
+    n, size = geom.ndim, math.prod(geom.spatial_shape) * geom.channels
+    numbers = np.arange(1, size + 1).reshape(geom.input_shape(1)[1:])
+    if not geom.channels_last:
+        numbers = np.moveaxis(numbers, 0, -1)  # (*spatial, C)
+    numbers = np.pad(numbers, [*geom.padding, (0, 0)])
+    view = sliding_window_view(numbers, geom.effective_kernel_size, axis=tuple(range(n)))
+    taps = view[(*(slice(None, None, s) for s in geom.strides), slice(None))]  # positions
+    taps = taps[(..., *(slice(None, None, d) for d in geom.dilation))]  # (*out, C, *k)
+    if geom.channels_last:  # windows flattened (k..., C)
+        taps = np.moveaxis(taps, n, -1)
+    return taps.reshape(geom.output_items, geom.feature_dim) - 1
 
 
 def _swap_window_and_channels(
