@@ -177,9 +177,10 @@ def _tile_loop(
 
     n_tiles = math.prod(counts)
     blocks = kernel.reshape(n_tiles, plan.tile_positions(geom), *kernel.shape[1:])
-    init = jnp.zeros(
-        geom.result_shape(batch, filters), result_dtype(inputs, preferred_element_type)
-    )
+    shape, dtype = geom.result_shape(batch, filters), result_dtype(inputs, preferred_element_type)
+    # zeros_like keeps the operands' varying mesh axes: under shard_map the carry must vary
+    # like the body's output (scan-vma), which plain jnp.zeros would not.
+    init = jnp.zeros_like(inputs, dtype, shape) + jnp.zeros_like(kernel, dtype, shape)
     # Save only the loop's inputs: the backward pass re-extracts each tile's windows.
     body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
     out, _ = lax.scan(body, init, (jnp.arange(n_tiles, dtype=jnp.int32), blocks))
