@@ -33,6 +33,7 @@ from reference import local_conv_ref
 from sharding_problem import GRAD_TOL, PARAM_TOL, optimizer, train_problem, train_step
 
 import jlocalconv
+from jlocalconv import implementations
 from jlocalconv.sharding import kernel_sharding, sharded_local_conv
 
 CHECKS: dict[str, Callable[[], None]] = {}
@@ -149,6 +150,24 @@ def check_spatial_8() -> None:
 def check_data_by_spatial_2x4() -> None:
     names = ["valid", "same-cf", "stride3-explicit-cf", "causal-1d"]
     _compare_meshes(_mesh((2, 4), ("data", "space")), "data", "space", names)
+
+
+@check
+def check_every_implementation_2x4() -> None:
+    """Each implementation runs per device inside shard_map (e.g. a scan carry must vary
+    over the mesh axes like its operands) and gives the same forward and gradients."""
+    case = GEOMETRIES["stride2-same"]
+    x, k, b = _operands(case)
+    y0, grads0 = _unsharded("stride2-same")
+    f = sharded_local_conv(
+        _mesh((2, 4), ("data", "space")), batch_axis="data", spatial_axis="space"
+    )
+    for name in implementations.names():
+        conv = functools.partial(f, implementation=name)
+        y, grads = _value_and_grads(conv, case, x, k, b)
+        _assert_close(y, y0, f"{name}: forward")
+        for g, g0 in zip(grads, grads0):
+            _assert_close(g, g0, f"{name}: gradient")
 
 
 @check
