@@ -22,12 +22,18 @@ import jlocalconv
 
 X = np.zeros((2, 6, 5, 3), np.float32)  # channels_last; a 3x3 window gives 4x3 outputs
 K = np.zeros((12, 27, 4), np.float32)  # (output_items, feature_dim, filters)
+Y = np.zeros((2, 4, 3, 4), np.float32)  # the result: (batch, *output_shape, filters)
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 BEGIN, END = "<!-- errors-table:begin -->", "<!-- errors-table:end -->"
 
 
 def conv2d(inputs=X, kernel=K, kernel_size=3, strides=1, **kwargs):
     return jlocalconv.local_conv2d(inputs, kernel, kernel_size, strides, **kwargs)
+
+
+def transpose2d(outputs=None, kernel=K, input_shape=(6, 5)):
+    outputs = Y if outputs is None else outputs
+    return jlocalconv.local_conv2d_transpose(outputs, kernel, 3, 1, input_shape)
 
 
 def traced(**static):
@@ -151,6 +157,20 @@ MISUSES = [
     Misuse("`conv_output_shape` with a negative size",
            lambda: jlocalconv.conv_output_shape((5, -1), 2), ValueError, "input_spatial_shape",
            ("non-negative ints", "got (5, -1)")),
+    # The transposed convolution (its outputs are the forward result, (2, 4, 3, 4) here) and
+    # the layout converters.
+    Misuse("`local_conv_transpose`: `outputs` not the forward result's shape",
+           lambda: transpose2d(Y[..., :3]), ValueError, "outputs",
+           ("of shape (2, 4, 3, 4)", "input_shape=(6, 5)", "shape (2, 4, 3, 3)")),
+    Misuse("`local_conv_transpose`: `input_shape` that does not give the kernel's positions",
+           lambda: transpose2d(input_shape=(7, 5)), ValueError, "kernel",
+           ("of output_items (axis 0)", "= 15", "got kernel.shape=(12, 27, 4)")),
+    Misuse("`local_conv_transpose`: `kernel` dtype differs from `outputs`",
+           lambda: transpose2d(kernel=K.astype(np.float16)), TypeError, "kernel",
+           ("of the same dtype as `outputs` (float32)", "dtype float16")),
+    Misuse("`layout.to_lax` with the wrong `channels_in`",
+           lambda: jlocalconv.layout.to_lax(K, (4, 3), 3, 2), ValueError, "kernel",
+           ("of feature_dim (axis 1)", "= 18", "got kernel.shape=(12, 27, 4)")),
 ]  # fmt: skip
 
 
