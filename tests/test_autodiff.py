@@ -26,8 +26,12 @@ def _fn(case, implementation):
     return f
 
 
-@pytest.mark.parametrize("implementation", names())
-@pytest.mark.parametrize("case", SMALL, ids=str)
+# "shifts" differentiates through the "tiles" loop (checked on every case); its own
+# part, the custom_jvp that routes derivatives there, needs one case, not four.
+ORDER_2 = [(c, n) for c in SMALL for n in names() if n != "shifts" or c is SMALL[0]]
+
+
+@pytest.mark.parametrize("case, implementation", ORDER_2, ids=str)
 def test_check_grads_order_2(case, implementation):
     x, k, _ = case.arrays(dtype=np.float64)
     with jax.enable_x64(True):

@@ -78,6 +78,11 @@ def test_gradients_match_finite_differences_in_float64(profile):
     run(profile, _gradients, share=0.5, problem=problem)
 
 
+# Their values are sums of products that compiled code contracts into fused multiply-adds
+# (one rounding) while eager mode rounds each product: jit and eager differ in rounding.
+FUSED_MULTIPLY_ADD = {"shifts"}
+
+
 def _deterministic(problem):
     x, k, b = problem.arrays()
     outs = {}
@@ -85,7 +90,11 @@ def _deterministic(problem):
         first = np.asarray(problem.apply(x, k, b, name))
         np.testing.assert_array_equal(problem.apply(x, k, b, name), first, err_msg=name)
         eager = problem.apply(x, k, b, name, jit=False)
-        np.testing.assert_array_equal(eager, first, err_msg=f"{name}: jit vs eager")
+        if problem.resolved(name) in FUSED_MULTIPLY_ADD:
+            scale = problem.scale(x, k, b)
+            assert_close(eager, first, scale, "float32", both_approximate=True, what=name)
+        else:
+            np.testing.assert_array_equal(eager, first, err_msg=f"{name}: jit vs eager")
         as_jax = [None if a is None else jnp.asarray(a) for a in (x, k, b)]
         np.testing.assert_array_equal(problem.apply(*as_jax, name), first, err_msg=name)
         outs[name] = first
@@ -97,8 +106,8 @@ def _deterministic(problem):
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_float32_results_are_deterministic(profile):
-    """Repeated calls, jit vs eager and NumPy vs JAX operands are bit-identical; distinct
-    implementations differ only within the stated tolerance."""
+    """Repeated calls, jit vs eager (except FUSED_MULTIPLY_ADD) and NumPy vs JAX operands
+    are bit-identical; distinct implementations differ only within the stated tolerance."""
     run(profile, _deterministic, share=0.5, problem=problems(dtypes=("float32",)))
 
 
