@@ -246,9 +246,13 @@ def _local_conv_transpose(
         fn, ndim, outputs, kernel, kernel_size, strides, input_shape, data_format, padding, dilation
     )
     _checks.check_preferred_element_type(preferred_element_type, fn)
-    out_dtype = jnp.dtype(preferred_element_type or outputs.dtype)
+    out_dtype = jnp.dtype(
+        outputs.dtype if preferred_element_type is None else preferred_element_type
+    )
     compute = jnp.promote_types(outputs.dtype, out_dtype)
     batch = outputs.shape[0]
+    if isinstance(precision, list):  # a static (hashable) argument of the jitted adjoint
+        precision = tuple(precision)
     result = _adjoint(
         outputs.astype(compute), kernel.astype(compute), geom=geom, precision=precision
     )

@@ -176,13 +176,15 @@ def test_preferred_element_type_gives_the_exact_products_in_float32():
     k16, y16 = jnp.asarray(k, jnp.bfloat16), jnp.asarray(y, jnp.bfloat16)
     got = _transpose(y16, k16, CASE, preferred_element_type=jnp.float32)
     assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(_transpose(y16, k16, CASE, preferred_element_type="float32"), got)
     # bf16 products are exact in float32: the same as transposing the upcast operands.
     want = _transpose(y16.astype(jnp.float32), k16.astype(jnp.float32), CASE)
     np.testing.assert_array_equal(got, want)
     assert _transpose(y16, k16, CASE).dtype == jnp.bfloat16
-    highest = _transpose(y, k, CASE, precision=jax.lax.Precision.HIGHEST)
     scale = transpose_ref(np.abs(y), np.abs(k), CASE)
-    assert_close(highest, transpose_ref(y, k, CASE), scale, "float32")
+    for precision in ["highest", jax.lax.Precision.HIGHEST, [jax.lax.Precision.HIGH] * 2]:
+        got = _transpose(y, k, CASE, precision=precision)
+        assert_close(got, transpose_ref(y, k, CASE), scale, "float32", what=str(precision))
 
 
 def test_uncovered_inputs_get_zeros_and_empty_batches_work():
