@@ -15,29 +15,26 @@ the memory and traffic figures are what a real mesh would see per device.
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
+import re
+import sys
+from pathlib import Path
 
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):  # must precede JAX's start
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+import jax
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import jlocalconv
+from bench import jax_measure
+from bench.candidate import Problem
+from bench.suite import Shape
+from bench.timing import Policy, time_call
+from jlocalconv.sharding import kernel_sharding, sharded_local_conv
 
-import jax  # noqa: E402
-from jax.sharding import AxisType, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-import jlocalconv  # noqa: E402
-from bench import jax_measure  # noqa: E402
-from bench.candidate import Problem  # noqa: E402
-from bench.suite import Shape  # noqa: E402
-from bench.timing import Policy, time_call  # noqa: E402
-from jlocalconv.sharding import kernel_sharding, sharded_local_conv  # noqa: E402
+DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
 
 SHAPES = [
     # same padding: output rows = input rows, one halo row from each neighbour
@@ -164,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--smoke", action="store_true", help="one tiny shape, 2 repeats (seconds)")
     args = p.parse_args(argv)
+    # Read when JAX starts its backend (first device use), so here, not on import: importing
+    # this module must not change the device count of the importing process.
+    if DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DEVICE_FLAG}".strip()
     result = run(args.smoke)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -55,3 +55,13 @@ def test_parameter_and_halo_bytes_are_the_plans(rows):
         expected = halo_rows * (shape.batch // data) * cols_channels * 4
         assert row["halo_bytes_fwd_per_device"] == expected, row
         assert row["halo_bytes_fwd_bwd_per_device"] >= expected
+
+
+def test_tpu_pod_script_dry_run(capsys):
+    """bench/tpu_pod.py's code path on this process's one device (a 1x1 mesh, no
+    jax.distributed): the sharded first step equals the one-device step."""
+    from bench import tpu_pod
+
+    assert tpu_pod.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel shard max |diff|: 0.0" in out and "mesh: {'data': 1, 'space': 1}" in out
