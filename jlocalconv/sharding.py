@@ -158,19 +158,10 @@ def sharded_local_conv(
         preferred_element_type: jax.typing.DTypeLike | None = None,
         implementation: str = "auto",
     ) -> jax.Array:
-        geom = _validate(
-            inputs,
-            kernel,
-            kernel_size,
-            strides,
-            output_shape,
-            data_format,
-            padding,
-            dilation,
-            bias,
-            preferred_element_type,
-            implementation,
-        )
+        # make_geometry's argument order
+        geometry = (kernel_size, strides, padding, dilation, data_format)
+        geom = _validate(inputs, kernel, output_shape, bias, geometry, preferred_element_type)
+        _check_implementation(implementation)
         _check_divisible(mesh, batch_axis, inputs.shape[0], "inputs", "batch size")
         _check_divisible(mesh, spatial_axis, geom.output_shape[0], "kernel", "output rows")
         options = dict(
@@ -206,28 +197,19 @@ def _check_divisible(mesh: Mesh, axis: Hashable | None, size: int, arg: str, wha
         )
 
 
-def _validate(
-    inputs,
-    kernel,
-    kernel_size,
-    strides,
-    output_shape,
-    data_format,
-    padding,
-    dilation,
-    bias,
-    preferred_element_type,
-    implementation,
-) -> Geometry:
+def _validate(inputs, kernel, output_shape, bias, geometry, preferred_element_type) -> Geometry:
     """``local_conv``'s checks, with this function's name in the messages."""
     _checks.check_array(inputs, _FN, "inputs")
     _checks.check_floating(inputs, _FN, "inputs")
-    geom = make_geometry(inputs.shape, kernel_size, strides, padding, dilation, data_format, fn=_FN)
+    geom = make_geometry(inputs.shape, *geometry, fn=_FN)
     _checks.check_operands(_FN, geom, inputs, kernel, output_shape, bias)
     _checks.check_preferred_element_type(preferred_element_type, _FN)
+    return geom
+
+
+def _check_implementation(implementation: object) -> None:
     if not isinstance(implementation, str) or implementation not in names():
         fail(_FN, "implementation", f"one of {names()}", repr(implementation))
-    return geom
 
 
 @dataclasses.dataclass(frozen=True)
