@@ -17,7 +17,7 @@ from jax import lax
 from jlocalconv import _checks
 from jlocalconv._errors import fail
 from jlocalconv.geometry import Geometry, IntOrTuple, PaddingLike, make_geometry
-from jlocalconv.implementations import IMPLEMENTATIONS, choose, names
+from jlocalconv.implementations import IMPLEMENTATIONS, choose, names, widened, widens
 
 
 def local_conv(
@@ -253,7 +253,7 @@ def _local_conv(
     geom = make_geometry(inputs.shape, kernel_size, strides, padding, dilation, data_format, fn=fn)
     _checks.check_operands(fn, geom, inputs, kernel, output_shape, bias)
     _checks.check_preferred_element_type(preferred_element_type, fn)
-    impl = _resolve_implementation(fn, implementation, geom, inputs, kernel)
+    impl = _resolve_implementation(fn, implementation, geom, inputs, kernel, preferred_element_type)
     out = impl(
         inputs, kernel, geom, precision=precision, preferred_element_type=preferred_element_type
     )
@@ -262,13 +262,17 @@ def _local_conv(
     return out if bias is None else _add_bias(out, bias, geom)
 
 
-def _resolve_implementation(fn, implementation, geom, inputs, kernel):
+def _resolve_implementation(fn, implementation, geom, inputs, kernel, preferred_element_type):
+    """The implementation to run; "auto" may also widen 16-bit operands (CPU)."""
     if not isinstance(implementation, str) or implementation not in names():
         fail(fn, "implementation", f"one of {names()}", repr(implementation))
-    if implementation == "auto":
-        backend = jax.default_backend()
-        implementation = choose(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype, backend)
-    return IMPLEMENTATIONS[implementation]
+    if implementation != "auto":
+        return IMPLEMENTATIONS[implementation]
+    backend = jax.default_backend()
+    name = choose(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype, backend)
+    if widens(inputs, kernel, preferred_element_type, backend):
+        return widened(IMPLEMENTATIONS[name])
+    return IMPLEMENTATIONS[name]
 
 
 def _add_bias(out: jax.Array, bias: jax.Array, geom: Geometry) -> jax.Array:

@@ -232,3 +232,28 @@ def test_auto_runs_the_chosen_implementation():
         assert choose(_geom(case), 32, 8, x.dtype, "cpu") == "tiles"
     got = jlocalconv.local_conv(x, k, 3, 1, precision="highest")
     np.testing.assert_allclose(got, _ref(case, x, k), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU widening policy")
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_auto_computes_16_bit_operands_in_float32_on_cpu(dtype):
+    case = Case((12, 12), 5, 8, (3, 3), (1, 1), batch=32)  # "tiles", see above
+    x, k, _ = case.arrays()
+    x, k = x.astype(dtype), k.astype(dtype)
+    wide = local_conv_tiles(x.astype(jnp.float32), k.astype(jnp.float32), _geom(case))
+    # Rounded once from float32: bit-equal to the float32 computation on the same operands.
+    got = jax.jit(lambda x, k: jlocalconv.local_conv(x, k, 3, 1))(x, k)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(
+        np.asarray(got, np.float32), np.asarray(wide.astype(dtype), np.float32)
+    )
+    accumulated = jlocalconv.local_conv(x, k, 3, 1, preferred_element_type=jnp.float32)
+    assert accumulated.dtype == jnp.float32
+    np.testing.assert_array_equal(accumulated, wide)
+    # Gradients come back in the operands' dtype.
+    gx, gk = jax.grad(lambda x, k: jlocalconv.local_conv(x, k, 3, 1).sum(), (0, 1))(x, k)
+    assert (gx.dtype, gk.dtype) == (dtype, dtype)
+    # Not widened: a float64 accumulation, other backends, float32 operands.
+    assert not jlocalconv.implementations.widens(x, k, "float64", "cpu")
+    assert not jlocalconv.implementations.widens(x, k, None, "gpu")
+    assert not jlocalconv.implementations.widens(x.astype(jnp.float32), k, None, "cpu")

@@ -17,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jlocalconv.geometry import Geometry
+from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.shifts import local_conv_shifts
 from jlocalconv.implementations.slices import local_conv_slices
@@ -42,6 +44,12 @@ SMALL_PATCH_BYTES = 256 << 10
 # kernel, and "shifts" (prod(kernel_size) * channels fused multiply-adds) computes
 # values 3-4x faster than "tiles" (measured on the suite's 1- and 4-channel shapes).
 SHIFTS_MAX_CHANNELS = 4
+# XLA's CPU backend has no fast 16-bit path through these loops' slices, dots and
+# scatters: bf16 value_and_grad ran about 2x slower than float32 on the suite's bf16
+# shape, and about 2x faster once widened. A product of two 16-bit floats is exact in
+# float32, so widening the operands once, accumulating in float32 and rounding the
+# result once gives what a float32-accumulating 16-bit dot gives.
+CPU_WIDENED_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 
 
 def choose(geom: Geometry, batch: int, filters: int, dtype: object, backend: str) -> str:
@@ -54,7 +62,8 @@ def choose(geom: Geometry, batch: int, filters: int, dtype: object, backend: str
       ``SMALL_PATCH_BYTES``, "slices": one contraction with no loop. Otherwise
       "shifts" when the input has at most ``SHIFTS_MAX_CHANNELS`` channels, else
       "tiles" (see :mod:`jlocalconv.implementations.tiles` for how it sizes its
-      tiles; "shifts" differentiates through the same loop). On the benchmark suite
+      tiles; "shifts" differentiates through the same loop). 16-bit float operands are
+      computed in float32 and the result rounded once (:func:`widens`). On the benchmark suite
       (2-core CPU) these ran forward+backward several times faster than
       ``jax.lax.conv_general_dilated_local`` with under half its temp memory.
     * any other backend (GPU, TPU): "slices", one large batched contraction, which is
@@ -91,6 +100,35 @@ def choose(geom: Geometry, batch: int, filters: int, dtype: object, backend: str
     if patch_bytes <= SMALL_PATCH_BYTES:
         return "slices"
     return "shifts" if geom.channels <= SHIFTS_MAX_CHANNELS else "tiles"
+
+
+def widens(inputs: jax.Array, kernel: jax.Array, preferred_element_type, backend: str) -> bool:
+    """Whether "auto" computes in float32 (see ``CPU_WIDENED_DTYPES``).
+
+    On CPU, for 16-bit float operands whose result is at most 32 bits wide (a float64
+    ``preferred_element_type`` asks for float64 accumulation, which widening to
+    float32 would not give).
+
+    >>> import jax.numpy as jnp
+    >>> x = jnp.ones((1, 4, 2), jnp.bfloat16)
+    >>> widens(x, x, None, "cpu"), widens(x, x, None, "gpu"), widens(x, x, "float64", "cpu")
+    (True, False, False)
+    """
+    dtypes = {np.dtype(inputs.dtype), np.dtype(kernel.dtype)}
+    out = result_dtype(inputs, preferred_element_type)
+    return backend == "cpu" and dtypes <= set(CPU_WIDENED_DTYPES) and out.itemsize <= 4
+
+
+def widened(impl: Implementation) -> Implementation:
+    """``impl`` run on float32 operands, its result rounded once to the requested dtype."""
+
+    def run(inputs, kernel, geom, *, precision, preferred_element_type):
+        out_dtype = result_dtype(inputs, preferred_element_type)
+        wide = (inputs.astype(jnp.float32), kernel.astype(jnp.float32))
+        out = impl(*wide, geom, precision=precision, preferred_element_type=None)
+        return out.astype(out_dtype)
+
+    return run
 
 
 def names() -> tuple[str, ...]:
