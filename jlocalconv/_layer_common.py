@@ -310,21 +310,3 @@ def constant_init(value: Any, name: str, arg: str) -> Initializer:
         return jnp.asarray(value, dtype)
 
     return init
-
-
-def reorder_features(
-    kernel: Any, kernel_size: Sequence[int], channels: int, from_format: str, to_format: str
-) -> np.ndarray:
-    """``kernel`` with its feature axis reordered from ``from_format``'s order to ``to_format``'s.
-
-    channels_last flattens each window as ``(k..., C)``, channels_first as ``(C, k...)``.
-    """
-    kernel = np.asarray(kernel)
-    if from_format == to_format:
-        return kernel
-    items, _, filters = kernel.shape
-    if from_format == "channels_last":
-        split = kernel.reshape(items, *kernel_size, channels, filters)
-        return np.moveaxis(split, -2, 1).reshape(kernel.shape)
-    split = kernel.reshape(items, channels, *kernel_size, filters)
-    return np.moveaxis(split, 1, -2).reshape(kernel.shape)

@@ -28,6 +28,7 @@ from jlocalconv import _layer_common as common
 from jlocalconv._activations import Activation
 from jlocalconv.geometry import IntOrTuple, PaddingLike, normalize_data_format
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
+from jlocalconv.layout import convert_data_format
 
 eqx = common.import_optional("equinox", "equinox", "jlocalconv.eqx")
 
@@ -136,7 +137,7 @@ class _LocallyConnected(eqx.Module):
         name = f"{cls.__name__}.from_keras"
         kwargs = common.keras_arguments(layer, cls.ndim, name)
         target = normalize_data_format(data_format, name)
-        kernel = common.reorder_features(
+        kernel = convert_data_format(
             layer.kernel,
             kwargs["kernel_size"],
             kwargs["in_features"],
