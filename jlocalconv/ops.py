@@ -64,6 +64,8 @@ def local_conv(
       preferred_element_type: accumulation/result dtype of the contraction, e.g.
         ``jnp.float32`` for bf16 operands.
       implementation: ``"auto"`` or a name from ``jlocalconv.implementations``.
+        ``"auto"`` picks by static shapes, dtype and backend; on CPU it computes
+        bf16/f16 operands in float32 and rounds the result once.
 
     Returns:
       ``(batch, *output_shape, filters)`` or ``(batch, filters, *output_shape)``.
