@@ -105,3 +105,14 @@ def test_default_suite_is_the_issues():
     assert "8, 24x24, 32->64, 3x3, 1, same" in labels and "4, 12x12x12, 4->8, 3x3x3, 1" in labels
     with pytest.raises(ValueError, match="unknown"):
         suite.select(suite.DEFAULT, ["nope"])
+
+
+def test_batched_dot_ceiling_script_runs(capsys):
+    from bench import batched_dot
+
+    batched_dot.main(["--smoke"])
+    lines = capsys.readouterr().out.splitlines()
+    names = [*(f"einsum {spec}" for spec in batched_dot.LAYOUTS), "scan of matmuls"]
+    for name in [*names, "jlocalconv tiles (windows included)", "matmul 256^3"]:
+        (line,) = [line for line in lines if line.startswith(name)]
+        assert float(line.split()[-4]) > 0 and line.endswith("GFLOP/s")  # a time and a rate
