@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,8 @@ from jax import lax
 import jlocalconv
 from bench.timing import Policy, time_call
 
-# (einsum of windows "pbk" and weights "pkf" in some layout, its name)
+# The contraction as einsums over windows (p positions, b batch, k features) and weights
+# (p, k, f filters), each with its operands and result in another memory layout.
 LAYOUTS = ("pbk,pkf->pbf", "pkb,pkf->pbf", "pbk,pfk->pbf", "pkb,pkf->pfb", "pbk,pkf->bpf")
 
 
@@ -40,20 +40,15 @@ def candidates(batch: int, side: int, channels: int, filters: int, window: int) 
     for spec in LAYOUTS:
         lhs, rhs = spec.split("->")[0].split(",")
         operands = (_arrange(x, "pbk", lhs), _arrange(w, "pkf", rhs))
-        found[f"einsum {spec}"] = (_einsum(spec), operands, flops)
+        found[f"einsum {spec}"] = (functools.partial(jnp.einsum, spec), operands, flops)
     found["scan of matmuls"] = (_scan_matmuls, (x, w), flops)
     images = jax.random.normal(key, (batch, side, side, channels))
-    kernel = jax.random.normal(key, (p, k, filters))
     tiles = lambda i, k: jlocalconv.local_conv2d(i, k, window, 1, implementation="tiles")
-    found["jlocalconv tiles (windows included)"] = (tiles, (images, kernel), flops)
+    found["jlocalconv tiles (windows included)"] = (tiles, (images, w), flops)
     n = 2048 if batch >= 16 else 256
     big = jax.random.normal(key, (n, n))
     found[f"matmul {n}^3 (the roofline's peak)"] = (jnp.matmul, (big, big), 2 * n**3)
     return found
-
-
-def _einsum(spec: str) -> Callable:
-    return lambda a, b: jnp.einsum(spec, a, b)
 
 
 def _arrange(array: jax.Array, have: str, want: str) -> jax.Array:

@@ -271,10 +271,8 @@ def _resolve_implementation(fn, implementation, geom, inputs, kernel, preferred_
     if implementation != "auto":
         return IMPLEMENTATIONS[implementation]
     backend = jax.default_backend()
-    name = choose(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype, backend)
-    if widens(inputs, kernel, preferred_element_type, backend):
-        return widened(IMPLEMENTATIONS[name])
-    return IMPLEMENTATIONS[name]
+    impl = IMPLEMENTATIONS[choose(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype, backend)]
+    return widened(impl) if widens(inputs, kernel, preferred_element_type, backend) else impl
 
 
 def _add_bias(out: jax.Array, bias: jax.Array, geom: Geometry) -> jax.Array:

@@ -102,7 +102,12 @@ def choose(geom: Geometry, batch: int, filters: int, dtype: object, backend: str
     return "shifts" if geom.channels <= SHIFTS_MAX_CHANNELS else "tiles"
 
 
-def widens(inputs: jax.Array, kernel: jax.Array, preferred_element_type, backend: str) -> bool:
+def widens(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    preferred_element_type: jax.typing.DTypeLike | None,
+    backend: str,
+) -> bool:
     """Whether "auto" computes in float32 (see ``CPU_WIDENED_DTYPES``).
 
     On CPU, for 16-bit float operands whose result is at most 32 bits wide (a float64
