@@ -24,6 +24,7 @@ class Shape:
     strides: tuple[int, ...]
     padding: str = "valid"
     dtype: str = "float32"
+    source: str = ""
 
     @property
     def ndim(self) -> int:
@@ -79,6 +80,47 @@ DEFAULT: tuple[Shape, ...] = (
     _s("1d", 32, (256,), 32, 32, 7, 1),
     _s("3d", 4, (12, 12, 12), 4, 8, 3, 1),
     _s("bf16", 32, (32, 32), 16, 16, 3, 1, dtype="bfloat16"),
+)
+
+# Locally connected layers of published models, at the batches their users train with.
+# ``source`` says where each comes from; the report prints it beside the figures.
+_DEEPFACE = "DeepFace (Taigman et al., CVPR 2014), Fig. 2"
+REAL_LAYERS: tuple[Shape, ...] = (
+    _s("deepface_l4", 8, (63, 63), 16, 16, 9, 1, source=f"{_DEEPFACE}, L4"),
+    _s("deepface_l5", 8, (55, 55), 16, 16, 7, 2, source=f"{_DEEPFACE}, L5"),
+    _s("deepface_l6", 32, (25, 25), 16, 16, 5, 1, source=f"{_DEEPFACE}, L6"),
+    _s(
+        "yolov1_local",
+        8,
+        (7, 7),
+        1024,
+        256,
+        3,
+        1,
+        padding="same",
+        source="YOLOv1 (Redmon et al., CVPR 2016), the 'local' layer of yolov1.cfg",
+    ),
+    _s(
+        "genomic_1d",
+        32,
+        (20000,),
+        1,
+        4,
+        10,
+        10,
+        source="1-D genomic prediction over SNP markers (locally connected first layer, "
+        "e.g. Pook et al., Genetics 2020)",
+    ),
+    _s(
+        "medical_3d",
+        4,
+        (32, 32, 32),
+        1,
+        8,
+        3,
+        1,
+        source="3-D medical volume patch (32^3 voxels, one modality), first layer",
+    ),
 )
 
 # One tiny shape with padding and strides: the smoke run checks the plumbing, not speed.
