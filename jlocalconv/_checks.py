@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from jlocalconv._errors import fail
-from jlocalconv.geometry import Geometry, _as_int, _static_hint
+from jlocalconv._validate import as_int, static_hint
+from jlocalconv.geometry import Geometry
 
 
 def check_array(value: object, fn: str, arg: str) -> None:
@@ -69,6 +70,18 @@ def check_rank(value: object, rank: int, fn: str, arg: str, what: str) -> None:
         fail(fn, arg, f"of rank {rank} {what}", value)
 
 
+def check_inputs(inputs: object, fn: str, ndim: int | None) -> None:
+    """``inputs`` is a floating array with ``ndim`` spatial dims (any number if None)."""
+    check_array(inputs, fn, "inputs")
+    check_floating(inputs, fn, "inputs")
+    shape = tuple(inputs.shape)  # type: ignore[attr-defined]
+    if ndim is not None:
+        layout = "(batch, *spatial, channels) or (batch, channels, *spatial)"
+        check_rank(inputs, ndim + 2, fn, "inputs", layout)
+    elif len(shape) < 3:
+        fail(fn, "inputs", "of rank >= 3 (batch, spatial..., channels)", f"shape {shape}")
+
+
 def check_kernel(kernel: object, geom: Geometry, fn: str) -> None:
     """The kernel must be ``(output_items, feature_dim, filters)`` for ``geom``."""
     check_array(kernel, fn, "kernel")
@@ -117,13 +130,13 @@ def check_output_shape(output_shape: Sequence[int] | None, geom: Geometry, fn: s
         return
     # Exact ints only: int() would truncate 4.5 and split the string "channels_first".
     try:
-        given = (None,) if isinstance(output_shape, str) else tuple(map(_as_int, output_shape))
+        given = (None,) if isinstance(output_shape, str) else tuple(map(as_int, output_shape))
     except TypeError:  # not iterable
         given = (None,)
     if None in given:
         expected = f"None or a tuple of {geom.ndim} ints"
         got = repr(output_shape) if isinstance(output_shape, str) else output_shape
-        fail(fn, "output_shape", expected, got, exc=TypeError, hint=_static_hint(output_shape))
+        fail(fn, "output_shape", expected, got, exc=TypeError, hint=static_hint(output_shape))
     if given != geom.output_shape:
         fail(
             fn,

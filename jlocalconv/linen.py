@@ -32,6 +32,7 @@ from jlocalconv._activations import Activation
 from jlocalconv._errors import fail
 from jlocalconv.geometry import IntOrTuple, PaddingLike
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
+from jlocalconv.spec import ConvOptions, Unpack
 
 nn = common.import_optional("flax.linen", "flax", "jlocalconv.linen")
 
@@ -68,6 +69,9 @@ class _LocallyConnected(nn.Module):
     param_dtype: Any = jnp.float32
     precision: lax.PrecisionLike = None
     implementation: str = "auto"
+    # Linen declares its attributes: one per option of jlocalconv.spec.ConvOptions (a test
+    # checks that none is missing), new ones at the end so positional use keeps working.
+    preferred_element_type: jax.typing.DTypeLike | None = None
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -96,14 +100,11 @@ class _LocallyConnected(nn.Module):
             kernel_size=self.kernel_size,
             input_shape=spatial,
             strides=self.strides,
-            padding=self.padding,
             data_format=self.data_format,
-            dilation=self.dilation,
             activation=self.activation,
             use_bias=self.use_bias,
             dtype=self.dtype,
-            precision=self.precision,
-            implementation=self.implementation,
+            **{name: getattr(self, name) for name in ConvOptions.__annotations__},
         )
 
     @classmethod
@@ -113,14 +114,15 @@ class _LocallyConnected(nn.Module):
         *,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
-        precision: lax.PrecisionLike = None,
-        implementation: str = "auto",
+        **options: Unpack[ConvOptions],
     ) -> tuple[_LocallyConnected, dict[str, Any]]:
         """The module and variables reproducing a tf.keras layer.
 
         Args:
           layer: one ``KerasLocallyConnected`` from :func:`jlocalconv.keras_io.load_weights`.
-          dtype, param_dtype, precision, implementation: as the attributes.
+          dtype, param_dtype: as the attributes.
+          **options: ``precision``, ``implementation``, ... as the attributes (not the
+            geometry, which is Keras's).
 
         Returns:
           ``(module, variables)``: ``module.apply(variables, x)`` gives Keras's output.
@@ -129,10 +131,9 @@ class _LocallyConnected(nn.Module):
         del kwargs["in_features"], kwargs["input_shape"]  # Linen infers them from inputs
         module = cls(
             **kwargs,
+            **options,
             dtype=dtype,
             param_dtype=param_dtype,
-            precision=precision,
-            implementation=implementation,
         )
         params = {"kernel": jnp.asarray(layer.kernel, param_dtype)}
         if layer.bias is not None:
