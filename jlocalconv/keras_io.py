@@ -266,16 +266,16 @@ def _open(path: str | os.PathLike) -> Iterator[_Source]:
         fail(_FN, "path", "an existing file", repr(path), exc=FileNotFoundError)
     expected = "a tf.keras 2 .h5 model or weights file, or a .keras archive"
     if zipfile.is_zipfile(path):
-        with _reading(path, "a zip archive"), zipfile.ZipFile(path) as archive:
+        with _reading(path, "a zip archive"):
+            archive = zipfile.ZipFile(path)
+        with archive:
             names = archive.namelist()
             if "config.json" not in names or "model.weights.h5" not in names:
                 fail(_where(path), "path", expected, f"a zip file holding {names}")
             with _reading(path, "config.json"):
                 config = json.loads(archive.read("config.json"))
             with _reading(path, "model.weights.h5"):
-                data = io.BytesIO(archive.read("model.weights.h5"))
-        with _reading(path, "model.weights.h5"):
-            f = h5py.File(data, "r")
+                f = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
         with f:
             yield _Source(path, config, _archive_reader(f, path), {}, True)
     elif h5py.is_hdf5(path):
@@ -291,10 +291,13 @@ def _h5_source(f: Any, path: str, expected: str) -> _Source:
     """The model (``model.save``) or weights-only (``model.save_weights``) HDF5 file ``f``."""
     with _reading(path, "the file's attributes"):
         attrs = set(f.attrs)
-        if "model_config" in attrs:
+        archive_layout = isinstance(f.get("layers"), h5py.Group)
+    if "model_config" in attrs:
+        with _reading(path, "the model config"):
             config, root = json.loads(_text(f.attrs["model_config"])), f["model_weights"]
-            return _Source(path, config, _h5_reader(root, path), {}, False)
-        if isinstance(f.get("layers"), h5py.Group):  # model.save_weights("w.weights.h5")
+        return _Source(path, config, _h5_reader(root, path), {}, False)
+    if archive_layout:  # model.save_weights("w.weights.h5")
+        with _reading(path, "the layer groups"):
             return _Source(path, None, _archive_reader(f, path), _archive_layers(f), True)
     if "layer_names" not in attrs:
         fail(_where(path), "path", expected, f"an HDF5 file with attributes {sorted(attrs)}")
@@ -334,7 +337,7 @@ def _h5_reader(root: Any, path: str) -> Callable[[_Entry], list[np.ndarray]]:
             names = [w for w in _weight_names(group) if w.split("/")[-2:-1] == [layer]]
         arrays = []
         for name in names:
-            with _reading(path, f"dataset {group_name}/{name!r}", entry.name):
+            with _reading(path, f"dataset {f'{group_name}/{name}'!r}", entry.name):
                 arrays.append(np.asarray(group[name]))
         return arrays
 
@@ -361,9 +364,7 @@ def _archive_reader(f: Any, path: str) -> Callable[[_Entry], list[np.ndarray]]:
     def read(entry: _Entry) -> list[np.ndarray]:
         """The arrays of ``<location>/vars/0, 1, ...`` (kernel first)."""
         with _reading(path, f"group {entry.location!r}", entry.name):
-            group = f.get(f"{entry.location}/vars")
-            if group is None:
-                return []
+            group = f[f"{entry.location}/vars"]
             return [np.asarray(group[key]) for key in sorted(group, key=int)]
 
     return read
@@ -504,7 +505,7 @@ def _convert(source: _Source, entry: _Entry, override: dict) -> KerasLocallyConn
     use_bias = bool(config.get("use_bias", len(arrays) == 2))
     if len(arrays) != 1 + use_bias:
         expected = "a kernel and a bias" if use_bias else "a kernel (use_bias=False)"
-        fail(fn, "path", f"a file holding {expected} for this layer", f"{len(arrays)} arrays")
+        fail(fn, "path", f"a file holding {expected} for this layer", f"{len(arrays)} array(s)")
     kernel, bias = arrays[0], (arrays[1] if use_bias else None)
     geom = _layer_geometry(entry, config, kernel, fn)
     filters = int(config["filters"])
