@@ -3,7 +3,8 @@
 Damaged files are tf_keras-written fixtures (tests/fixtures, make_keras_fixtures.py) copied
 into a temporary directory and broken there: a dataset deleted, bytes zeroed, a file cut in
 half, an archive member replaced. ``FILE_ERRORS`` is also the source of the load_weights
-table in docs/errors.md: after changing it, regenerate with ``python tests/test_keras_io_errors.py``.
+table in docs/errors.md: after changing it, regenerate it with
+``python tests/test_keras_io_errors.py``.
 """
 
 from __future__ import annotations
