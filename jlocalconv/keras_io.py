@@ -319,7 +319,7 @@ def _h5_layers(root: Any) -> dict[str, str]:
     Each top-level group lists its weights as ``<layer>/kernel:0``, also for the layers of a
     nested model (group ``inner``, weights ``inner_lc/kernel:0``): those are keyed by path.
     """
-    layers = {}
+    layers: dict[str, str] = {}
     for group_name in map(_text, root.attrs.get("layer_names", [])):
         for weight in _weight_names(root[group_name]):
             layer = weight.split("/")[-2] if "/" in weight else group_name
@@ -504,8 +504,8 @@ def _convert(source: _Source, entry: _Entry, override: dict) -> KerasLocallyConn
         fail(fn, "implementation", "1, 2 or 3", repr(implementation))
     use_bias = bool(config.get("use_bias", len(arrays) == 2))
     if len(arrays) != 1 + use_bias:
-        expected = "a kernel and a bias" if use_bias else "a kernel (use_bias=False)"
-        fail(fn, "path", f"a file holding {expected} for this layer", f"{len(arrays)} array(s)")
+        held = "a kernel and a bias" if use_bias else "a kernel (use_bias=False)"
+        fail(fn, "path", f"a file holding {held} for this layer", f"{len(arrays)} array(s)")
     kernel, bias = arrays[0], (arrays[1] if use_bias else None)
     geom = _layer_geometry(entry, config, kernel, fn)
     filters = int(config["filters"])
@@ -558,7 +558,8 @@ def _layer_geometry(entry: _Entry, config: dict, kernel: np.ndarray, fn: str) ->
         n = kernel.ndim // 2 - 1
         spatial = kernel.shape[:n] if fmt == "channels_last" else kernel.shape[1 : n + 1]
     else:
-        example = {1: "(steps,)", 2: "(rows, cols)"}.get(_ndim(config), "(steps,) or (rows, cols)")
+        examples = {1: "(steps,)", 2: "(rows, cols)", None: "(steps,) or (rows, cols)"}
+        example = examples.get(_ndim(config), examples[None])
         hint = f"Pass it: configs={{{entry.name!r}: {{'input_shape': {example}}}}}."
         fail(fn, "configs", "an 'input_shape' (the file does not determine it)", "none", hint=hint)
     if channels is None:
