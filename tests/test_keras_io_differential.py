@@ -43,8 +43,8 @@ ACTIVATIONS = {
 }
 
 
-def _specs() -> dict[str, dict]:
-    saved = np.load(RANDOM / "random.npz")
+def _specs(saved) -> dict[str, dict]:
+    """Layer name -> its tf_keras constructor arguments and input, in the model's order."""
     names = sorted(
         {key.split("/")[0] for key in saved if key.startswith("lc")}, key=lambda n: int(n[2:])
     )
@@ -52,7 +52,7 @@ def _specs() -> dict[str, dict]:
 
 
 SAVED = np.load(RANDOM / "random.npz")
-SPECS = _specs()
+SPECS = _specs(SAVED)
 
 
 def _spatial(spec: dict) -> tuple[int, ...]:
