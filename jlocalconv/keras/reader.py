@@ -44,11 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jlocalconv import _keras_layouts as kl
-from jlocalconv._activations import get_activation
-from jlocalconv._errors import fail
-from jlocalconv._layer_common import import_optional
+from jlocalconv._errors import fail, import_optional
 from jlocalconv.geometry import Geometry, normalize_data_format
+from jlocalconv.keras import converters as kl
+from jlocalconv.keras.activations import get_activation
 from jlocalconv.ops import local_conv
 
 h5py = import_optional("h5py", "keras", "jlocalconv.keras_io")
