@@ -6,17 +6,15 @@ forward pass (:func:`apply`) and the translation of a loaded tf.keras layer
 (:func:`keras_arguments`) live here, once, on top of :mod:`jlocalconv.spec` and
 :func:`jlocalconv.ops.apply`.
 
-May import: ``_activations``, ``_checks``, ``_errors``, ``_validate``, ``geometry``,
-``initializers``, ``ops``, ``spec``.
+May import: ``_checks``, ``_errors``, ``_validate``, ``geometry``, ``initializers``,
+``keras.activations``, ``ops``, ``spec``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -24,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jlocalconv import _checks
-from jlocalconv._activations import Activation, get_activation
 from jlocalconv._errors import fail
 from jlocalconv._validate import normalize_data_format, positive_int, shape_tuple
 from jlocalconv.geometry import Geometry, IntOrTuple
 from jlocalconv.initializers import Initializer
+from jlocalconv.keras.activations import Activation, get_activation
 from jlocalconv.ops import apply as apply_spec
 from jlocalconv.spec import OPTIONS_DOC as CONV_OPTIONS_DOC
 from jlocalconv.spec import LocalConvSpec
@@ -47,14 +45,6 @@ OPTIONS_DOC = f"""\
         :mod:`jlocalconv.initializers`).
       bias_init: an initialiser or name for the bias (zeros by default).
 {CONV_OPTIONS_DOC}"""
-
-
-def import_optional(module: str, extra: str, user: str) -> ModuleType:
-    """Imports ``module`` or raises an ImportError that says which extra to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"{user} needs {extra}: pip install 'jlocalconv[{extra}]'") from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +224,7 @@ def keras_arguments(layer: Any, ndim: int, name: str) -> dict[str, Any]:
     """Constructor arguments for a layer equal to a loaded Keras layer.
 
     Args:
-      layer: a ``jlocalconv.keras_io.KerasLocallyConnected`` (what ``load_weights``
+      layer: a ``jlocalconv.keras.reader.KerasLocallyConnected`` (what ``load_weights``
         returns for one layer).
       ndim: the spatial rank of the layer class being built.
       name: e.g. ``"LocallyConnected2D.from_keras"``, for error messages.

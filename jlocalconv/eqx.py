@@ -24,14 +24,15 @@ from typing import Any, ClassVar
 import jax
 
 from jlocalconv import _layer_common as common
-from jlocalconv._activations import Activation
+from jlocalconv._errors import import_optional
 from jlocalconv._validate import normalize_data_format
 from jlocalconv.geometry import IntOrTuple
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
+from jlocalconv.keras.activations import Activation
 from jlocalconv.layout import convert_data_format
 from jlocalconv.spec import ConvOptions, Unpack, with_options
 
-eqx = common.import_optional("equinox", "equinox", "jlocalconv.eqx")
+eqx = import_optional("equinox", "equinox", "jlocalconv.eqx")
 
 
 class _LocallyConnected(eqx.Module):

@@ -10,8 +10,9 @@ transposes and scatters), to and from:
   (:func:`to_lax`, :func:`from_lax`);
 * the dense matrix of the whole linear map (:func:`to_dense_matrix`);
 * tf.keras ``LocallyConnected*D`` implementations 2 and 3 (``from_keras_dense``,
-  ``to_keras_dense``, ``from_keras_sparse``, ``to_keras_sparse``, re-exported from
-  :mod:`jlocalconv._keras_layouts`).
+  ``to_keras_dense``, ``from_keras_sparse``, ``to_keras_sparse``): thin, lazy re-exports of
+  :mod:`jlocalconv.keras.converters`, where they live (importing this module imports no
+  Keras code).
 
 The converters here accept NumPy and JAX arrays and return the same kind (NumPy in, NumPy
 out, so float64 checkpoints stay float64 without ``jax_enable_x64``); with JAX arrays they
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -31,15 +32,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from jlocalconv import _checks
 from jlocalconv._errors import fail
-
-# tf.keras implementations 2 and 3 (host-side NumPy, Keras's own "same") live in their own
-# module and are part of this one's public API.
-from jlocalconv._keras_layouts import (
-    from_keras_dense,
-    from_keras_sparse,
-    to_keras_dense,
-    to_keras_sparse,
-)
 from jlocalconv._validate import (
     as_int,
     channels_from_kernel,
@@ -51,6 +43,26 @@ from jlocalconv._validate import (
 from jlocalconv.geometry import Geometry, IntOrTuple, PaddingLike, make_geometry
 
 Array = TypeVar("Array", np.ndarray, jax.Array)
+
+# tf.keras implementations 2 and 3 live in jlocalconv.keras.converters and stay part of
+# this module's documented API, imported on first use (type checkers see them statically).
+if TYPE_CHECKING:
+    from jlocalconv.keras.converters import (
+        from_keras_dense,
+        from_keras_sparse,
+        to_keras_dense,
+        to_keras_sparse,
+    )
+
+_KERAS_CONVERTERS = ("from_keras_dense", "from_keras_sparse", "to_keras_dense", "to_keras_sparse")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _KERAS_CONVERTERS:
+        from jlocalconv.keras import converters
+
+        return getattr(converters, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def convert_data_format(

@@ -28,13 +28,13 @@ from jax import lax
 
 from jlocalconv import _checks
 from jlocalconv import _layer_common as common
-from jlocalconv._activations import Activation
-from jlocalconv._errors import fail
+from jlocalconv._errors import fail, import_optional
 from jlocalconv.geometry import IntOrTuple, PaddingLike
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
+from jlocalconv.keras.activations import Activation
 from jlocalconv.spec import ConvOptions, Unpack
 
-nn = common.import_optional("flax.linen", "flax", "jlocalconv.linen")
+nn = import_optional("flax.linen", "flax", "jlocalconv.linen")
 
 
 class _LocallyConnected(nn.Module):

@@ -26,12 +26,13 @@ import jax
 import jax.numpy as jnp
 
 from jlocalconv import _layer_common as common
-from jlocalconv._activations import Activation
+from jlocalconv._errors import import_optional
 from jlocalconv.geometry import IntOrTuple
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
+from jlocalconv.keras.activations import Activation
 from jlocalconv.spec import ConvOptions, Unpack, with_options
 
-nnx = common.import_optional("flax.nnx", "flax", "jlocalconv.nnx")
+nnx = import_optional("flax.nnx", "flax", "jlocalconv.nnx")
 
 
 class _LocallyConnected(nnx.Module):
