@@ -158,18 +158,18 @@ def apply(
       ``(*batch, *output_shape, filters)`` or ``(*batch, filters, *output_shape)``.
     """
     _check_inputs(spec, inputs, batched)
-    inputs, kernel, bias = _promote(spec.dtype, inputs, kernel, bias)
+    x, k, b = _promote(spec.dtype, inputs, kernel, bias)
+    assert x is not None and k is not None  # _promote keeps None only where given
     sample = spec.sample_shape
-    lead = inputs.shape[: inputs.ndim - len(sample)]
-    x = inputs.reshape(math.prod(lead), *sample)
-    out = apply_spec(spec.conv, x, kernel, bias=bias, fn=spec.name)  # type: ignore[arg-type]
+    lead = x.shape[: x.ndim - len(sample)]
+    out = apply_spec(spec.conv, x.reshape(math.prod(lead), *sample), k, bias=b, fn=spec.name)
     return spec.activation(out.reshape(*lead, *out.shape[1:]))
 
 
-def _check_inputs(spec: LayerSpec, inputs: object, batched: bool) -> None:
+def _check_inputs(spec: LayerSpec, inputs: Any, batched: bool) -> None:
     _checks.check_array(inputs, spec.name, "inputs")
     sample = spec.sample_shape
-    shape = tuple(inputs.shape)  # type: ignore[attr-defined]
+    shape = tuple(inputs.shape)
     fits = shape[len(shape) - len(sample) :] == sample and len(shape) >= len(sample)
     if not batched and len(shape) != len(sample):
         hint = "Equinox layers take one example; use jax.vmap(layer) for a batch."
@@ -260,8 +260,10 @@ def keras_arguments(layer: Any, ndim: int, name: str) -> dict[str, Any]:
 def constant_init(value: Any, name: str, arg: str) -> Initializer:
     """An initialiser returning ``value`` (cast to the requested dtype) for its exact shape."""
 
-    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-        del key
+    def init(
+        key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32, out_sharding: Any = None
+    ) -> jax.Array:
+        del key, out_sharding
         if value is None or tuple(np.shape(value)) != tuple(shape):
             got = "None" if value is None else f"shape {np.shape(value)}"
             fail(name, arg, f"of shape {tuple(shape)}", got)

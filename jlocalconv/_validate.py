@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from jlocalconv._errors import fail
 
@@ -25,7 +25,7 @@ IntOrTuple = int | Sequence[int]
 DATA_FORMATS = ("channels_last", "channels_first")
 
 
-def as_int(value: object) -> int | None:
+def as_int(value: Any) -> int | None:
     """``value`` as a Python int if it is a static integer (not bool), else None.
 
     Example:
@@ -36,7 +36,7 @@ def as_int(value: object) -> int | None:
     if isinstance(value, bool):
         return None
     try:
-        return operator.index(value)  # type: ignore[arg-type]  # int, np.integer; not floats, tracers
+        return operator.index(value)  # int, np.integer; rejects floats and tracers
     except TypeError:
         return None
 
@@ -90,7 +90,7 @@ def normalize_tuple(
 
 
 def shape_tuple(
-    value: object,
+    value: Any,
     fn: str,
     arg: str,
     *,
@@ -122,7 +122,7 @@ def shape_tuple(
       (28, 28)
     """
     if ndim is not None and as_int(value) is not None:
-        return normalize_tuple(value, ndim, fn, arg, minimum=minimum)  # type: ignore[arg-type]
+        return normalize_tuple(value, ndim, fn, arg, minimum=minimum)
     if not isinstance(value, Sequence) or isinstance(value, str) or not value:
         kind = "positive" if minimum == 1 else "non-negative"
         expected = f"{what + ', ' if what else ''}a non-empty tuple of {kind} ints"
@@ -168,7 +168,7 @@ def normalize_data_format(data_format: str | None, fn: str = "jlocalconv") -> Da
     return "channels_first" if data_format.lower() == "channels_first" else "channels_last"
 
 
-def channels_from_kernel(kernel: object, window_items: int, fn: str, *, expected: str = "") -> int:
+def channels_from_kernel(kernel: Any, window_items: int, fn: str, *, expected: str = "") -> int:
     """``C`` from a kernel's ``feature_dim = window_items * C``: the one such derivation.
 
     ``kernel`` must already be known to be rank 3 (``(output_items, feature_dim, filters)``).
@@ -183,11 +183,11 @@ def channels_from_kernel(kernel: object, window_items: int, fn: str, *, expected
       >>> channels_from_kernel(np.zeros((4, 27, 8)), 9, "f")
       3
     """
-    features = kernel.shape[1]  # type: ignore[attr-defined]  # rank checked by the caller
+    features = kernel.shape[1]  # rank 3 checked by the caller
     if features % window_items or features == 0:
         default = "of feature_dim (axis 1) a positive multiple of prod(kernel_size)"
         expected = f"{expected or default} = {window_items}"
-        fail(fn, "kernel", expected, f"kernel.shape={tuple(kernel.shape)}")  # type: ignore[attr-defined]
+        fail(fn, "kernel", expected, f"kernel.shape={tuple(kernel.shape)}")
     return int(features // window_items)
 
 

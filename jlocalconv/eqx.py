@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 
@@ -32,11 +32,13 @@ from jlocalconv.keras.activations import Activation
 from jlocalconv.layout import convert_data_format
 from jlocalconv.spec import ConvOptions, Unpack, with_options
 
-eqx = import_optional("equinox", "equinox", "jlocalconv.eqx")
+if TYPE_CHECKING:  # the optional dependency, typed
+    import equinox as eqx
+else:
+    eqx = import_optional("equinox", "equinox", "jlocalconv.eqx")
 
 
-class _LocallyConnected(eqx.Module):
-    __doc__ = f"""A locally connected layer: every output position has its own filter bank.
+_DOC = f"""A locally connected layer: every output position has its own filter bank.
 
     Args:
       in_features: the number of input channels.
@@ -54,6 +56,10 @@ class _LocallyConnected(eqx.Module):
       ValueError, TypeError: for a bad argument, at construction; for inputs of the
         wrong shape (a batch included: vmap instead), when called.
     """
+
+
+class _LocallyConnected(eqx.Module):
+    __doc__ = _DOC
 
     ndim: ClassVar[int]
 
@@ -152,17 +158,17 @@ class _LocallyConnected(eqx.Module):
 
 
 class LocallyConnected1D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 1
 
 
 class LocallyConnected2D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 2
 
 
 class LocallyConnected3D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 3
 
 

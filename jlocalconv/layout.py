@@ -210,6 +210,7 @@ def from_lax(
       (12, 27, 8)
     """
     fn = "from_lax"
+    out: tuple[int, ...]
     out, window, channels, fmt = _lax_args(output_shape, kernel_size, channels_in, data_format, fn)
     features = window * channels
     _check_rank(kernel, len(out) + 2, fn, "(*output_shape, C * prod(kernel_size), filters)")
@@ -327,7 +328,8 @@ def _tap_sources(geom: Geometry) -> np.ndarray:
     numbers = np.pad(numbers, [*geom.padding, (0, 0)])
     view = sliding_window_view(numbers, geom.effective_kernel_size, axis=tuple(range(n)))
     taps = view[(*(slice(None, None, s) for s in geom.strides), slice(None))]  # positions
-    taps = taps[(..., *(slice(None, None, d) for d in geom.dilation))]  # (*out, C, *k)
+    dilated: tuple[Any, ...] = (..., *(slice(None, None, d) for d in geom.dilation))
+    taps = taps[dilated]  # (*out, C, *k)
     if geom.channels_last:  # windows flattened (k..., C)
         taps = np.moveaxis(taps, n, -1)
     return taps.reshape(geom.output_items, geom.feature_dim) - 1
@@ -343,7 +345,13 @@ def _swap_window_and_channels(
     return k.reshape(items, window * channels, filters)
 
 
-def _lax_args(output_shape, kernel_size, channels_in, data_format, fn):
+def _lax_args(
+    output_shape: object,
+    kernel_size: IntOrTuple,
+    channels_in: object,
+    data_format: str | None,
+    fn: str,
+) -> tuple[tuple[int, ...], int, int, str]:
     """``(output_shape, prod(kernel_size), C, data_format)`` for :func:`to_lax`/``from_lax``."""
     out = shape_tuple(output_shape, fn, "output_shape", minimum=0)
     window = math.prod(normalize_tuple(kernel_size, len(out), fn, "kernel_size"))

@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +34,13 @@ from jlocalconv.initializers import Initializer, default_kernel_init, zeros
 from jlocalconv.keras.activations import Activation
 from jlocalconv.spec import ConvOptions, Unpack
 
-nn = import_optional("flax.linen", "flax", "jlocalconv.linen")
+if TYPE_CHECKING:  # the optional dependency, typed
+    import flax.linen as nn
+else:
+    nn = import_optional("flax.linen", "flax", "jlocalconv.linen")
 
 
-class _LocallyConnected(nn.Module):
-    __doc__ = f"""A locally connected layer: every output position has its own filter bank.
+_DOC = f"""A locally connected layer: every output position has its own filter bank.
 
     Attributes:
       filters: the number of output channels.
@@ -52,6 +54,10 @@ class _LocallyConnected(nn.Module):
     trailing ``ndim + 1`` dims are one example. Bad arguments raise ValueError/TypeError
     naming the argument when the module is first called (at ``init``).
     """
+
+
+class _LocallyConnected(nn.Module):
+    __doc__ = _DOC
 
     ndim: ClassVar[int]
 
@@ -142,17 +148,17 @@ class _LocallyConnected(nn.Module):
 
 
 class LocallyConnected1D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 1
 
 
 class LocallyConnected2D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 2
 
 
 class LocallyConnected3D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 3
 
 

@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +32,13 @@ from jlocalconv.initializers import Initializer, default_kernel_init, zeros
 from jlocalconv.keras.activations import Activation
 from jlocalconv.spec import ConvOptions, Unpack, with_options
 
-nnx = import_optional("flax.nnx", "flax", "jlocalconv.nnx")
+if TYPE_CHECKING:  # the optional dependency, typed
+    from flax import nnx
+else:
+    nnx = import_optional("flax.nnx", "flax", "jlocalconv.nnx")
 
 
-class _LocallyConnected(nnx.Module):
-    __doc__ = f"""A locally connected layer: every output position has its own filter bank.
+_DOC = f"""A locally connected layer: every output position has its own filter bank.
 
     Args:
       in_features: the number of input channels.
@@ -54,6 +56,10 @@ class _LocallyConnected(nnx.Module):
       ValueError, TypeError: for a bad argument, at construction; for inputs of the
         wrong shape, when called.
     """
+
+
+class _LocallyConnected(nnx.Module):
+    __doc__ = _DOC
 
     ndim: ClassVar[int]
 
@@ -137,17 +143,17 @@ class _LocallyConnected(nnx.Module):
 
 
 class LocallyConnected1D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 1
 
 
 class LocallyConnected2D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 2
 
 
 class LocallyConnected3D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 3
 
 

@@ -16,23 +16,27 @@ from collections.abc import Sequence
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jlocalconv import _checks
 from jlocalconv.geometry import Geometry, IntOrTuple
 from jlocalconv.implementations import IMPLEMENTATIONS, Implementation, choose, widened, widens
 from jlocalconv.spec import ConvOptions, LocalConvSpec, Unpack, with_options
 
+# What the operands may be: JAX arrays (tracers included) or NumPy arrays.
+Array = jax.Array | np.ndarray
+
 
 @with_options
 def local_conv(
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: Array,
+    kernel: Array,
     kernel_size: IntOrTuple,
     strides: IntOrTuple,
     output_shape: Sequence[int] | None = None,
     data_format: str | None = None,
     *,
-    bias: jax.Array | None = None,
+    bias: Array | None = None,
     **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """N-D locally connected convolution with Keras's semantics and kernel layout.
@@ -87,13 +91,13 @@ def local_conv(
 
 @with_options
 def local_conv1d(
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: Array,
+    kernel: Array,
     kernel_size: IntOrTuple,
     strides: IntOrTuple,
     data_format: str | None = None,
     *,
-    bias: jax.Array | None = None,
+    bias: Array | None = None,
     **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """1-D local convolution, ``tf.keras.backend.local_conv1d``'s signature.
@@ -125,14 +129,14 @@ def local_conv1d(
 
 @with_options
 def local_conv2d(
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: Array,
+    kernel: Array,
     kernel_size: IntOrTuple,
     strides: IntOrTuple,
     output_shape: Sequence[int] | None = None,
     data_format: str | None = None,
     *,
-    bias: jax.Array | None = None,
+    bias: Array | None = None,
     **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """2-D local convolution, ``tf.keras.backend.local_conv2d``'s signature.
@@ -162,14 +166,14 @@ def local_conv2d(
 
 @with_options
 def local_conv3d(
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: Array,
+    kernel: Array,
     kernel_size: IntOrTuple,
     strides: IntOrTuple,
     output_shape: Sequence[int] | None = None,
     data_format: str | None = None,
     *,
-    bias: jax.Array | None = None,
+    bias: Array | None = None,
     **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """3-D local convolution. See :func:`local_conv` for the arguments.
@@ -198,13 +202,13 @@ def local_conv3d(
 def _local_conv(
     fn: str,
     ndim: int | None,
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: Array,
+    kernel: Array,
     kernel_size: IntOrTuple,
     strides: IntOrTuple,
     output_shape: Sequence[int] | None,
     data_format: str | None,
-    bias: jax.Array | None,
+    bias: Array | None,
     options: ConvOptions,
 ) -> jax.Array:
     """Shared body of the public entry points; ``ndim`` fixes the spatial rank if set."""
@@ -217,10 +221,10 @@ def _local_conv(
 
 def apply(
     spec: LocalConvSpec,
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: Array,
+    kernel: Array,
     *,
-    bias: jax.Array | None = None,
+    bias: Array | None = None,
     output_shape: Sequence[int] | None = None,
     fn: str = "local_conv",
 ) -> jax.Array:
@@ -259,9 +263,9 @@ def _checked_call(spec, inputs, kernel, bias, output_shape, fn):
 def convolve(
     spec: LocalConvSpec,
     geom: Geometry,
-    inputs: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array | None = None,
+    inputs: Array,
+    kernel: Array,
+    bias: Array | None = None,
 ) -> jax.Array:
     """The convolution for operands already checked against ``geom`` (no checks here).
 
@@ -287,7 +291,7 @@ def convolve(
 
 
 def _implementation(
-    spec: LocalConvSpec, geom: Geometry, inputs: jax.Array, kernel: jax.Array
+    spec: LocalConvSpec, geom: Geometry, inputs: Array, kernel: Array
 ) -> Implementation:
     """The implementation to run; "auto" may also widen 16-bit operands (CPU)."""
     if spec.implementation != "auto":
@@ -298,7 +302,7 @@ def _implementation(
     return widened(impl) if widen else impl
 
 
-def _add_bias(out: jax.Array, bias: jax.Array, geom: Geometry) -> jax.Array:
+def _add_bias(out: jax.Array, bias: Array, geom: Geometry) -> jax.Array:
     bias = jnp.asarray(bias, out.dtype)
     if not geom.channels_last:
         # (F,) -> (F, 1, ..., 1); (*out, F) -> (F, *out): a true per-position bias,

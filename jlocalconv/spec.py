@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any, TypedDict, TypeVar
 
 import jax
@@ -105,15 +105,15 @@ class LocalConvSpec:
     data_format: DataFormat = "channels_last"
     padding: str | tuple[tuple[int, int], ...] = "valid"
     dilation: tuple[int, ...] = 1  # type: ignore[assignment]
-    precision: Hashable = None
-    preferred_element_type: Hashable = None
+    precision: lax.PrecisionLike = None
+    preferred_element_type: jax.typing.DTypeLike | None = None
     implementation: str = "auto"
     ndim: dataclasses.InitVar[int | None] = None
     fn: dataclasses.InitVar[str] = "LocalConvSpec"
 
     def __post_init__(self, ndim: int | None, fn: str) -> None:
         n = _spatial_rank(self.kernel_size, ndim, fn)
-        fmt = normalize_data_format(self.data_format, fn)  # type: ignore[arg-type]
+        fmt = normalize_data_format(self.data_format, fn)
         ks = normalize_tuple(self.kernel_size, n, fn, "kernel_size")
         st = normalize_tuple(self.strides, n, fn, "strides")
         dl = normalize_tuple(self.dilation, n, fn, "dilation")
@@ -165,8 +165,8 @@ class LocalConvSpec:
                 raise TypeError(f"{fn}() got an unexpected keyword argument {name!r}")
         return cls(
             kernel_size,  # type: ignore[arg-type]  # user forms: __post_init__ normalises them
-            strides,  # type: ignore[arg-type]
-            data_format,  # type: ignore[arg-type]
+            strides,  # type: ignore[arg-type]  # as kernel_size
+            data_format,  # type: ignore[arg-type]  # as kernel_size
             **options,
             ndim=ndim,
             fn=fn,
@@ -235,6 +235,7 @@ def with_options(function: F) -> F:
             kind, default = inspect.Parameter.KEYWORD_ONLY, defaults[name]
             annotation = getattr(annotation, "__forward_arg__", annotation)  # the source text
             params.append(inspect.Parameter(name, kind, default=default, annotation=annotation))
+    # Any function takes the attribute; the Callable bound of F does not declare it.
     function.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     if function.__doc__:
         function.__doc__ = function.__doc__.replace("{options}", OPTIONS_DOC.strip())
