@@ -168,3 +168,12 @@ def test_plain_import_loads_no_keras_code_and_reaches_every_documented_module():
     assert not keras_code, result["loaded"]
     assert "jlocalconv.layout" not in result["loaded"]
     assert result["reached"] == {m: m for m in public}
+
+
+def test_importing_the_keras_subpackage_imports_neither_keras_nor_h5py():
+    probe = "import json, sys, jlocalconv.keras; print(json.dumps(sorted(sys.modules)))"
+    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    loaded = json.loads(run.stdout)
+    heavy = [m for m in loaded if m.split(".")[0] in ("h5py", "keras", "tf_keras", "tensorflow")]
+    assert not heavy and "jlocalconv.keras.reader" not in loaded

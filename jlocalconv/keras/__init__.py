@@ -19,9 +19,9 @@ May import: the core modules (``ops``, ``geometry``, ``_validate``, ``_errors``,
 module imports this package, except the layers (``keras.activations``).
 
 Example:
-  >>> import sys, jlocalconv.keras
-  >>> "h5py" in sys.modules or "keras" in sys.modules   # nothing heavy imported yet
-  False
+  >>> import jlocalconv.keras
+  >>> "load_weights" in dir(jlocalconv.keras)    # listed; imported (with h5py) on first use
+  True
   >>> jlocalconv.keras.get_activation("relu").__name__
   'relu'
 """
