@@ -57,8 +57,9 @@ def goals(run: dict) -> dict:
 
 
 def _shape_goals(rows: dict, key: str, auto: dict, lax: dict) -> dict:
-    own = [r for (k, _), r in rows.items() if k == key and r["family"] == "jlocalconv"]
-    fastest = min(own, key=lambda r: r["fwd_bwd_ms"])
+    own = [r for (k, c), r in rows.items() if k == key and c != AUTO]
+    own = [r for r in own if r["family"] == "jlocalconv"]
+    fastest = min(own, key=lambda r: r["fwd_bwd_ms"], default=auto)  # what auto could pick
     torch = rows.get((key, TORCH))
     temps = auto["temp_fwd_bwd_bytes"], lax["temp_fwd_bwd_bytes"]
     return {
@@ -174,8 +175,8 @@ def _header(run: dict) -> str:
         f"- timing: {timing}; JAX variants jitted and compiled ahead of time, every call "
         "waits with `block_until_ready` (torch: `torch.cuda.synchronize`); default "
         "precision; fwd+bwd is `value_and_grad` of `sum(y * g)` w.r.t. input and kernel.\n"
-        "- sizes: GPU batches chosen as `bench/accelerator.py` explains; every timed "
-        "result is also compared with the float64 reference on its first batch items."
+        f"- sizes: {run.get('sizes', 'not timed')}; every timed result is also compared with "
+        "the float64 reference on its first batch items."
     )
 
 
@@ -207,7 +208,7 @@ def _shapes(run: dict) -> str:
     ]
     for s in run["shapes"]:
         lines.append(
-            f"| {s['key']} | {s['label']} | {s['window_mib']:.0f} | {s['source'] or 'suite'} |"
+            f"| {s['key']} | {s['label']} | {s['window_mib']:.3g} | {s['source'] or 'suite'} |"
         )
     return "\n".join(lines)
 

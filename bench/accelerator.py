@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         failed += _time_everything(args, names, run, deadline=start + args.budget_s)
     run["elapsed_s"]["total"] = time.perf_counter() - start
     md, js, png = accel_report.write(run, args.out, chart_too=True)
-    print(accel_report.goal_table(run))
+    if run["results"]:
+        print(accel_report.goal_table(run))
     print(f"wrote {md}, {js}" + (f", {png}" if png else " (no .png: see the report's notes)"))
     _loud(failed)
     return 1 if failed else 0
@@ -173,6 +174,12 @@ def _time_everything(args, names, run: dict, deadline: float) -> list[str]:
     candidates = _candidates(names, run["meta"]["backend"], run["notes"])
     policy = SMOKE_POLICY if args.smoke else FULL_POLICY
     run["policy"] = dataclasses.asdict(policy)
+    run["sizes"] = (
+        "the smoke shape (--smoke)"
+        if args.smoke
+        else "GPU batches as the docstring of bench/accelerator.py explains"
+        + (f", capped at {args.batch_cap}" if args.batch_cap else "")
+    )
     run["shapes"] = [_shape_info(s) for s in shapes]
     problems: dict[str, tuple[Problem, np.ndarray]] = {}
     failed: list[str] = []
@@ -191,7 +198,7 @@ def _time_everything(args, names, run: dict, deadline: float) -> list[str]:
 def _candidates(names, backend: str, notes: list[str]) -> list[Candidate]:
     ours_ = [c for c in ours.candidates() if c.name.split(":", 1)[1] in names]
     found = [_guard_shifts(c) for c in ours_] + lax_local.candidates(None)
-    loaders = {"flax": lambda: flax_local.candidates(None), "torch": lambda: _torch(backend)}
+    loaders = {"flax": lambda: flax_local.candidates(None), "torch": lambda: _torch(backend, notes)}
     for label, load in loaders.items():
         try:
             found += load()
@@ -200,12 +207,16 @@ def _candidates(names, backend: str, notes: list[str]) -> list[Candidate]:
     return found
 
 
-def _torch(backend: str) -> list[Candidate]:
+def _torch(backend: str, notes: list[str]) -> list[Candidate]:
     """torch on the device JAX uses: CPU with CPU, CUDA with GPU, nothing with TPU."""
     torch = torch_unfold.require("torch")
     if backend == "cpu":
+        notes.append(f"torch {torch.__version__} measured on the CPU")
         return torch_unfold.candidates(Options())
     if backend == "gpu" and torch.cuda.is_available():
+        notes.append(
+            f"torch {torch.__version__} measured on cuda:0, {torch.cuda.get_device_name(0)}"
+        )
         return torch_unfold.candidates(Options(), device="cuda")
     available = torch.cuda.is_available()
     raise Unavailable(f"torch {torch.__version__} sees no {backend} device (CUDA: {available})")
