@@ -38,10 +38,11 @@ import argparse
 import dataclasses
 import datetime
 import gc
-import importlib
 import platform
 import sys
 import time
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import jax
@@ -135,11 +136,11 @@ def environment(argv: list[str]) -> dict:
     device = jax.devices()[0]
     now = datetime.datetime.now(datetime.timezone.utc)
     versions = {"python": platform.python_version(), "jax": jax.__version__}
-    for name in ("jaxlib", "flax", "torch", "numpy"):
+    for name in ("jaxlib", "flax", "torch", "numpy"):  # read without importing them
         try:
-            versions[name] = importlib.import_module(name).__version__
-        except Exception:  # missing or broken: the report says "not importable"
-            versions[name] = "not importable"
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
     return {
         "date": now.date().isoformat(),
         "time_utc": now.strftime("%H:%M"),
@@ -171,7 +172,6 @@ def _time_everything(args, names, run: dict, deadline: float) -> list[str]:
     start = time.perf_counter()
     full = suite.DEFAULT + suite.REAL_LAYERS
     shapes = suite.SMOKE if args.smoke else gpu_shapes(full, args.batch_cap)
-    candidates = _candidates(names, run["meta"]["backend"], run["notes"])
     policy = SMOKE_POLICY if args.smoke else FULL_POLICY
     run["policy"] = dataclasses.asdict(policy)
     run["sizes"] = (
@@ -183,7 +183,8 @@ def _time_everything(args, names, run: dict, deadline: float) -> list[str]:
     run["shapes"] = [_shape_info(s) for s in shapes]
     problems: dict[str, tuple[Problem, np.ndarray]] = {}
     failed: list[str] = []
-    for tier in _tiers(candidates):
+    for load in _tiers(names, run["meta"]["backend"], run["notes"]):
+        tier = load()
         for shape in shapes:
             if shape.key not in problems:
                 problems[shape.key] = _problem(shape)
@@ -195,9 +196,23 @@ def _time_everything(args, names, run: dict, deadline: float) -> list[str]:
     return failed
 
 
-def _candidates(names, backend: str, notes: list[str]) -> list[Candidate]:
-    ours_ = [c for c in ours.candidates() if c.name.split(":", 1)[1] in names]
-    found = [_guard_shifts(c) for c in ours_] + lax_local.candidates(None)
+def _tiers(names, backend: str, notes: list[str]) -> list[Callable[[], list[Candidate]]]:
+    """auto and lax first, then the other implementations, then the peers.
+
+    Each tier is loaded when it is reached, so a framework that fails to load (torch
+    and JAX share the GPU's CUDA libraries) cannot cost what was measured before it.
+    """
+    ours_ = [_guard_shifts(c) for c in ours.candidates() if c.name.split(":", 1)[1] in names]
+    first = [c for c in ours_ if c.name in _FIRST] + lax_local.candidates(None)
+    return [
+        lambda: first,
+        lambda: [c for c in ours_ if c.name not in _FIRST],
+        lambda: _peers(backend, notes),
+    ]
+
+
+def _peers(backend: str, notes: list[str]) -> list[Candidate]:
+    found: list[Candidate] = []
     loaders = {"flax": lambda: flax_local.candidates(None), "torch": lambda: _torch(backend, notes)}
     for label, load in loaders.items():
         try:
@@ -236,12 +251,6 @@ def _guard_shifts(cand: Candidate) -> Candidate:
         return cand.build(problem)
 
     return dataclasses.replace(cand, build=build)
-
-
-def _tiers(candidates: list[Candidate]) -> list[list[Candidate]]:
-    """auto and lax first, then the other implementations, then the peers."""
-    rank = lambda c: 0 if c.name in _FIRST else 1 if c.family == "jlocalconv" else 2
-    return [t for t in ([c for c in candidates if rank(c) == r] for r in range(3)) if t]
 
 
 def _problem(shape: suite.Shape) -> tuple[Problem, np.ndarray]:
