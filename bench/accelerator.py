@@ -69,6 +69,7 @@ _FIRST = ("jlocalconv:auto", "jax.lax")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options after ``--accelerator-check`` (``--help`` lists them)."""
     p = argparse.ArgumentParser(
         prog="python -m bench --accelerator-check", description=__doc__.split("\n\n")[0]
     )
@@ -80,7 +81,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="comma-separated jlocalconv implementations (default: every name)",
     )
-    p.add_argument("--budget-s", type=float, default=300.0, help="stop timing after this")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=300.0,
+        help="start no measurement after this many seconds from the start (default 300)",
+    )
     p.add_argument(
         "--batch-cap", type=int, default=None, help="cap every batch (to size a run on a CPU)"
     )
@@ -88,7 +94,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the check; returns 1 if any jlocalconv implementation is wrong, else 0."""
+    """Runs the check and writes its report.
+
+    Args:
+      argv: command-line options (default ``sys.argv[1:]``); ``--accelerator-check`` itself
+        is ignored, so ``python -m bench`` can pass its arguments through.
+
+    Returns:
+      The exit status: 1 if any jlocalconv implementation failed the float64 check (here or
+      at a timed size) or raised, else 0. Peers that fail are noted, not counted.
+    """
     start = time.perf_counter()
     argv = sys.argv[1:] if argv is None else argv
     argv = [a for a in argv if a != "--accelerator-check"]

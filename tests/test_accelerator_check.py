@@ -3,6 +3,7 @@ and its float64 reference check fails loudly on a wrong implementation (injected
 
 from __future__ import annotations
 
+import doctest
 import functools
 import json
 import os
@@ -19,7 +20,7 @@ sys.path.insert(0, str(ROOT))  # `bench` is a folder of the repository, not an i
 
 from reference import local_conv_ref  # noqa: E402
 
-from bench import accel_check, accelerator, suite  # noqa: E402
+from bench import accel_check, accelerator, numpy_reference, suite  # noqa: E402
 from bench.numpy_reference import Spec, local_conv_f64, local_conv_f64_vjp  # noqa: E402
 from jlocalconv import implementations  # noqa: E402
 from jlocalconv.implementations.patches import local_conv_patches  # noqa: E402
@@ -142,3 +143,9 @@ def test_gpu_batches_are_within_range_and_bounded():
         assert s.batch == 32 or accelerator._window_bytes(s, s.batch) <= 1 << 30
     assert [s.batch for s in accelerator.gpu_shapes(suite.DEFAULT[:2], cap=4)] == [4, 4]
     assert Spec((3,), (2,), "same").pads((7,)) == ((1, 1),)
+
+
+@pytest.mark.parametrize("module", [numpy_reference, accel_check, accelerator])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
