@@ -157,6 +157,9 @@ def _header(run: dict) -> str:
     m = run["meta"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     elapsed = ", ".join(f"{k} {v:.0f} s" for k, v in run.get("elapsed_s", {}).items())
+    compiling = sum(
+        r[field] or 0 for r in run["results"] for field in ("compile_fwd_s", "compile_fwd_bwd_s")
+    )
     policy = run.get("policy")
     timing = (
         f"{policy['warmup']} warm-up calls after compiling, then the median of "
@@ -171,7 +174,7 @@ def _header(run: dict) -> str:
         f"- backend: {m['backend']}; device: {m['device_kind']}; devices: "
         f"{', '.join(m['devices'])}\n"
         f"- versions: {versions}; host: {m['host']}\n"
-        f"- elapsed: {elapsed}\n"
+        f"- elapsed: {elapsed} (XLA compiles of the timed variants: {compiling:.0f} s)\n"
         f"- timing: {timing}; JAX variants jitted and compiled ahead of time, every call "
         "waits with `block_until_ready` (torch: `torch.cuda.synchronize`); default "
         "precision; fwd+bwd is `value_and_grad` of `sum(y * g)` w.r.t. input and kernel.\n"
