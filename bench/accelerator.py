@@ -63,7 +63,7 @@ SHIFTS_MAX_TERMS = 1024
 # is a sanity check of every variant at full size; the exact check is part 1.
 TOLERANCE = {"float32": 1e-2, "bfloat16": 5e-2}
 REFERENCE_ITEMS = 2  # batch items compared with the float64 reference per timed row
-FULL_POLICY = Policy(warmup=2, min_repeats=5, max_repeats=50, budget_s=0.2, cap_s=1.0)
+FULL_POLICY = Policy(warmup=2, min_repeats=5, max_repeats=30, budget_s=0.1, cap_s=1.0)
 SMOKE_POLICY = Policy(warmup=1, min_repeats=2, max_repeats=2, budget_s=0.0, cap_s=0.1)
 _FIRST = ("jlocalconv:auto", "jax.lax")
 

@@ -149,3 +149,13 @@ def test_gpu_batches_are_within_range_and_bounded():
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_report_without_matplotlib_skips_the_chart_with_a_note(smoke, tmp_path, monkeypatch):
+    from bench import accel_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    md, js, png = accel_report.write(smoke["json"], tmp_path, chart_too=True)
+    assert png is None and not list(tmp_path.glob("*.png"))
+    assert "no .png: matplotlib is not importable" in md.read_text()
+    assert json.loads(js.read_text())["meta"] == smoke["json"]["meta"]
