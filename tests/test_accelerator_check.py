@@ -34,7 +34,8 @@ def smoke(tmp_path_factory) -> dict:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (js,) = out.glob("cpu-*.json")
-    return {"json": json.loads(js.read_text()), "md": js.with_suffix(".md").read_text()}
+    md, png = js.with_suffix(".md"), js.with_suffix(".png")
+    return {"json": json.loads(js.read_text()), "md": md.read_text(), "png": png}
 
 
 def test_smoke_report_names_backend_device_and_command(smoke):
@@ -44,6 +45,8 @@ def test_smoke_report_names_backend_device_and_command(smoke):
     assert md.startswith(f"# jlocalconv accelerator check: cpu, {meta['device_kind']}, ")
     assert f"- backend: cpu; device: {meta['device_kind']}" in md
     assert "`python -m bench --accelerator-check --smoke --out " in md
+    pytest.importorskip("matplotlib")
+    assert smoke["png"].stat().st_size > 0
 
 
 def test_smoke_checks_every_implementation_in_both_formats(smoke):
