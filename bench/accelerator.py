@@ -23,17 +23,18 @@ non-smoke check with batches capped at 2 (``--batch-cap 2``) took 1173 s of wall
 361 s of CPU time, of which the 220 timed compiles took 2.5 s each on average (wall).
 Assuming 0.5-1 s per GPU compile (no GPU was available to measure it), that is 140-280 s,
 plus at most about 0.1 s of timing per measurement (256 of them) and the host's float64
-references: close to the budget, hence the deadline below. The batches are the suite's times ``GPU_BATCH_FACTOR`` (8), clamped to 32-256, then halved
-(not below 32) while the largest window tensor, ``batch * positions * features`` values,
-exceeds 1 GiB, so that no variant needs more than a few GiB and one call stays in the
-milliseconds on a current GPU (the largest, DeepFace L4 at batch 64, is about 8 GFLOP
-forward). "shifts" is skipped above ``SHIFTS_MAX_TERMS`` unrolled terms, whose forward
-compile alone grows faster than linearly (on the CPU: 576 terms 4.5 s, 1296 10 s, 2304 28
-s). No measurement starts after ``--budget-s`` seconds (default 300) from the start: what
-is not measured by then is listed as skipped, and the most important pairs come first
-("auto" and lax on every shape, then the other implementations, then flax and torch;
-measuring in tiers instead of alternating costs little accuracy on a dedicated device, and
-on a shared CPU the tiers' ratios drift, as the run above showed).
+references: close to the budget, hence the deadline below. The batches are the suite's
+times ``GPU_BATCH_FACTOR`` (8), clamped to 32-256, then halved (not below 32) while the
+largest window tensor, ``batch * positions * features`` values, exceeds 1 GiB, so that no
+variant needs more than a few GiB and one call stays in the milliseconds on a current GPU
+(the largest, DeepFace L4 at batch 64, is about 8 GFLOP forward). "shifts" is skipped
+above ``SHIFTS_MAX_TERMS`` unrolled terms, whose forward compile alone grows faster than
+linearly (on the CPU: 576 terms 4.5 s, 1296 10 s, 2304 28 s). No measurement starts after
+``--budget-s`` seconds (default 300) from the start: what is not measured by then is
+listed as skipped, and the most important pairs come first ("auto" and lax on every shape,
+then the other implementations, then flax and torch; measuring in tiers instead of
+alternating costs little accuracy on a dedicated device, and on a shared CPU the tiers'
+ratios drift, as the run above showed).
 ``bench/gpu_check.sh`` runs this under a hard timeout.
 """
 
