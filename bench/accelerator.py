@@ -212,6 +212,7 @@ def _time_everything(args, names, run: dict, deadline: float) -> list[str]:
             for cand in tier:
                 row, why = _measure_before(deadline, cand, *problems[shape.key], policy)
                 _record(run, shape, cand, row, why, failed)
+                gc.collect()  # the compiled variant and its device buffers go now
             run["elapsed_s"]["timing"] = time.perf_counter() - start
             accel_report.write(run, args.out)
     return failed
@@ -328,7 +329,6 @@ def _record(run, shape, cand, row, why, failed: list[str]) -> None:
     if cand.family == "jlocalconv" and not row["check_ok"]:
         error = f"relative error {row['check_rel_err']:.2g} > {TOLERANCE[shape.dtype]:g}"
         failed.append(f"FAILED {cand.name} on {shape.key} ({shape.label()}): {error} (float64)")
-    gc.collect()
 
 
 def _shape_info(shape: suite.Shape) -> dict:

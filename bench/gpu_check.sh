@@ -8,7 +8,8 @@
 # into bench/results/. The check starts no new measurement after --budget-s (300 s) and
 # rewrites its report after every shape; the hard timeout (HARD_TIMEOUT, 360 s = the issue's
 # 6 minutes) kills it if a compile hangs, leaving what was measured. Exit status: 0 all
-# good, 1 a reference check failed (the log names implementation and geometry), 124 timeout.
+# good, 1 an implementation is wrong or crashed (the log names it and the geometry), 124 the
+# hard timeout.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 out="${OUT:-bench/results}"
@@ -24,5 +25,5 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 timeout -k 15 "${HARD_TIMEOUT:-360}" python -m bench --accelerator-check --out "$out" "$@" 2>&1 |
   tee -a "$log"
 status=${PIPESTATUS[0]}
-echo "exit status $status (1: a reference check failed; 124: the hard timeout)" | tee -a "$log"
+echo "exit status $status (1: an implementation is wrong or crashed; 124: hard timeout)" | tee -a "$log"
 exit "$status"
