@@ -162,3 +162,27 @@ def test_report_without_matplotlib_skips_the_chart_with_a_note(smoke, tmp_path, 
     assert png is None and not list(tmp_path.glob("*.png"))
     assert "no .png: matplotlib is not importable" in md.read_text()
     assert json.loads(js.read_text())["meta"] == smoke["json"]["meta"]
+
+
+def test_spent_budget_skips_measurements_and_still_reports(tmp_path):
+    argv = ["--smoke", "--implementations", "patches", "--budget-s", "0", "--out", str(tmp_path)]
+    assert accelerator.main(argv) == 0
+    (js,) = tmp_path.glob("cpu-*.json")
+    run = json.loads(js.read_text())
+    assert run["results"] == [] and {c["ok"] for c in run["check"]} == {True}
+    assert {s["reason"] for s in run["skipped"]} == {
+        "not run: the --budget-s time budget was spent"
+    }
+    assert {"jlocalconv:patches", "jax.lax"} <= {s["candidate"] for s in run["skipped"]}
+
+
+def test_shifts_is_skipped_where_its_unrolled_compile_would_take_minutes():
+    from bench.candidate import Problem, Skip
+    from bench.ours import candidates
+
+    (shifts,) = [accelerator._guard_shifts(c) for c in candidates() if c.name.endswith("shifts")]
+    wide = suite.Shape("wide", 1, (4, 4), 144, 2, (3, 3), (1, 1))  # 9 * 144 = 1296 terms
+    with pytest.raises(Skip, match="1296 terms"):
+        shifts.build(Problem.make(wide))
+    narrow = suite.Shape("narrow", 1, (4, 4), 2, 2, (3, 3), (1, 1))
+    assert shifts.build(Problem.make(narrow)).result.shape == (1, 2, 2, 2)
