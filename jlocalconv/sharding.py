@@ -6,16 +6,19 @@ besides splitting the batch (data parallelism) the natural way to scale is to sp
 of its output rows and needs only its own input rows plus a *halo* of neighbouring rows,
 received from the neighbouring devices with ``lax.ppermute``. The input is never gathered.
 
-How the rows are split. With ``n`` devices on ``spatial_axis``, ``R = output_rows / n``
-output rows per device, stride ``s``, dilation ``d``, window ``k`` and low padding ``p``
-on the row dimension, device ``i`` owns the ``B = R * s`` input rows
-``[i * B, (i + 1) * B)`` and needs rows ``[i * B - p, i * B - p + L)`` with
-``L = (R - 1) * s + d * (k - 1) + 1``: ``p`` rows from the devices before it (zeros on
-device 0: the low padding) and ``L - B - p`` rows from the devices after it (one hop unless
-the halo is larger than a block, then several). Input rows past ``n * B`` that the last
-device needs (e.g. the ``k - 1`` extra rows of a ``"valid"`` convolution) travel as a small
-tail slab replicated over ``spatial_axis``. Each device then runs :func:`jlocalconv.local_conv`
-with no row padding on its halo'd block and produces exactly its ``R`` output rows.
+How the rows are laid out (:func:`halo_plan`). With ``n`` devices on ``spatial_axis``,
+``R = output_rows / n`` output rows per device, stride ``s``, dilation ``d``, window ``k``
+and low padding ``p`` on the row dimension, device ``i`` reads the input rows
+``[i * R * s - p, i * R * s - p + L)`` with ``L = (R - 1) * s + d * (k - 1) + 1`` (zeros
+outside the input). If the input rows divide by ``n``, the input is taken split evenly by
+its rows over ``spatial_axis`` (as a previous sharded layer leaves it, so nothing is
+re-blocked) and each device receives the rows it reads from other blocks through
+``lax.ppermute``: a few rows from each of a few nearby devices, as many as the window, the
+stride, the padding and the mismatch between input and output row blocks ask, never a
+number that grows with ``n``. If they do not divide, the input cannot be stored split by
+rows, so it is taken replicated over ``spatial_axis`` and each device slices its ``L`` rows:
+nothing moves. Each device then runs :func:`jlocalconv.local_conv` with no row padding on
+its ``L`` rows and produces exactly its ``R`` output rows.
 
 Divisibility rule: the number of output rows must be a multiple of the size of
 ``spatial_axis`` and the batch a multiple of the size of ``batch_axis``; otherwise a
@@ -234,31 +237,35 @@ class Piece(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class HaloPlan:
-    """How the input rows are split over devices and exchanged for one geometry.
+    """How the input rows are laid out over devices and exchanged for one geometry.
 
-    The input's rows (zero-extended to ``devices * block`` when they do not divide) are
-    split evenly over the spatial mesh axis, which is how an input already sharded by rows
-    (e.g. the output of a previous sharded layer) arrives, so it is never re-blocked. Each
-    device then assembles the ``rows`` input rows its output rows read from windows of its
-    own and of nearby devices' blocks (:class:`Piece`).
+    When the input rows divide by the number of devices, they are split evenly over the
+    spatial mesh axis (``split``), which is how an input already sharded by rows (e.g. the
+    output of a previous sharded layer) arrives, so it is never re-blocked; each device
+    assembles the ``rows`` input rows its output rows read from windows of its own and of
+    nearby devices' blocks (:class:`Piece`, one ``ppermute`` per non-zero hop). When they do
+    not divide, the input cannot be stored split by rows (a jax array splits evenly), so it
+    is taken replicated over the axis and each device slices its rows: nothing moves.
 
     Attributes:
       devices: the size of the spatial mesh axis, ``n``.
-      block: ``ceil(input_rows / n)``, the input rows each device holds.
+      split: whether the input rows are split over the devices (``input_rows % n == 0``).
+      block: the input rows each device holds: ``input_rows / n``, or all of them.
       rows: ``(R - 1) * stride + dilation * (k - 1) + 1`` with ``R = output_rows / n``:
         the rows each device's output rows read (its halo'd block).
       pieces: the windows, in hop order.
     """
 
     devices: int
+    split: bool
     block: int
     rows: int
     pieces: tuple[Piece, ...]
 
     @property
     def halo_rows(self) -> int:
-        """Input rows per example each device sends (and receives) at most: the rows of
-        the collective-permutes, one per piece with a non-zero hop."""
+        """Input rows per example in the collective-permutes (one per piece with a non-zero
+        hop): what a device that takes part in all of them sends, and receives, per call."""
         return sum(piece.width for piece in self.pieces if piece.hop)
 
 
@@ -267,9 +274,12 @@ def halo_plan(geom: Geometry, devices: int) -> HaloPlan:
 
     Device ``i`` reads the input rows ``[i * R * s - p, i * R * s - p + rows)`` (``R``
     output rows per device, stride ``s``, low padding ``p``; rows outside the input are
-    zeros). Each piece moves, for every device, only rows that some device reads from the
-    same hop, so the halo traffic depends on the window, the stride and the mismatch
-    between input and output row blocks, never on the number of devices.
+    zeros). Split input blocks are ``C = input_rows / n`` rows against ``R * s`` rows of
+    output block, so device ``i``'s window starts ``i * C - i * R * s - p`` rows before its
+    block; that offset grows by a constant up to ``input_rows - output_rows * s`` at the last
+    device, which the window and the padding bound. The hops, and the rows each moves
+    (at most the widest need of any device from that hop), so depend on the window, the
+    stride and the padding, not on the number of devices.
 
     Args:
       geom: the full (unsharded) geometry, e.g. from ``jlocalconv.geometry.make_geometry``.
@@ -287,20 +297,25 @@ def halo_plan(geom: Geometry, devices: int) -> HaloPlan:
       (2, 4, 2)
       >>> plan.pieces[0]                 # the last row of the previous device, at row 0
       Piece(hop=-1, width=1, starts=(0, 1, 1, 1), at=(None, 0, 0, 0))
+      >>> halo_plan(make_geometry((1, 10, 5, 1), kernel_size=3), 4).halo_rows  # 10 % 4
+      0
     """
-    input_rows, out_rows = geom.spatial_shape[0], geom.output_shape[0]
+    input_rows, per_device = geom.spatial_shape[0], geom.output_shape[0] // devices
     stride, dil, size = geom.strides[0], geom.dilation[0], geom.kernel_size[0]
-    block = -(-input_rows // devices)
-    rows = (out_rows // devices - 1) * stride + dil * (size - 1) + 1
-    needs: dict[int, dict[int, tuple[int, int, int]]] = {}  # hop -> device -> (lo, hi, at)
+    split = input_rows % devices == 0
+    block = input_rows // devices if split else input_rows
+    rows = (per_device - 1) * stride + dil * (size - 1) + 1
+    needs: dict[int, dict[int, tuple[int, int, int]]] = {}  # hop -> device -> (start, stop, at)
     for device in range(devices):
-        first = device * (out_rows // devices) * stride - geom.padding[0][0]
+        first = device * per_device * stride - geom.padding[0][0]
         lo, hi = max(first, 0), min(first + rows, input_rows)  # rows past the input: zeros
         for source in range(lo // block, (hi - 1) // block + 1) if hi > lo else ():
-            start, stop = max(lo, source * block), min(hi, (source + 1) * block)
-            needs.setdefault(source - device, {})[device] = (start, stop, start - first)
+            base = source * block  # the source block's first row
+            start, stop = max(lo, base) - base, min(hi, base + block) - base
+            hop = source - device if split else 0
+            needs.setdefault(hop, {})[device] = (start, stop, base + start - first)
     pieces = tuple(_piece(hop, needs[hop], block, devices) for hop in sorted(needs))
-    return HaloPlan(devices, block, rows, pieces)
+    return HaloPlan(devices, split, block, rows, pieces)
 
 
 def _piece(hop: int, needs: dict[int, tuple[int, int, int]], block: int, devices: int) -> Piece:
@@ -308,9 +323,8 @@ def _piece(hop: int, needs: dict[int, tuple[int, int, int]], block: int, devices
     width = max(stop - start for start, stop, _ in needs.values())
     starts, at = [0] * devices, [None] * devices
     for device, (start, _, place) in needs.items():
-        local = start - (device + hop) * block
-        window = min(local, block - width)  # covers [local, local + stop - start)
-        starts[device], at[device] = window, place - (local - window)
+        window = min(start, block - width)  # still covers [start, stop): stop <= block
+        starts[device], at[device] = window, place - (start - window)
     return Piece(hop, width, tuple(starts), tuple(at))
 
 
@@ -328,9 +342,9 @@ def _sharded_call(mesh, batch_axis, spatial_axis, geom, options, inputs, kernel,
         body = _data_body(geom, options)
     else:
         plan = halo_plan(geom, mesh.shape[spatial_axis])
-        # Zero rows so that the rows split evenly; an input whose rows do not divide cannot
-        # be split by rows already, so this only pads a copy that is replicated over them.
-        operands["x"] = _pad_rows(inputs, plan.devices * plan.block - inputs.shape[row], row)
+        operands["x"] = inputs
+        if not plan.split:  # each device slices its rows of the replicated input
+            specs["x"] = P(batch_axis)
         body = _spatial_body(geom, options, plan, spatial_axis, row)
     if _explicit(mesh):  # shard_map wants operands typed with its in_specs
         operands = {name: _reshard(mesh, v, specs[name]) for name, v in operands.items()}
@@ -376,14 +390,6 @@ def _spatial_body(geom, options, plan, axis_name, row):
         return _block_conv(x, ops["kernel"], ops.get("bias"), geom, options, (0, 0))
 
     return body
-
-
-def _pad_rows(x, extra, row):
-    if not extra:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[row] = (0, extra)
-    return jnp.pad(x, widths)
 
 
 def _with_halo(block, plan, axis_name, row):
