@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -206,19 +207,24 @@ def test_rows_and_batch_must_divide(monkeypatch):
 # ---------------------------------------------------------------- 8 simulated devices
 
 
-@pytest.fixture(scope="module")
-def eight_device_report() -> str:
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {EIGHT_DEVICES}")
-    env["JAX_PLATFORMS"] = "cpu"
+def _on_eight_devices(names: list[str], timeout: int, **env: str) -> str:
+    """The report of tests/sharding_checks.py (``names``; [] for all) in a subprocess."""
+    env = dict(os.environ, **env, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {EIGHT_DEVICES}"
     proc = subprocess.run(
-        [sys.executable, str(TESTS / "sharding_checks.py")],
+        [sys.executable, str(TESTS / "sharding_checks.py"), *names],
         env=env,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=timeout,
     )
     assert "PASS" in proc.stdout or "FAIL" in proc.stdout, proc.stderr[-3000:]
     return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def eight_device_report() -> str:
+    return _on_eight_devices([], timeout=400)
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
@@ -226,6 +232,18 @@ def test_on_eight_devices(eight_device_report, name):
     """One check of tests/sharding_checks.py (see its docstrings); its traceback on failure."""
     lines = eight_device_report.split("\n")
     assert f"PASS {name}" in lines, eight_device_report.split(f"FAIL {name}\n")[-1][:4000]
+
+
+@pytest.mark.slow
+def test_many_random_geometries_on_eight_devices():
+    """The random-geometry checks with 64 fresh geometries per mesh (CI's run checks 8)."""
+    seed = random.randrange(2**31)
+    names = [name for name in CHECKS if name.startswith("random_geometries")]
+    report = _on_eight_devices(
+        names, timeout=3600, SHARDING_SWEEP_CASES="64", SHARDING_SWEEP_SEED=str(seed)
+    )
+    for name in names:
+        assert f"PASS {name}" in report.split("\n"), f"seed {seed}:\n{report[-4000:]}"
 
 
 # ---------------------------------------------------------------- two processes
