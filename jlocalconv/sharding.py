@@ -274,12 +274,12 @@ def halo_plan(geom: Geometry, devices: int) -> HaloPlan:
 
     Device ``i`` reads the input rows ``[i * R * s - p, i * R * s - p + rows)`` (``R``
     output rows per device, stride ``s``, low padding ``p``; rows outside the input are
-    zeros). Split input blocks are ``C = input_rows / n`` rows against ``R * s`` rows of
-    output block, so device ``i``'s window starts ``i * C - i * R * s - p`` rows before its
-    block; that offset grows by a constant up to ``input_rows - output_rows * s`` at the last
-    device, which the window and the padding bound. The hops, and the rows each moves
-    (at most the widest need of any device from that hop), so depend on the window, the
-    stride and the padding, not on the number of devices.
+    zeros). Split blocks hold ``C = input_rows / n`` rows against ``R * s`` per block of
+    output rows, so the rows device ``i`` reads start ``i * (C - R * s) + p`` rows before its
+    own block: a shift that grows to about ``input_rows - output_rows * s + p`` at the last
+    device, which the window and the padding bound. A piece is as wide as the widest need of
+    any device from its hop, so the hops and the rows they move depend on the window, the
+    stride and the padding, never on the number of devices.
 
     Args:
       geom: the full (unsharded) geometry, e.g. from ``jlocalconv.geometry.make_geometry``.
@@ -332,17 +332,15 @@ def _sharded_call(mesh, batch_axis, spatial_axis, geom, options, inputs, kernel,
     """Splits the operands, runs one block per device under ``shard_map``, joins the result."""
     row = 1 if geom.channels_last else 2  # the first spatial axis of inputs and results
     rows_spec = P(batch_axis, *[None] * (row - 1), spatial_axis)
-    operands = {"kernel": kernel}
+    operands = {"kernel": kernel, "x": inputs}
     specs = {"kernel": kernel_partition_spec(spatial_axis), "x": rows_spec}
     if bias is not None:
         operands["bias"] = bias
         specs["bias"] = P() if bias.ndim == 1 else P(spatial_axis)
     if spatial_axis is None:  # data parallel only: every device has all the rows
-        operands["x"] = inputs
         body = _data_body(geom, options)
     else:
         plan = halo_plan(geom, mesh.shape[spatial_axis])
-        operands["x"] = inputs
         if not plan.split:  # each device slices its rows of the replicated input
             specs["x"] = P(batch_axis)
         body = _spatial_body(geom, options, plan, spatial_axis, row)
