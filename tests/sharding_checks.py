@@ -27,7 +27,8 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# the repository root: bench.sharded counts the bytes of collective-permutes
+# the repository root: this checkout's jlocalconv, and bench.sharded (which counts the bytes
+# of collective-permutes)
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cases import CF, CL, Case
