@@ -63,6 +63,8 @@ GEOMETRIES = {
     "wide-1d": Case((16,), 1, 2, (9,), (1,), batch=8),
     # 3-D, same
     "3d-same": Case((8, 3, 4), 2, 2, (3, 3, 2), (1, 1, 1), "same", batch=8),
+    # issue 17's: 12 input rows (blocks of 3 on 4 devices) for 8 output rows (blocks of 2)
+    "issue17-cf": Case((12, 7), 3, 4, (5, 3), (1, 2), data_format=CF, batch=8),
 }
 
 
@@ -153,7 +155,7 @@ def check_spatial_8() -> None:
 
 @check
 def check_data_by_spatial_2x4() -> None:
-    names = ["valid", "same-cf", "stride3-explicit-cf", "causal-1d"]
+    names = ["valid", "same-cf", "stride3-explicit-cf", "causal-1d", "issue17-cf"]
     _compare_meshes(_mesh((2, 4), ("data", "space")), "data", "space", names)
 
 
@@ -259,18 +261,19 @@ def _spatial_programs(f, case: Case):
 @check
 def check_hlo_halo_exchange_without_all_gather() -> None:
     """The compiled spatial path moves halo rows with collective-permutes (where its plan
-    moves rows: "same-cf"'s 16 rows are split over the 4 devices, "valid"'s 18 rows are
-    replicated over them and sliced) and never all-gathers the input, in the forward and in
-    the kernel's backward pass."""
+    moves rows: "same-cf"'s 16 and issue 17's 12 rows are split over the 4 devices,
+    "valid"'s 18 rows are replicated over them and sliced) and never all-gathers the input,
+    in the forward and in the kernel's backward pass."""
     mesh = _mesh((2, 4), ("data", "space"))
     f = sharded_local_conv(mesh, batch_axis="data", spatial_axis="space")
-    for name, halo in (("valid", False), ("same-cf", True)):
+    for name, halo in (("valid", False), ("same-cf", True), ("issue17-cf", True)):
         case = GEOMETRIES[name]
         x, k, _ = _operands(case)
         ks = jax.device_put(k, kernel_sharding(mesh, "space"))
         placements = [P("data")]
-        if case.padding == "same":  # rows already split over devices, e.g. a previous layer's
-            placements.append(P("data", None, "space"))
+        if case.spatial[0] % 4 == 0:  # rows already split over devices, e.g. a previous layer's
+            row = 1 if case.data_format == CL else 2
+            placements.append(P("data", *[None] * (row - 1), "space"))
         for spec in placements:
             xs = jax.device_put(x, NamedSharding(mesh, spec))
             for what, fn in _spatial_programs(f, case).items():
@@ -342,10 +345,8 @@ def _random_rows(rng, row_geometry, layout: str | None) -> int | None:
         except ValueError:  # the window does not fit
             continue
         out_rows = geom.output_shape[0]
-        if out_rows in (8, 16, 24) and layout in (
-            None,
-            _row_layout(rows, out_rows, row_geometry[1]),
-        ):
+        this_layout = _row_layout(rows, out_rows, row_geometry[1])
+        if out_rows in (8, 16, 24) and layout in (None, this_layout):
             pool.append(rows)
     return int(rng.choice(pool)) if pool else None
 
