@@ -321,7 +321,8 @@ def halo_plan(geom: Geometry, devices: int) -> HaloPlan:
 def _piece(hop: int, needs: dict[int, tuple[int, int, int]], block: int, devices: int) -> Piece:
     """One window width for all devices; each window shifted to stay inside its block."""
     width = max(stop - start for start, stop, _ in needs.values())
-    starts, at = [0] * devices, [None] * devices
+    starts = [0] * devices
+    at: list[int | None] = [None] * devices
     for device, (start, _, place) in needs.items():
         window = min(start, block - width)  # still covers [start, stop): stop <= block
         starts[device], at[device] = window, place - (start - window)
