@@ -6,16 +6,23 @@ Public API::
     local_conv_transpose, local_conv{1,2,3}d_transpose     # its adjoint in the input
     conv_output_shape, kernel_shape                        # static shape helpers
 
-Submodules (imported on first attribute access, so optional dependencies stay optional):
-``geometry``, ``implementations``, ``layout``, ``keras_io``, ``sharding``, and the layers
-``nnx`` (Flax NNX), ``linen`` (Flax Linen) and ``eqx`` (Equinox).
+    LocalConvSpec                                          # the static arguments of a call
+
+Every public submodule (the package's module files whose names do not start with ``_``) is
+an attribute, imported on first access so that optional dependencies stay optional:
+``jlocalconv.nnx.LocallyConnected2D`` works after a plain ``import jlocalconv``, while
+flax/equinox/h5py are imported only by the users who touch ``nnx``/``linen``/``eqx``/
+``keras_io``. ``import jlocalconv`` imports no Keras code. See the README's "Architecture"
+section for what each module holds.
 """
 
 import importlib
+import pkgutil
 from types import ModuleType
 
 from jlocalconv.geometry import conv_output_shape, kernel_shape
 from jlocalconv.ops import local_conv, local_conv1d, local_conv2d, local_conv3d
+from jlocalconv.spec import LocalConvSpec
 from jlocalconv.transpose import (
     local_conv1d_transpose,
     local_conv2d_transpose,
@@ -25,20 +32,24 @@ from jlocalconv.transpose import (
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = frozenset(
-    {"geometry", "implementations", "layout", "keras_io", "sharding", "nnx", "linen", "eqx"}
+# Derived from the files, so a new module is reachable without editing a list.
+_SUBMODULES = frozenset(
+    info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")
 )
 
 
 def __getattr__(name: str) -> ModuleType:
-    # `jlocalconv.nnx.LocallyConnected2D` works after a plain `import jlocalconv`, while
-    # flax/equinox/h5py are imported only by the users who touch those submodules.
-    if name in _LAZY_SUBMODULES:
+    if name in _SUBMODULES:
         return importlib.import_module(f"jlocalconv.{name}")
     raise AttributeError(f"module 'jlocalconv' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SUBMODULES})
+
+
 __all__ = [
+    "LocalConvSpec",
     "conv_output_shape",
     "kernel_shape",
     "local_conv",

@@ -25,7 +25,7 @@ import numpy as np
 
 import jlocalconv
 
-Params = dict[str, jax.Array]
+Params = dict[str, Any]  # a pytree of arrays (nested dicts)
 
 # Each output unit of a locally connected layer sees `feature_dim` inputs: the position
 # axis is a batch axis for the fan-in computation, not part of the fan-in.
@@ -214,7 +214,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def accuracy(model: Model, params: Params, x: np.ndarray, y: np.ndarray) -> float:
     """The fraction of ``x`` that ``model`` classifies as ``y``."""
-    return float((jnp.argmax(model.apply(params, x), axis=1) == y).mean())
+    return float((jnp.argmax(model.apply(params, jnp.asarray(x)), axis=1) == y).mean())
 
 
 def train(
@@ -253,7 +253,8 @@ def train(
     """
     params = model.init(jax.random.key(seed))
     step = _make_step(model, optimizer)
-    test_loss = jax.jit(lambda p: cross_entropy(model.apply(p, data.x_test), data.y_test))
+    x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+    test_loss = jax.jit(lambda p: cross_entropy(model.apply(p, x_test), y_test))
     state, rng = optimizer.init(params), np.random.default_rng(seed)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     losses, test_losses, start = [], [], 0.0

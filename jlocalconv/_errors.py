@@ -8,6 +8,8 @@ Internal invariants use ``chex`` assertions instead (they raise ``AssertionError
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import NoReturn
 
 
@@ -40,3 +42,17 @@ def fail(
     if hint:
         message += f" {hint}"
     raise exc(message)
+
+
+def import_optional(module: str, extra: str, user: str) -> ModuleType:
+    """Imports ``module`` or raises an ImportError that says which extra to install.
+
+    Example:
+      >>> from jlocalconv._errors import import_optional
+      >>> import_optional("json", "none", "this example").__name__
+      'json'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{user} needs {extra}: pip install 'jlocalconv[{extra}]'") from err

@@ -1,65 +1,50 @@
 """What the Flax NNX, Flax Linen and Equinox layers share: arguments and the forward call.
 
 Each framework module only declares parameters its own way; argument normalisation
-(:func:`make_spec`), the forward pass (:func:`apply`) and the translation of a loaded
-tf.keras layer (:func:`keras_arguments`) live here, once, on top of
-:mod:`jlocalconv.geometry` and :func:`jlocalconv.local_conv`.
+(:func:`make_spec`, which builds the layer's :class:`~jlocalconv.spec.LocalConvSpec`), the
+forward pass (:func:`apply`) and the translation of a loaded tf.keras layer
+(:func:`keras_arguments`) live here, once, on top of :mod:`jlocalconv.spec` and
+:func:`jlocalconv.ops.apply`.
+
+May import: ``_checks``, ``_errors``, ``_validate``, ``geometry``, ``initializers``,
+``keras.activations``, ``ops``, ``spec``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jlocalconv import _checks
-from jlocalconv._activations import Activation, get_activation
 from jlocalconv._errors import fail
-from jlocalconv.geometry import (
-    Geometry,
-    IntOrTuple,
-    PaddingLike,
-    make_geometry,
-    normalize_data_format,
-)
-from jlocalconv.implementations import names as implementation_names
+from jlocalconv._validate import normalize_data_format, positive_int, shape_tuple
+from jlocalconv.geometry import Geometry, IntOrTuple
 from jlocalconv.initializers import Initializer
-from jlocalconv.ops import local_conv
+from jlocalconv.keras.activations import Activation, get_activation
+from jlocalconv.ops import apply as apply_spec
+from jlocalconv.spec import OPTIONS_DOC as CONV_OPTIONS_DOC
+from jlocalconv.spec import LocalConvSpec
 
 # Argument descriptions every framework's layer shares, spliced into their docstrings
 # (indented for an ``Args:``/``Attributes:`` section of a class docstring).
 GEOMETRY_DOC = """\
       kernel_size: the window, an int or one int per spatial dim.
-      strides: the window strides, an int or one int per spatial dim.
-      padding: ``"valid"`` (default), ``"same"``, ``"causal"`` (1-D), an int, N ints, or
-        N ``(low, high)`` pairs, as in :func:`jlocalconv.local_conv`.
-      dilation: the kernel dilation, an int or one int per spatial dim."""
+      strides: the window strides, an int or one int per spatial dim."""
 
-OPTIONS_DOC = """\
+OPTIONS_DOC = f"""\
       activation: None, a callable, or a Keras activation name such as ``"relu"``.
       use_bias: whether to add a ``(*output_shape, filters)`` bias.
       kernel_init: an initialiser or a name from :func:`jlocalconv.initializers.names`;
         the default treats output positions as a batch axis (see
         :mod:`jlocalconv.initializers`).
       bias_init: an initialiser or name for the bias (zeros by default).
-      precision: forwarded to :func:`jlocalconv.local_conv`.
-      implementation: ``"auto"`` or a name from :mod:`jlocalconv.implementations`."""
-
-
-def import_optional(module: str, extra: str, user: str) -> ModuleType:
-    """Imports ``module`` or raises an ImportError that says which extra to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"{user} needs {extra}: pip install 'jlocalconv[{extra}]'") from err
+{CONV_OPTIONS_DOC}"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,24 +53,23 @@ class LayerSpec:
 
     Attributes:
       name: the layer's class name, used in error messages.
-      geometry: the convolution's :class:`~jlocalconv.geometry.Geometry` (input spatial
-        shape, channels, window, strides, dilation, explicit padding, data format).
+      conv: the convolution's static arguments (window, strides, padding, dilation,
+        data format and the options of :class:`~jlocalconv.spec.ConvOptions`).
+      geometry: the convolution's :class:`~jlocalconv.geometry.Geometry` for one
+        example (input spatial shape, channels, explicit padding).
       filters: the number of output channels.
       activation: the function applied to the biased output.
       use_bias: whether the layer has a ``(*output_shape, filters)`` bias.
-      dtype: the computation dtype, or None to promote the inputs and parameters.
-      precision: forwarded to :func:`jlocalconv.local_conv`.
-      implementation: forwarded to :func:`jlocalconv.local_conv`.
+      dtype: the computation dtype, or None to promote the inputs and the parameters.
     """
 
     name: str
+    conv: LocalConvSpec
     geometry: Geometry
     filters: int
     activation: Activation
     use_bias: bool
     dtype: Any
-    precision: lax.PrecisionLike
-    implementation: str
 
     @property
     def kernel_shape(self) -> tuple[int, int, int]:
@@ -110,52 +94,34 @@ def make_spec(
     kernel_size: IntOrTuple,
     input_shape: Sequence[int],
     strides: IntOrTuple,
-    padding: PaddingLike,
     data_format: str | None,
-    dilation: IntOrTuple,
     activation: Any,
     use_bias: bool,
     dtype: Any,
-    precision: lax.PrecisionLike,
-    implementation: str,
+    **options: Any,
 ) -> LayerSpec:
-    """Validates every constructor argument of a layer, raising errors that name ``name``."""
-    _check_count(in_features, name, "in_features")
-    _check_count(filters, name, "filters")
-    spatial = _spatial_shape(input_shape, ndim, name)
-    fmt = normalize_data_format(data_format, name)
-    sample = (*spatial, in_features) if fmt == "channels_last" else (in_features, *spatial)
-    geom = make_geometry((1, *sample), kernel_size, strides, padding, dilation, fmt, fn=name)
-    if not isinstance(implementation, str) or implementation not in implementation_names():
-        fail(name, "implementation", f"one of {implementation_names()}", repr(implementation))
+    """Validates every constructor argument of a layer, raising errors that name ``name``.
+
+    ``options`` are the :class:`~jlocalconv.spec.ConvOptions` the layer was given.
+    """
+    channels = positive_int(in_features, name, "in_features")
+    count = positive_int(filters, name, "filters")
+    spatial = shape_tuple(
+        input_shape,
+        name,
+        "input_shape",
+        ndim=ndim,
+        what="the input's spatial shape",
+        hint="Channels go in `in_features`.",
+    )
+    conv = LocalConvSpec.create(ndim, kernel_size, strides, data_format, fn=name, **options)
+    channels_last = conv.data_format == "channels_last"
+    sample = (*spatial, channels) if channels_last else (channels, *spatial)
+    geom = conv.geometry((1, *sample), name)
     if not isinstance(use_bias, (bool, np.bool_)):
         fail(name, "use_bias", "a bool", use_bias, exc=TypeError)
     act = get_activation(activation, name)
-    return LayerSpec(
-        name, geom, int(filters), act, bool(use_bias), dtype, precision, implementation
-    )
-
-
-def _check_count(value: object, name: str, arg: str) -> None:
-    if not _is_int(value):
-        fail(name, arg, "a positive int", value, exc=TypeError)
-    if value < 1:  # type: ignore[operator]
-        fail(name, arg, "a positive int", value)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _spatial_shape(input_shape: Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
-    expected = f"the input's spatial shape, {ndim} positive int(s) (channels go in `in_features`)"
-    if isinstance(input_shape, (int, np.integer)) and ndim == 1:
-        input_shape = (input_shape,)
-    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
-        fail(name, "input_shape", expected, input_shape, exc=TypeError)
-    if len(input_shape) != ndim or not all(_is_int(s) and s > 0 for s in input_shape):
-        fail(name, "input_shape", expected, repr(tuple(input_shape)))
-    return tuple(int(s) for s in input_shape)
+    return LayerSpec(name, conv, geom, count, act, bool(use_bias), dtype)
 
 
 def split_sample_shape(
@@ -192,29 +158,18 @@ def apply(
       ``(*batch, *output_shape, filters)`` or ``(*batch, filters, *output_shape)``.
     """
     _check_inputs(spec, inputs, batched)
-    inputs, kernel, bias = _promote(spec.dtype, inputs, kernel, bias)
+    x, k, b = _promote(spec.dtype, inputs, kernel, bias)
+    assert x is not None and k is not None  # _promote keeps None only where given
     sample = spec.sample_shape
-    lead = inputs.shape[: inputs.ndim - len(sample)]
-    geom = spec.geometry
-    out = local_conv(
-        inputs.reshape(math.prod(lead), *sample),
-        kernel,
-        geom.kernel_size,
-        geom.strides,
-        data_format=geom.data_format,
-        padding=geom.padding,
-        dilation=geom.dilation,
-        bias=bias,
-        precision=spec.precision,
-        implementation=spec.implementation,
-    )
+    lead = x.shape[: x.ndim - len(sample)]
+    out = apply_spec(spec.conv, x.reshape(math.prod(lead), *sample), k, bias=b, fn=spec.name)
     return spec.activation(out.reshape(*lead, *out.shape[1:]))
 
 
-def _check_inputs(spec: LayerSpec, inputs: object, batched: bool) -> None:
+def _check_inputs(spec: LayerSpec, inputs: Any, batched: bool) -> None:
     _checks.check_array(inputs, spec.name, "inputs")
     sample = spec.sample_shape
-    shape = tuple(inputs.shape)  # type: ignore[attr-defined]
+    shape = tuple(inputs.shape)
     fits = shape[len(shape) - len(sample) :] == sample and len(shape) >= len(sample)
     if not batched and len(shape) != len(sample):
         hint = "Equinox layers take one example; use jax.vmap(layer) for a batch."
@@ -269,7 +224,7 @@ def keras_arguments(layer: Any, ndim: int, name: str) -> dict[str, Any]:
     """Constructor arguments for a layer equal to a loaded Keras layer.
 
     Args:
-      layer: a ``jlocalconv.keras_io.KerasLocallyConnected`` (what ``load_weights``
+      layer: a ``jlocalconv.keras.reader.KerasLocallyConnected`` (what ``load_weights``
         returns for one layer).
       ndim: the spatial rank of the layer class being built.
       name: e.g. ``"LocallyConnected2D.from_keras"``, for error messages.
@@ -305,8 +260,10 @@ def keras_arguments(layer: Any, ndim: int, name: str) -> dict[str, Any]:
 def constant_init(value: Any, name: str, arg: str) -> Initializer:
     """An initialiser returning ``value`` (cast to the requested dtype) for its exact shape."""
 
-    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-        del key
+    def init(
+        key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32, out_sharding: Any = None
+    ) -> jax.Array:
+        del key, out_sharding
         if value is None or tuple(np.shape(value)) != tuple(shape):
             got = "None" if value is None else f"shape {np.shape(value)}"
             fail(name, arg, f"of shape {tuple(shape)}", got)

@@ -19,22 +19,26 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
-from jax import lax
 
 from jlocalconv import _layer_common as common
-from jlocalconv._activations import Activation
-from jlocalconv.geometry import IntOrTuple, PaddingLike, normalize_data_format
+from jlocalconv._errors import import_optional
+from jlocalconv._validate import normalize_data_format
+from jlocalconv.geometry import IntOrTuple
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
+from jlocalconv.keras.activations import Activation
 from jlocalconv.layout import convert_data_format
+from jlocalconv.spec import ConvOptions, Unpack, with_options
 
-eqx = common.import_optional("equinox", "equinox", "jlocalconv.eqx")
+if TYPE_CHECKING:  # the optional dependency, typed
+    import equinox as eqx
+else:
+    eqx = import_optional("equinox", "equinox", "jlocalconv.eqx")
 
 
-class _LocallyConnected(eqx.Module):
-    __doc__ = f"""A locally connected layer: every output position has its own filter bank.
+_DOC = f"""A locally connected layer: every output position has its own filter bank.
 
     Args:
       in_features: the number of input channels.
@@ -53,12 +57,17 @@ class _LocallyConnected(eqx.Module):
         wrong shape (a batch included: vmap instead), when called.
     """
 
+
+class _LocallyConnected(eqx.Module):
+    __doc__ = _DOC
+
     ndim: ClassVar[int]
 
     kernel: jax.Array
     bias: jax.Array | None
     spec: common.LayerSpec = eqx.field(static=True)
 
+    @with_options
     def __init__(
         self,
         in_features: int,
@@ -67,17 +76,14 @@ class _LocallyConnected(eqx.Module):
         *,
         input_shape: Sequence[int],
         strides: IntOrTuple = 1,
-        padding: PaddingLike = "valid",
         data_format: str | None = "channels_first",
-        dilation: IntOrTuple = 1,
         activation: str | Activation | None = None,
         use_bias: bool = True,
         kernel_init: str | Initializer = default_kernel_init,
         bias_init: str | Initializer = zeros,
         dtype: Any = None,
-        precision: lax.PrecisionLike = None,
-        implementation: str = "auto",
         key: jax.Array,
+        **options: Unpack[ConvOptions],
     ):
         self.spec = common.make_spec(
             type(self).__name__,
@@ -87,14 +93,11 @@ class _LocallyConnected(eqx.Module):
             kernel_size=kernel_size,
             input_shape=input_shape,
             strides=strides,
-            padding=padding,
             data_format=data_format or "channels_first",
-            dilation=dilation,
             activation=activation,
             use_bias=use_bias,
             dtype=None,  # promote inputs and parameters, as Equinox's layers do
-            precision=precision,
-            implementation=implementation,
+            **options,
         )
         dtype = jax.dtypes.canonicalize_dtype(float) if dtype is None else dtype
         self.kernel, self.bias = common.init_params(self.spec, kernel_init, bias_init, key, dtype)
@@ -119,8 +122,7 @@ class _LocallyConnected(eqx.Module):
         *,
         data_format: str = "channels_first",
         dtype: Any = None,
-        precision: lax.PrecisionLike = None,
-        implementation: str = "auto",
+        **options: Unpack[ConvOptions],
     ) -> _LocallyConnected:
         """The layer holding a tf.keras layer's weights, giving Keras's outputs.
 
@@ -128,7 +130,9 @@ class _LocallyConnected(eqx.Module):
           layer: one ``KerasLocallyConnected`` from :func:`jlocalconv.keras_io.load_weights`.
           data_format: the layout the new layer takes (channels_first by default, whatever
             Keras used); the kernel's feature axis is reordered when they differ.
-          dtype, precision, implementation: as in the constructor.
+          dtype: as in the constructor.
+          **options: ``precision``, ``implementation``, ... as in the constructor (not the
+            geometry, which is Keras's).
 
         Returns:
           The layer: ``jax.vmap(layer)`` of Keras's inputs (moved to ``data_format``) gives
@@ -147,25 +151,24 @@ class _LocallyConnected(eqx.Module):
         kwargs.update(data_format=target, kernel_init=common.constant_init(kernel, name, "layer"))
         return cls(
             **kwargs,
+            **options,
             dtype=dtype,
-            precision=precision,
-            implementation=implementation,
             key=jax.random.key(0),  # unused: the initialisers return Keras's arrays
         )
 
 
 class LocallyConnected1D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 1
 
 
 class LocallyConnected2D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 2
 
 
 class LocallyConnected3D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 3
 
 

@@ -9,75 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from collections.abc import Sequence
-from typing import Literal
 
 from jlocalconv._errors import fail
+from jlocalconv._validate import (
+    DataFormat,
+    IntOrTuple,
+    as_int,
+    normalize_data_format,
+    normalize_tuple,
+    positive_int,
+    shape_tuple,
+    static_hint,
+)
 
-DataFormat = Literal["channels_last", "channels_first"]
-IntOrTuple = int | Sequence[int]
 PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
 
-_DATA_FORMATS = ("channels_last", "channels_first")
 _PADDING_MODES = ("valid", "same", "causal")
-
-
-def _as_int(value: object) -> int | None:
-    """``value`` as a Python int if it is a static integer (not bool), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)  # int, np.integer; rejects floats and tracers
-    except TypeError:
-        return None
-
-
-def _static_hint(value: object) -> str:
-    import jax
-
-    # Tracers may hide inside tuples (e.g. kernel_size=(n, 3) or padding=((n, n), ...)).
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value)):
-        return (
-            "Shape arguments must be static Python ints: mark them static "
-            "(jax.jit(..., static_argnames=...)) or close over them."
-        )
-    return ""
-
-
-def normalize_tuple(
-    value: IntOrTuple, n: int, fn: str, arg: str, *, minimum: int = 1
-) -> tuple[int, ...]:
-    """Normalises an int or a sequence of ``n`` ints to a tuple of ``n`` ints >= ``minimum``.
-
-    Raises:
-      TypeError: if ``value`` is not an int or a sequence of ints (e.g. a traced value).
-      ValueError: if the length is not ``n`` or an entry is below ``minimum``.
-    """
-    expected = f"an int >= {minimum} or a tuple of {n} such ints"
-    single = _as_int(value)
-    if single is not None:
-        items: tuple[int | None, ...] = (single,) * n
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        items = tuple(_as_int(v) for v in value)
-        if any(v is None for v in items):
-            fail(fn, arg, expected, value, exc=TypeError, hint=_static_hint(value))
-        if len(items) != n:
-            fail(fn, arg, expected, f"{tuple(value)!r} (length {len(items)})")
-    else:
-        fail(fn, arg, expected, value, exc=TypeError, hint=_static_hint(value))
-    if any(v < minimum for v in items):  # type: ignore[operator]
-        fail(fn, arg, expected, tuple(items))
-    return tuple(items)  # type: ignore[arg-type]
-
-
-def normalize_data_format(data_format: str | None, fn: str = "jlocalconv") -> DataFormat:
-    """``None`` -> ``"channels_last"``; validates and lower-cases the string."""
-    if data_format is None:
-        return "channels_last"
-    if not isinstance(data_format, str) or data_format.lower() not in _DATA_FORMATS:
-        fail(fn, "data_format", f"None or one of {_DATA_FORMATS}", repr(data_format))
-    return data_format.lower()  # type: ignore[return-value]
 
 
 def _same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
@@ -115,28 +63,28 @@ def normalize_padding(
             repr(padding),
         )
     expected = f"a non-negative int, {n} ints, or {n} (low, high) pairs of non-negative ints"
-    single = _as_int(padding)
+    single = as_int(padding)
     if single is not None:
         pairs = ((single, single),) * n
     elif isinstance(padding, Sequence) and len(padding) == n:
         pairs = tuple(_pad_pair(p, fn, expected, padding) for p in padding)
     else:
         exc = TypeError if single is None else ValueError
-        fail(fn, "padding", expected, padding, exc=exc, hint=_static_hint(padding))
+        fail(fn, "padding", expected, padding, exc=exc, hint=static_hint(padding))
     if any(v < 0 for pair in pairs for v in pair):
         fail(fn, "padding", expected, padding)
     return pairs
 
 
 def _pad_pair(item: object, fn: str, expected: str, padding: object) -> tuple[int, int]:
-    single = _as_int(item)
+    single = as_int(item)
     if single is not None:
         return single, single
     if isinstance(item, Sequence) and len(item) == 2:
-        lo, hi = _as_int(item[0]), _as_int(item[1])
+        lo, hi = as_int(item[0]), as_int(item[1])
         if lo is not None and hi is not None:
             return lo, hi
-    fail(fn, "padding", expected, padding, exc=TypeError, hint=_static_hint(padding))
+    fail(fn, "padding", expected, padding, exc=TypeError, hint=static_hint(padding))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,21 +263,11 @@ def conv_output_shape(
       (14, 14)
     """
     fn = "conv_output_shape"
-    spatial = _shape_tuple(input_spatial_shape, fn, "input_spatial_shape")
+    spatial = shape_tuple(input_spatial_shape, fn, "input_spatial_shape", minimum=0)
     geom = _geometry_from_spatial(
         spatial, 1, kernel_size, strides, padding, dilation, "channels_last", fn, len(spatial)
     )
     return geom.output_shape
-
-
-def _shape_tuple(shape: Sequence[int], fn: str, arg: str) -> tuple[int, ...]:
-    expected = "a non-empty sequence of non-negative ints"
-    if not isinstance(shape, Sequence) or isinstance(shape, str) or not shape:
-        fail(fn, arg, expected, shape, exc=TypeError)
-    items = tuple(_as_int(s) for s in shape)
-    if any(s is None or s < 0 for s in items):
-        fail(fn, arg, expected, shape)
-    return items  # type: ignore[return-value]
 
 
 def kernel_shape(
@@ -359,11 +297,10 @@ def kernel_shape(
       (676, 27, 16)
     """
     fn = "kernel_shape"
-    shape = _shape_tuple(input_shape, fn, "input_shape")
-    if _as_int(filters) is None or filters < 1:
-        fail(fn, "filters", "a positive int", filters)
+    shape = shape_tuple(input_shape, fn, "input_shape", minimum=0)
+    count = positive_int(filters, fn, "filters")
     geom = make_geometry(shape, kernel_size, strides, padding, dilation, data_format, fn=fn)
-    return geom.kernel_shape(int(filters))
+    return geom.kernel_shape(count)
 
 
 __all__ = [

@@ -24,24 +24,27 @@ framework; :func:`get` also resolves them by name.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from jax.nn import initializers as jinit
 
 from jlocalconv._errors import fail
 
 Initializer = jinit.Initializer
+_Mode = Literal["fan_in", "fan_out", "fan_avg"]
+_Distribution = Literal["truncated_normal", "normal", "uniform"]
 
 # Kernel axes in jlocalconv's (Keras's) layout.
 _POSITIONS, _FEATURES, _FILTERS = 0, 1, 2
 
 
-def _per_position(scale: float, mode: str, distribution: str) -> Initializer:
+def _per_position(scale: float, mode: _Mode, distribution: _Distribution) -> Initializer:
     return jinit.variance_scaling(
         scale, mode, distribution, in_axis=_FEATURES, out_axis=_FILTERS, batch_axis=_POSITIONS
     )
 
 
-def _positions_in_fan(scale: float, mode: str, distribution: str) -> Initializer:
+def _positions_in_fan(scale: float, mode: _Mode, distribution: _Distribution) -> Initializer:
     # No batch axis: jax counts axis 0 as a "receptive field", multiplying both fans by it,
     # which is what Keras's _compute_fans does for a rank-3 kernel.
     return jinit.variance_scaling(scale, mode, distribution, in_axis=_FEATURES, out_axis=_FILTERS)

@@ -10,8 +10,9 @@ transposes and scatters), to and from:
   (:func:`to_lax`, :func:`from_lax`);
 * the dense matrix of the whole linear map (:func:`to_dense_matrix`);
 * tf.keras ``LocallyConnected*D`` implementations 2 and 3 (``from_keras_dense``,
-  ``to_keras_dense``, ``from_keras_sparse``, ``to_keras_sparse``, re-exported from
-  :mod:`jlocalconv._keras_layouts`).
+  ``to_keras_dense``, ``from_keras_sparse``, ``to_keras_sparse``): thin, lazy re-exports of
+  :mod:`jlocalconv.keras.converters`, where they live (importing this module imports no
+  Keras code).
 
 The converters here accept NumPy and JAX arrays and return the same kind (NumPy in, NumPy
 out, so float64 checkpoints stay float64 without ``jax_enable_x64``); with JAX arrays they
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -31,26 +32,37 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from jlocalconv import _checks
 from jlocalconv._errors import fail
-
-# tf.keras implementations 2 and 3 (host-side NumPy, Keras's own "same") live in their own
-# module and are part of this one's public API.
-from jlocalconv._keras_layouts import (
-    from_keras_dense,
-    from_keras_sparse,
-    to_keras_dense,
-    to_keras_sparse,
-)
-from jlocalconv.geometry import (
-    Geometry,
-    IntOrTuple,
-    PaddingLike,
-    _as_int,
-    make_geometry,
+from jlocalconv._validate import (
+    as_int,
+    channels_from_kernel,
     normalize_data_format,
     normalize_tuple,
+    positive_int,
+    shape_tuple,
 )
+from jlocalconv.geometry import Geometry, IntOrTuple, PaddingLike, make_geometry
 
 Array = TypeVar("Array", np.ndarray, jax.Array)
+
+# tf.keras implementations 2 and 3 live in jlocalconv.keras.converters and stay part of
+# this module's documented API, imported on first use (type checkers see them statically).
+if TYPE_CHECKING:
+    from jlocalconv.keras.converters import (
+        from_keras_dense,
+        from_keras_sparse,
+        to_keras_dense,
+        to_keras_sparse,
+    )
+
+_KERAS_CONVERTERS = ("from_keras_dense", "from_keras_sparse", "to_keras_dense", "to_keras_sparse")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _KERAS_CONVERTERS:
+        from jlocalconv.keras import converters
+
+        return getattr(converters, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def convert_data_format(
@@ -97,7 +109,7 @@ def convert_data_format(
     source = normalize_data_format(from_format, fn)
     target = normalize_data_format(to_format, fn)
     _check_rank(kernel, 3, fn, "(output_items, feature_dim, filters)")
-    channels = _positive_int(channels_in, fn, "channels_in")
+    channels = positive_int(channels_in, fn, "channels_in")
     window = _window_items(kernel_size, kernel.shape[1], channels, fn)
     _check_features(kernel, window, channels, fn)
     if source == target:
@@ -198,6 +210,7 @@ def from_lax(
       (12, 27, 8)
     """
     fn = "from_lax"
+    out: tuple[int, ...]
     out, window, channels, fmt = _lax_args(output_shape, kernel_size, channels_in, data_format, fn)
     features = window * channels
     _check_rank(kernel, len(out) + 2, fn, "(*output_shape, C * prod(kernel_size), filters)")
@@ -288,30 +301,17 @@ def _kernel_geometry(
 ) -> Geometry:
     """The :class:`Geometry` of ``kernel`` applied to inputs of *spatial* shape ``input_shape``.
 
-    Shared with :mod:`jlocalconv.transpose`. ``C`` is read from the kernel's
-    ``feature_dim = prod(kernel_size) * C``; the kernel is checked to be a rank-3 array with
-    such a ``feature_dim`` (``_checks.check_kernel`` does the rest).
+    ``C`` is read from the kernel's ``feature_dim = prod(kernel_size) * C``; the kernel is
+    checked to be a rank-3 array with such a ``feature_dim`` (``_checks.check_kernel`` does
+    the rest).
     """
-    _checks.check_array(kernel, fn, "kernel")
     _check_rank(kernel, 3, fn, "(output_items, feature_dim, filters)")
-    spatial = _spatial_shape(input_shape, fn)
+    spatial = shape_tuple(input_shape, fn, "input_shape", what="the input's spatial shape")
     window = math.prod(normalize_tuple(kernel_size, len(spatial), fn, "kernel_size"))
-    features = kernel.shape[1]
-    if features % window or features == 0:
-        expected = f"of feature_dim (axis 1) a positive multiple of prod(kernel_size) = {window}"
-        fail(fn, "kernel", expected, f"kernel.shape={tuple(kernel.shape)}")
+    channels = channels_from_kernel(kernel, window, fn)
     fmt = normalize_data_format(data_format, fn)
-    channels = features // window
     full = (1, *spatial, channels) if fmt == "channels_last" else (1, channels, *spatial)
     return make_geometry(full, kernel_size, strides, padding, dilation, fmt, fn=fn)
-
-
-def _spatial_shape(input_shape: object, fn: str) -> tuple[int, ...]:
-    """``input_shape`` as a non-empty tuple of positive ints (a spatial shape)."""
-    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str) or not input_shape:
-        expected = "the input's spatial shape, a non-empty tuple of positive ints"
-        fail(fn, "input_shape", expected, input_shape, exc=TypeError)
-    return normalize_tuple(tuple(input_shape), len(input_shape), fn, "input_shape")
 
 
 def _tap_sources(geom: Geometry) -> np.ndarray:
@@ -328,7 +328,8 @@ def _tap_sources(geom: Geometry) -> np.ndarray:
     numbers = np.pad(numbers, [*geom.padding, (0, 0)])
     view = sliding_window_view(numbers, geom.effective_kernel_size, axis=tuple(range(n)))
     taps = view[(*(slice(None, None, s) for s in geom.strides), slice(None))]  # positions
-    taps = taps[(..., *(slice(None, None, d) for d in geom.dilation))]  # (*out, C, *k)
+    dilated: tuple[Any, ...] = (..., *(slice(None, None, d) for d in geom.dilation))
+    taps = taps[dilated]  # (*out, C, *k)
     if geom.channels_last:  # windows flattened (k..., C)
         taps = np.moveaxis(taps, n, -1)
     return taps.reshape(geom.output_items, geom.feature_dim) - 1
@@ -344,33 +345,23 @@ def _swap_window_and_channels(
     return k.reshape(items, window * channels, filters)
 
 
-def _lax_args(output_shape, kernel_size, channels_in, data_format, fn):
+def _lax_args(
+    output_shape: object,
+    kernel_size: IntOrTuple,
+    channels_in: object,
+    data_format: str | None,
+    fn: str,
+) -> tuple[tuple[int, ...], int, int, str]:
     """``(output_shape, prod(kernel_size), C, data_format)`` for :func:`to_lax`/``from_lax``."""
-    out = _shape(output_shape, fn, "output_shape")
+    out = shape_tuple(output_shape, fn, "output_shape", minimum=0)
     window = math.prod(normalize_tuple(kernel_size, len(out), fn, "kernel_size"))
-    channels = _positive_int(channels_in, fn, "channels_in")
+    channels = positive_int(channels_in, fn, "channels_in")
     return out, window, channels, normalize_data_format(data_format, fn)
-
-
-def _shape(shape: object, fn: str, arg: str) -> tuple[int, ...]:
-    """A non-empty tuple of non-negative ints."""
-    expected = "a non-empty tuple of non-negative ints"
-    if not isinstance(shape, Sequence) or isinstance(shape, str) or not shape:
-        fail(fn, arg, expected, shape, exc=TypeError)
-    return normalize_tuple(tuple(shape), len(shape), fn, arg, minimum=0)
-
-
-def _positive_int(value: object, fn: str, arg: str) -> int:
-    if _as_int(value) is None:
-        fail(fn, arg, "a positive int", value, exc=TypeError)
-    if value < 1:  # type: ignore[operator]
-        fail(fn, arg, "a positive int", value)
-    return int(value)  # type: ignore[call-overload]
 
 
 def _window_items(kernel_size: IntOrTuple, features: int, channels: int, fn: str) -> int:
     """``prod(kernel_size)``; an int ``k`` means ``k ** N`` with N read from ``features``."""
-    k = _as_int(kernel_size)
+    k = as_int(kernel_size)
     if k is None or k < 2:
         n = len(kernel_size) if isinstance(kernel_size, Sequence) else 1
         return math.prod(normalize_tuple(kernel_size, n, fn, "kernel_size"))

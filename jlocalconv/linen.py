@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -28,16 +28,19 @@ from jax import lax
 
 from jlocalconv import _checks
 from jlocalconv import _layer_common as common
-from jlocalconv._activations import Activation
-from jlocalconv._errors import fail
+from jlocalconv._errors import fail, import_optional
 from jlocalconv.geometry import IntOrTuple, PaddingLike
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
+from jlocalconv.keras.activations import Activation
+from jlocalconv.spec import ConvOptions, Unpack
 
-nn = common.import_optional("flax.linen", "flax", "jlocalconv.linen")
+if TYPE_CHECKING:  # the optional dependency, typed
+    import flax.linen as nn
+else:
+    nn = import_optional("flax.linen", "flax", "jlocalconv.linen")
 
 
-class _LocallyConnected(nn.Module):
-    __doc__ = f"""A locally connected layer: every output position has its own filter bank.
+_DOC = f"""A locally connected layer: every output position has its own filter bank.
 
     Attributes:
       filters: the number of output channels.
@@ -51,6 +54,10 @@ class _LocallyConnected(nn.Module):
     trailing ``ndim + 1`` dims are one example. Bad arguments raise ValueError/TypeError
     naming the argument when the module is first called (at ``init``).
     """
+
+
+class _LocallyConnected(nn.Module):
+    __doc__ = _DOC
 
     ndim: ClassVar[int]
 
@@ -68,6 +75,9 @@ class _LocallyConnected(nn.Module):
     param_dtype: Any = jnp.float32
     precision: lax.PrecisionLike = None
     implementation: str = "auto"
+    # Linen declares its attributes: one per option of jlocalconv.spec.ConvOptions (a test
+    # checks that none is missing), new ones at the end so positional use keeps working.
+    preferred_element_type: jax.typing.DTypeLike | None = None
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -96,14 +106,11 @@ class _LocallyConnected(nn.Module):
             kernel_size=self.kernel_size,
             input_shape=spatial,
             strides=self.strides,
-            padding=self.padding,
             data_format=self.data_format,
-            dilation=self.dilation,
             activation=self.activation,
             use_bias=self.use_bias,
             dtype=self.dtype,
-            precision=self.precision,
-            implementation=self.implementation,
+            **{name: getattr(self, name) for name in ConvOptions.__annotations__},
         )
 
     @classmethod
@@ -113,14 +120,15 @@ class _LocallyConnected(nn.Module):
         *,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
-        precision: lax.PrecisionLike = None,
-        implementation: str = "auto",
+        **options: Unpack[ConvOptions],
     ) -> tuple[_LocallyConnected, dict[str, Any]]:
         """The module and variables reproducing a tf.keras layer.
 
         Args:
           layer: one ``KerasLocallyConnected`` from :func:`jlocalconv.keras_io.load_weights`.
-          dtype, param_dtype, precision, implementation: as the attributes.
+          dtype, param_dtype: as the attributes.
+          **options: ``precision``, ``implementation``, ... as the attributes (not the
+            geometry, which is Keras's).
 
         Returns:
           ``(module, variables)``: ``module.apply(variables, x)`` gives Keras's output.
@@ -129,10 +137,9 @@ class _LocallyConnected(nn.Module):
         del kwargs["in_features"], kwargs["input_shape"]  # Linen infers them from inputs
         module = cls(
             **kwargs,
+            **options,
             dtype=dtype,
             param_dtype=param_dtype,
-            precision=precision,
-            implementation=implementation,
         )
         params = {"kernel": jnp.asarray(layer.kernel, param_dtype)}
         if layer.bias is not None:
@@ -141,17 +148,17 @@ class _LocallyConnected(nn.Module):
 
 
 class LocallyConnected1D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 1
 
 
 class LocallyConnected2D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 2
 
 
 class LocallyConnected3D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 3
 
 

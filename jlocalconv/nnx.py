@@ -20,22 +20,25 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jlocalconv import _layer_common as common
-from jlocalconv._activations import Activation
-from jlocalconv.geometry import IntOrTuple, PaddingLike
+from jlocalconv._errors import import_optional
+from jlocalconv.geometry import IntOrTuple
 from jlocalconv.initializers import Initializer, default_kernel_init, zeros
+from jlocalconv.keras.activations import Activation
+from jlocalconv.spec import ConvOptions, Unpack, with_options
 
-nnx = common.import_optional("flax.nnx", "flax", "jlocalconv.nnx")
+if TYPE_CHECKING:  # the optional dependency, typed
+    from flax import nnx
+else:
+    nnx = import_optional("flax.nnx", "flax", "jlocalconv.nnx")
 
 
-class _LocallyConnected(nnx.Module):
-    __doc__ = f"""A locally connected layer: every output position has its own filter bank.
+_DOC = f"""A locally connected layer: every output position has its own filter bank.
 
     Args:
       in_features: the number of input channels.
@@ -54,8 +57,13 @@ class _LocallyConnected(nnx.Module):
         wrong shape, when called.
     """
 
+
+class _LocallyConnected(nnx.Module):
+    __doc__ = _DOC
+
     ndim: ClassVar[int]
 
+    @with_options
     def __init__(
         self,
         in_features: int,
@@ -64,18 +72,15 @@ class _LocallyConnected(nnx.Module):
         *,
         input_shape: Sequence[int],
         strides: IntOrTuple = 1,
-        padding: PaddingLike = "valid",
         data_format: str | None = None,
-        dilation: IntOrTuple = 1,
         activation: str | Activation | None = None,
         use_bias: bool = True,
         kernel_init: str | Initializer = default_kernel_init,
         bias_init: str | Initializer = zeros,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
-        precision: lax.PrecisionLike = None,
-        implementation: str = "auto",
         rngs: nnx.Rngs,
+        **options: Unpack[ConvOptions],
     ):
         self.spec = common.make_spec(
             type(self).__name__,
@@ -85,14 +90,11 @@ class _LocallyConnected(nnx.Module):
             kernel_size=kernel_size,
             input_shape=input_shape,
             strides=strides,
-            padding=padding,
             data_format=data_format,
-            dilation=dilation,
             activation=activation,
             use_bias=use_bias,
             dtype=dtype,
-            precision=precision,
-            implementation=implementation,
+            **options,
         )
         kernel, bias = common.init_params(
             self.spec, kernel_init, bias_init, rngs.params(), param_dtype
@@ -117,14 +119,15 @@ class _LocallyConnected(nnx.Module):
         *,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
-        precision: lax.PrecisionLike = None,
-        implementation: str = "auto",
+        **options: Unpack[ConvOptions],
     ) -> _LocallyConnected:
         """The layer holding a tf.keras layer's weights, giving Keras's outputs.
 
         Args:
           layer: one ``KerasLocallyConnected`` from :func:`jlocalconv.keras_io.load_weights`.
-          dtype, param_dtype, precision, implementation: as in the constructor.
+          dtype, param_dtype: as in the constructor.
+          **options: ``precision``, ``implementation``, ... as in the constructor (not the
+            geometry, which is Keras's).
 
         Returns:
           The layer, with Keras's configuration (data format and activation included).
@@ -132,26 +135,25 @@ class _LocallyConnected(nnx.Module):
         kwargs = common.keras_arguments(layer, cls.ndim, f"{cls.__name__}.from_keras")
         return cls(
             **kwargs,
+            **options,
             dtype=dtype,
             param_dtype=param_dtype,
-            precision=precision,
-            implementation=implementation,
             rngs=nnx.Rngs(0),  # unused: the initialisers return Keras's arrays
         )
 
 
 class LocallyConnected1D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 1
 
 
 class LocallyConnected2D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 2
 
 
 class LocallyConnected3D(_LocallyConnected):
-    __doc__ = _LocallyConnected.__doc__
+    __doc__ = _DOC
     ndim = 3
 
 

@@ -1,8 +1,12 @@
 """The public local-convolution operation: ``local_conv`` and its 1-D/2-D/3-D forms.
 
-Argument normalisation and validation happen here, once, in plain Python at trace
-time; the array work is delegated to an implementation from
-:mod:`jlocalconv.implementations`.
+Each entry point checks ``inputs``, builds the call's :class:`~jlocalconv.spec.LocalConvSpec`
+(the static arguments, normalised and validated once) and calls :func:`apply`; the array work
+is delegated to an implementation from :mod:`jlocalconv.implementations`. :func:`apply` and
+:func:`convolve` are the calls through a spec that the transposes, the sharded call and
+the layers share.
+
+May import: ``_checks``, ``_errors``, ``geometry``, ``spec``, ``implementations``.
 """
 
 from __future__ import annotations
@@ -12,28 +16,28 @@ from collections.abc import Sequence
 import chex
 import jax
 import jax.numpy as jnp
-from jax import lax
+import numpy as np
 
 from jlocalconv import _checks
-from jlocalconv._errors import fail
-from jlocalconv.geometry import Geometry, IntOrTuple, PaddingLike, make_geometry
-from jlocalconv.implementations import IMPLEMENTATIONS, choose, names, widened, widens
+from jlocalconv.geometry import Geometry, IntOrTuple
+from jlocalconv.implementations import IMPLEMENTATIONS, Implementation, choose, widened, widens
+from jlocalconv.spec import ConvOptions, LocalConvSpec, Unpack, with_options
+
+# What the operands may be: JAX arrays (tracers included) or NumPy arrays.
+Array = jax.Array | np.ndarray
 
 
+@with_options
 def local_conv(
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: Array,
+    kernel: Array,
     kernel_size: IntOrTuple,
     strides: IntOrTuple,
     output_shape: Sequence[int] | None = None,
     data_format: str | None = None,
     *,
-    padding: PaddingLike = "valid",
-    dilation: IntOrTuple = 1,
-    bias: jax.Array | None = None,
-    precision: lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
-    implementation: str = "auto",
+    bias: Array | None = None,
+    **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """N-D locally connected convolution with Keras's semantics and kernel layout.
 
@@ -54,18 +58,9 @@ def local_conv(
       output_shape: optional spatial output shape; when given it must equal the one
         implied by the input and the geometry.
       data_format: ``"channels_last"`` (the default when None) or ``"channels_first"``.
-      padding: ``"valid"`` (default), ``"same"`` (``ceil(n / stride)`` outputs, the odd
-        pad on the high side), ``"causal"`` (1-D only), an int, N ints (symmetric) or
-        N ``(low, high)`` pairs. Strings are case-insensitive; padding is zeros.
-      dilation: kernel (atrous) dilation, an int or a tuple of N ints.
       bias: None, ``(filters,)`` or ``(*output_shape, filters)``; added in the result
         dtype.
-      precision: forwarded to the contraction (``lax.dot_general``).
-      preferred_element_type: accumulation/result dtype of the contraction, e.g.
-        ``jnp.float32`` for bf16 operands.
-      implementation: ``"auto"`` or a name from ``jlocalconv.implementations``.
-        ``"auto"`` picks by static shapes, dtype and backend; on CPU it computes
-        bf16/f16 operands in float32 and rounds the result once.
+      {options}
 
     Returns:
       ``(batch, *output_shape, filters)`` or ``(batch, filters, *output_shape)``.
@@ -89,28 +84,21 @@ def local_conv(
         strides,
         output_shape,
         data_format,
-        padding=padding,
-        dilation=dilation,
-        bias=bias,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        implementation=implementation,
+        bias,
+        options,
     )
 
 
+@with_options
 def local_conv1d(
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: Array,
+    kernel: Array,
     kernel_size: IntOrTuple,
     strides: IntOrTuple,
     data_format: str | None = None,
     *,
-    padding: PaddingLike = "valid",
-    dilation: IntOrTuple = 1,
-    bias: jax.Array | None = None,
-    precision: lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
-    implementation: str = "auto",
+    bias: Array | None = None,
+    **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """1-D local convolution, ``tf.keras.backend.local_conv1d``'s signature.
 
@@ -134,29 +122,22 @@ def local_conv1d(
         strides,
         output_shape,
         data_format,
-        padding=padding,
-        dilation=dilation,
-        bias=bias,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        implementation=implementation,
+        bias,
+        options,
     )
 
 
+@with_options
 def local_conv2d(
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: Array,
+    kernel: Array,
     kernel_size: IntOrTuple,
     strides: IntOrTuple,
     output_shape: Sequence[int] | None = None,
     data_format: str | None = None,
     *,
-    padding: PaddingLike = "valid",
-    dilation: IntOrTuple = 1,
-    bias: jax.Array | None = None,
-    precision: lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
-    implementation: str = "auto",
+    bias: Array | None = None,
+    **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """2-D local convolution, ``tf.keras.backend.local_conv2d``'s signature.
 
@@ -178,29 +159,22 @@ def local_conv2d(
         strides,
         output_shape,
         data_format,
-        padding=padding,
-        dilation=dilation,
-        bias=bias,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        implementation=implementation,
+        bias,
+        options,
     )
 
 
+@with_options
 def local_conv3d(
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: Array,
+    kernel: Array,
     kernel_size: IntOrTuple,
     strides: IntOrTuple,
     output_shape: Sequence[int] | None = None,
     data_format: str | None = None,
     *,
-    padding: PaddingLike = "valid",
-    dilation: IntOrTuple = 1,
-    bias: jax.Array | None = None,
-    precision: lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
-    implementation: str = "auto",
+    bias: Array | None = None,
+    **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """3-D local convolution. See :func:`local_conv` for the arguments.
 
@@ -220,65 +194,121 @@ def local_conv3d(
         strides,
         output_shape,
         data_format,
-        padding=padding,
-        dilation=dilation,
-        bias=bias,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        implementation=implementation,
+        bias,
+        options,
     )
 
 
 def _local_conv(
     fn: str,
     ndim: int | None,
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: Array,
+    kernel: Array,
     kernel_size: IntOrTuple,
     strides: IntOrTuple,
     output_shape: Sequence[int] | None,
     data_format: str | None,
-    *,
-    padding: PaddingLike,
-    dilation: IntOrTuple,
-    bias: jax.Array | None,
-    precision: lax.PrecisionLike,
-    preferred_element_type: jax.typing.DTypeLike | None,
-    implementation: str,
+    bias: Array | None,
+    options: ConvOptions,
 ) -> jax.Array:
     """Shared body of the public entry points; ``ndim`` fixes the spatial rank if set."""
-    _checks.check_array(inputs, fn, "inputs")
-    _checks.check_floating(inputs, fn, "inputs")
-    if ndim is not None:
-        layout = "(batch, *spatial, channels) or (batch, channels, *spatial)"
-        _checks.check_rank(inputs, ndim + 2, fn, "inputs", layout)
-    geom = make_geometry(inputs.shape, kernel_size, strides, padding, dilation, data_format, fn=fn)
+    _checks.check_inputs(inputs, fn, ndim)
+    spec = LocalConvSpec.create(
+        inputs.ndim - 2, kernel_size, strides, data_format, fn=fn, **options
+    )
+    return _checked_call(spec, inputs, kernel, bias, output_shape, fn)
+
+
+def apply(
+    spec: LocalConvSpec,
+    inputs: Array,
+    kernel: Array,
+    *,
+    bias: Array | None = None,
+    output_shape: Sequence[int] | None = None,
+    fn: str = "local_conv",
+) -> jax.Array:
+    """``local_conv`` for a prebuilt ``spec``: the operands are checked, errors name ``fn``.
+
+    Args:
+      spec: the static arguments, e.g. from :meth:`LocalConvSpec.create`.
+      inputs, kernel, bias, output_shape: as in :func:`local_conv`; ``inputs`` has
+        ``spec.spatial_ndim`` spatial dims.
+      fn: the public function to name in error messages.
+
+    Returns:
+      As :func:`local_conv`.
+
+    Raises:
+      ValueError, TypeError: at trace time, naming the offending operand.
+
+    Example:
+      >>> import jax.numpy as jnp, jlocalconv
+      >>> from jlocalconv.ops import apply
+      >>> from jlocalconv.spec import LocalConvSpec
+      >>> spec = LocalConvSpec.create(1, 3, padding="same")
+      >>> apply(spec, jnp.ones((2, 7, 3)), jnp.ones((7, 9, 4))).shape
+      (2, 7, 4)
+    """
+    _checks.check_inputs(inputs, fn, spec.spatial_ndim)
+    return _checked_call(spec, inputs, kernel, bias, output_shape, fn)
+
+
+def _checked_call(spec, inputs, kernel, bias, output_shape, fn):
+    geom = spec.geometry(inputs.shape, fn)
     _checks.check_operands(fn, geom, inputs, kernel, output_shape, bias)
-    _checks.check_preferred_element_type(preferred_element_type, fn)
-    impl = _resolve_implementation(fn, implementation, geom, inputs, kernel, preferred_element_type)
+    return convolve(spec, geom, inputs, kernel, bias)
+
+
+def convolve(
+    spec: LocalConvSpec,
+    geom: Geometry,
+    inputs: Array,
+    kernel: Array,
+    bias: Array | None = None,
+) -> jax.Array:
+    """The convolution for operands already checked against ``geom`` (no checks here).
+
+    Args:
+      spec: the static arguments; ``geom`` is ``spec.geometry(inputs.shape)``.
+      geom: the call's geometry.
+      inputs, kernel, bias: valid operands for ``geom``.
+
+    Returns:
+      As :func:`local_conv`.
+    """
+    impl = _implementation(spec, geom, inputs, kernel)
     out = impl(
-        inputs, kernel, geom, precision=precision, preferred_element_type=preferred_element_type
+        inputs,
+        kernel,
+        geom,
+        precision=spec.precision,
+        preferred_element_type=spec.preferred_element_type,
     )
     batch, filters = inputs.shape[0], kernel.shape[-1]
     chex.assert_shape(out, geom.result_shape(batch, filters))
     return out if bias is None else _add_bias(out, bias, geom)
 
 
-def _resolve_implementation(fn, implementation, geom, inputs, kernel, preferred_element_type):
+def _implementation(
+    spec: LocalConvSpec, geom: Geometry, inputs: Array, kernel: Array
+) -> Implementation:
     """The implementation to run; "auto" may also widen 16-bit operands (CPU)."""
-    if not isinstance(implementation, str) or implementation not in names():
-        fail(fn, "implementation", f"one of {names()}", repr(implementation))
-    if implementation != "auto":
-        return IMPLEMENTATIONS[implementation]
+    if spec.implementation != "auto":
+        return IMPLEMENTATIONS[spec.implementation]
     backend = jax.default_backend()
     impl = IMPLEMENTATIONS[choose(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype, backend)]
-    return widened(impl) if widens(inputs, kernel, preferred_element_type, backend) else impl
+    widen = widens(inputs, kernel, spec.preferred_element_type, backend)
+    return widened(impl) if widen else impl
 
 
-def _add_bias(out: jax.Array, bias: jax.Array, geom: Geometry) -> jax.Array:
+def _add_bias(out: jax.Array, bias: Array, geom: Geometry) -> jax.Array:
     bias = jnp.asarray(bias, out.dtype)
     if not geom.channels_last:
         # (F,) -> (F, 1, ..., 1); (*out, F) -> (F, *out): a true per-position bias,
         # not Keras's channels_first reshape (see jlocalconv.keras_io for that).
         bias = jnp.moveaxis(bias, -1, 0) if bias.ndim > 1 else bias.reshape(-1, *[1] * geom.ndim)
     return out + bias
+
+
+__all__ = ["apply", "convolve", "local_conv", "local_conv1d", "local_conv2d", "local_conv3d"]

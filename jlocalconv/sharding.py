@@ -40,9 +40,9 @@ from jax.sharding import PartitionSpec as P
 
 from jlocalconv import _checks
 from jlocalconv._errors import fail
-from jlocalconv.geometry import Geometry, IntOrTuple, PaddingLike, make_geometry
-from jlocalconv.implementations import names
+from jlocalconv.geometry import Geometry, IntOrTuple
 from jlocalconv.ops import local_conv
+from jlocalconv.spec import ConvOptions, LocalConvSpec, Unpack, with_options
 
 _FN = "sharded_local_conv"
 
@@ -146,6 +146,7 @@ def sharded_local_conv(
     if batch_axis is not None and batch_axis == spatial_axis:
         fail(_FN, "spatial_axis", f"a mesh axis other than batch_axis={batch_axis!r}", "the same")
 
+    @with_options
     def apply(
         inputs: jax.Array,
         kernel: jax.Array,
@@ -154,25 +155,21 @@ def sharded_local_conv(
         output_shape: Sequence[int] | None = None,
         data_format: str | None = None,
         *,
-        padding: PaddingLike = "valid",
-        dilation: IntOrTuple = 1,
         bias: jax.Array | None = None,
-        precision: lax.PrecisionLike = None,
-        preferred_element_type: jax.typing.DTypeLike | None = None,
-        implementation: str = "auto",
+        **options: Unpack[ConvOptions],
     ) -> jax.Array:
-        # make_geometry's argument order
-        geometry = (kernel_size, strides, padding, dilation, data_format)
-        geom = _validate(inputs, kernel, output_shape, bias, geometry, preferred_element_type)
-        _check_implementation(implementation)
+        """:func:`jlocalconv.local_conv` split over the mesh (see ``sharded_local_conv``)."""
+        _checks.check_inputs(inputs, _FN, None)
+        spec = LocalConvSpec.create(
+            inputs.ndim - 2, kernel_size, strides, data_format, fn=_FN, **options
+        )
+        geom = spec.geometry(inputs.shape, _FN)
+        _checks.check_operands(_FN, geom, inputs, kernel, output_shape, bias)
         _check_divisible(mesh, batch_axis, inputs.shape[0], "inputs", "batch size")
         _check_divisible(mesh, spatial_axis, geom.output_shape[0], "kernel", "output rows")
-        options = dict(
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            implementation=implementation,
-        )
-        return _sharded_call(mesh, batch_axis, spatial_axis, geom, options, inputs, kernel, bias)
+        # The body sets each block's padding and dilation from `geom`; the rest pass through.
+        call = spec.call_options()
+        return _sharded_call(mesh, batch_axis, spatial_axis, geom, call, inputs, kernel, bias)
 
     return apply
 
@@ -198,21 +195,6 @@ def _check_divisible(mesh: Mesh, axis: Hashable | None, size: int, arg: str, wha
             hint="Choose a mesh axis size that divides it, or change the geometry "
             "(nothing is padded: the kernel's rows must split evenly).",
         )
-
-
-def _validate(inputs, kernel, output_shape, bias, geometry, preferred_element_type) -> Geometry:
-    """``local_conv``'s checks, with this function's name in the messages."""
-    _checks.check_array(inputs, _FN, "inputs")
-    _checks.check_floating(inputs, _FN, "inputs")
-    geom = make_geometry(inputs.shape, *geometry, fn=_FN)
-    _checks.check_operands(_FN, geom, inputs, kernel, output_shape, bias)
-    _checks.check_preferred_element_type(preferred_element_type, _FN)
-    return geom
-
-
-def _check_implementation(implementation: object) -> None:
-    if not isinstance(implementation, str) or implementation not in names():
-        fail(_FN, "implementation", f"one of {names()}", repr(implementation))
 
 
 class Piece(NamedTuple):

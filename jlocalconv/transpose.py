@@ -8,28 +8,33 @@ It is what a locally connected "deconvolution" / decoder layer needs, and what
 ``grad`` of ``local_conv`` with respect to its input computes.
 
 Argument normalisation and validation happen here in plain Python at trace time, as in
-:mod:`jlocalconv.ops`; the array work is the reverse-mode derivative of the core's
-``local_conv`` (the implementation ``"auto"`` picks, whose derivative is chosen to be
-lean), so it is exact, differentiable in both arguments to any order, and works under
-``jit``, ``vmap`` and ``jvp``.
+:mod:`jlocalconv.ops` (through a :class:`~jlocalconv.spec.LocalConvSpec`); the array work is
+the reverse-mode derivative of the core's convolution (the implementation ``"auto"`` picks
+unless one is named, whose derivative is chosen to be lean), so it is exact, differentiable
+in both arguments to any order, and works under ``jit``, ``vmap`` and ``jvp``.
+
+May import: ``_checks``, ``_errors``, ``_validate``, ``geometry``, ``spec``, ``ops``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from functools import partial
 
 import chex
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jlocalconv import _checks
 from jlocalconv._errors import fail
-from jlocalconv.geometry import Geometry, IntOrTuple, PaddingLike, normalize_tuple
-from jlocalconv.layout import _kernel_geometry
-from jlocalconv.ops import local_conv
+from jlocalconv._validate import channels_from_kernel, shape_tuple
+from jlocalconv.geometry import Geometry, IntOrTuple
+from jlocalconv.ops import convolve
+from jlocalconv.spec import ConvOptions, LocalConvSpec, Unpack, with_options
 
 
+@with_options
 def local_conv_transpose(
     outputs: jax.Array,
     kernel: jax.Array,
@@ -37,11 +42,7 @@ def local_conv_transpose(
     strides: IntOrTuple,
     input_shape: IntOrTuple,
     data_format: str | None = None,
-    *,
-    padding: PaddingLike = "valid",
-    dilation: IntOrTuple = 1,
-    precision: lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
+    **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """N-D transposed local convolution, the adjoint of :func:`jlocalconv.local_conv`.
 
@@ -63,12 +64,12 @@ def local_conv_transpose(
       input_shape: the spatial shape to produce (the forward input's, without batch and
         channels), an int or a tuple of N ints. Needed because strides make it ambiguous.
       data_format: ``"channels_last"`` (the default when None) or ``"channels_first"``.
-      padding: the forward convolution's padding, as in :func:`jlocalconv.local_conv`.
-      dilation: the forward convolution's kernel dilation.
-      precision: forwarded to the contraction (``lax.dot_general``).
-      preferred_element_type: the result dtype, e.g. ``jnp.float32`` for bf16 operands;
-        the transpose is computed in the wider of it and the operands' dtype (products of
-        bf16/f16 values are exact in float32, so this equals accumulating in it).
+      {options}
+
+    ``padding`` and ``dilation`` are the forward convolution's. ``preferred_element_type``
+    is the result dtype, e.g. ``jnp.float32`` for bf16 operands; the transpose is computed
+    in the wider of it and the operands' dtype (products of bf16/f16 values are exact in
+    float32, so this equals accumulating in it).
 
     Returns:
       ``(batch, *input_shape, channels_in)`` or ``(batch, channels_in, *input_shape)``, in
@@ -97,13 +98,11 @@ def local_conv_transpose(
         strides,
         input_shape,
         data_format,
-        padding=padding,
-        dilation=dilation,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
+        options,
     )
 
 
+@with_options
 def local_conv1d_transpose(
     outputs: jax.Array,
     kernel: jax.Array,
@@ -111,11 +110,7 @@ def local_conv1d_transpose(
     strides: IntOrTuple,
     input_shape: IntOrTuple,
     data_format: str | None = None,
-    *,
-    padding: PaddingLike = "valid",
-    dilation: IntOrTuple = 1,
-    precision: lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
+    **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """1-D transposed local convolution, the adjoint of :func:`jlocalconv.local_conv1d`.
 
@@ -138,13 +133,11 @@ def local_conv1d_transpose(
         strides,
         input_shape,
         data_format,
-        padding=padding,
-        dilation=dilation,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
+        options,
     )
 
 
+@with_options
 def local_conv2d_transpose(
     outputs: jax.Array,
     kernel: jax.Array,
@@ -152,11 +145,7 @@ def local_conv2d_transpose(
     strides: IntOrTuple,
     input_shape: IntOrTuple,
     data_format: str | None = None,
-    *,
-    padding: PaddingLike = "valid",
-    dilation: IntOrTuple = 1,
-    precision: lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
+    **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """2-D transposed local convolution, the adjoint of :func:`jlocalconv.local_conv2d`.
 
@@ -179,13 +168,11 @@ def local_conv2d_transpose(
         strides,
         input_shape,
         data_format,
-        padding=padding,
-        dilation=dilation,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
+        options,
     )
 
 
+@with_options
 def local_conv3d_transpose(
     outputs: jax.Array,
     kernel: jax.Array,
@@ -193,11 +180,7 @@ def local_conv3d_transpose(
     strides: IntOrTuple,
     input_shape: IntOrTuple,
     data_format: str | None = None,
-    *,
-    padding: PaddingLike = "valid",
-    dilation: IntOrTuple = 1,
-    precision: lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
+    **options: Unpack[ConvOptions],
 ) -> jax.Array:
     """3-D transposed local convolution, the adjoint of :func:`jlocalconv.local_conv3d`.
 
@@ -219,10 +202,7 @@ def local_conv3d_transpose(
         strides,
         input_shape,
         data_format,
-        padding=padding,
-        dilation=dilation,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
+        options,
     )
 
 
@@ -235,35 +215,26 @@ def _local_conv_transpose(
     strides: IntOrTuple,
     input_shape: IntOrTuple,
     data_format: str | None,
-    *,
-    padding: PaddingLike,
-    dilation: IntOrTuple,
-    precision: lax.PrecisionLike,
-    preferred_element_type: jax.typing.DTypeLike | None,
+    options: ConvOptions,
 ) -> jax.Array:
     """Shared body of the public entry points; ``ndim`` fixes the spatial rank if set."""
-    geom = _validate(
-        fn, ndim, outputs, kernel, kernel_size, strides, input_shape, data_format, padding, dilation
+    spec, geom = _validate(
+        fn, ndim, outputs, kernel, kernel_size, strides, input_shape, data_format, options
     )
-    _checks.check_preferred_element_type(preferred_element_type, fn)
-    out_dtype = jnp.dtype(
-        outputs.dtype if preferred_element_type is None else preferred_element_type
-    )
+    pet = spec.preferred_element_type
+    out_dtype = jnp.dtype(outputs.dtype if pet is None else pet)
     compute = jnp.promote_types(outputs.dtype, out_dtype)
-    batch = outputs.shape[0]
-    if isinstance(precision, list):  # a static (hashable) argument of the jitted adjoint
-        precision = tuple(precision)
-    result = _adjoint(
-        outputs.astype(compute), kernel.astype(compute), geom=geom, precision=precision
-    )
-    chex.assert_shape(result, geom.input_shape(batch))
+    # The forward call computes in `compute`; the result dtype is applied at the end.
+    forward = dataclasses.replace(spec, preferred_element_type=None)
+    result = _adjoint(outputs.astype(compute), kernel.astype(compute), geom=geom, spec=forward)
+    chex.assert_shape(result, geom.input_shape(outputs.shape[0]))
     return result.astype(out_dtype)
 
 
 def _validate(
-    fn, ndim, outputs, kernel, kernel_size, strides, input_shape, data_format, padding, dilation
-) -> Geometry:
-    """Every trace-time check; returns the forward convolution's geometry."""
+    fn, ndim, outputs, kernel, kernel_size, strides, input_shape, data_format, options
+) -> tuple[LocalConvSpec, Geometry]:
+    """Every trace-time check; returns the spec and the forward convolution's geometry."""
     _checks.check_array(outputs, fn, "outputs")
     _checks.check_floating(outputs, fn, "outputs")
     layout = "(batch, *output_shape, filters) or (batch, filters, *output_shape)"
@@ -272,10 +243,13 @@ def _validate(
     elif outputs.ndim < 3:
         _checks.check_rank(outputs, 3, fn, "outputs", f"or more, {layout}")
     n = outputs.ndim - 2
-    spatial = normalize_tuple(input_shape, n, fn, "input_shape")
-    geom = _kernel_geometry(
-        fn, kernel, spatial, kernel_size, strides, padding, dilation, data_format
-    )
+    spatial = shape_tuple(input_shape, fn, "input_shape", ndim=n)
+    spec = LocalConvSpec.create(n, kernel_size, strides, data_format, fn=fn, **options)
+    _checks.check_array(kernel, fn, "kernel")
+    _checks.check_rank(kernel, 3, fn, "kernel", "(output_items, feature_dim, filters)")
+    channels = channels_from_kernel(kernel, math.prod(spec.kernel_size), fn)
+    sample = (*spatial, channels) if spec.data_format == "channels_last" else (channels, *spatial)
+    geom = spec.geometry((1, *sample), fn)
     _checks.check_kernel(kernel, geom, fn)
     _checks.check_same_dtype(outputs, kernel, fn, other="outputs")
     expected = geom.result_shape(outputs.shape[0], kernel.shape[-1])
@@ -285,31 +259,23 @@ def _validate(
             f"{geom.output_shape}, the kernel's {kernel.shape[-1]} filters, {geom.data_format}"
         )
         fail(fn, "outputs", f"of shape {expected} ({why})", outputs)
-    return geom
+    return spec, geom
 
 
-@partial(jax.jit, static_argnames=("geom", "precision"))
+@partial(jax.jit, static_argnames=("geom", "spec"))
 def _adjoint(
-    outputs: jax.Array, kernel: jax.Array, *, geom: Geometry, precision: lax.PrecisionLike
+    outputs: jax.Array, kernel: jax.Array, *, geom: Geometry, spec: LocalConvSpec
 ) -> jax.Array:
     """The pull-back of ``outputs`` through ``x -> local_conv(x, kernel)``.
 
     Local convolution is linear in ``x``, so its vjp at any point (zero here) is exactly
     the transpose, and it is the derivative the core already makes lean (the forward
     value is dead code, removed by ``jit``). ``kernel`` enters as an ordinary operand, so
-    the result is differentiable in it as well, to any order.
+    the result is differentiable in it as well, to any order. The operands were checked
+    by the caller, so the forward call is the unchecked :func:`jlocalconv.ops.convolve`.
     """
     zeros = jnp.zeros(geom.input_shape(outputs.shape[0]), outputs.dtype)
-    forward = lambda x: local_conv(
-        x,
-        kernel,
-        geom.kernel_size,
-        geom.strides,
-        data_format=geom.data_format,
-        padding=geom.padding,
-        dilation=geom.dilation,
-        precision=precision,
-    )
+    forward = lambda x: convolve(spec, geom, x, kernel)
     _, pullback = jax.vjp(forward, zeros)
     return pullback(outputs)[0]
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jlocalconv._activations import KERAS_ACTIVATIONS, get_activation
+from jlocalconv.keras.activations import KERAS_ACTIVATIONS, get_activation
 
 X = np.linspace(-4.0, 4.0, 33)
 _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805

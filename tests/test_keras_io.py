@@ -14,7 +14,7 @@ import pytest
 from reference import local_conv_ref
 
 import jlocalconv
-from jlocalconv import _keras_layouts as kl
+from jlocalconv.keras import converters as kl
 
 pytest.importorskip("h5py")
 keras_io = pytest.importorskip("jlocalconv.keras_io")

@@ -52,7 +52,9 @@ SHIFTS_MAX_CHANNELS = 4
 CPU_WIDENED_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 
 
-def choose(geom: Geometry, batch: int, filters: int, dtype: object, backend: str) -> str:
+def choose(
+    geom: Geometry, batch: int, filters: int, dtype: jax.typing.DTypeLike, backend: str
+) -> str:
     """The implementation "auto" picks, from static shapes, dtype and backend only.
 
     The cost model (deterministic: no timing, the same arguments give the same name):
@@ -103,8 +105,8 @@ def choose(geom: Geometry, batch: int, filters: int, dtype: object, backend: str
 
 
 def widens(
-    inputs: jax.Array,
-    kernel: jax.Array,
+    inputs: jax.Array | np.ndarray,
+    kernel: jax.Array | np.ndarray,
     preferred_element_type: jax.typing.DTypeLike | None,
     backend: str,
 ) -> bool:

@@ -73,7 +73,7 @@ def contract(
 
 
 def result_dtype(
-    inputs: jax.Array, preferred_element_type: jax.typing.DTypeLike | None
+    inputs: jax.Array | np.ndarray, preferred_element_type: jax.typing.DTypeLike | None
 ) -> np.dtype:
     """The dtype :func:`contract` returns for ``inputs`` (and a kernel of the same dtype)."""
     return np.dtype(inputs.dtype if preferred_element_type is None else preferred_element_type)

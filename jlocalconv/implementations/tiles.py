@@ -141,11 +141,15 @@ def local_conv_tiles(
     """
     if plan is None:
         plan = plan_tiles(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
-    options = dict(precision=precision, preferred_element_type=preferred_element_type)
-    loop = functools.partial(_tile_loop, geom=geom, plan=plan, **options)
+    pet = preferred_element_type
+    loop = functools.partial(
+        _tile_loop, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
+    )
     if not plan.one_shot_forward:
         return loop(inputs, kernel)
-    one_shot = functools.partial(local_conv_slices, geom=geom, **options)
+    one_shot = functools.partial(
+        local_conv_slices, geom=geom, precision=precision, preferred_element_type=pet
+    )
     return split_bilinear(one_shot, loop)(inputs, kernel)
 
 
@@ -169,7 +173,7 @@ def _tile_loop(
         starts = _unravel(index, counts)
         region = _input_region(padded_inputs, full, tile, plan, starts)
         y = contract(windows(region, tile), filters_block, precision, preferred_element_type)
-        at = [0] * out.ndim
+        at: list[int | jax.Array] = [0] * out.ndim
         first = spatial_axis(geom)
         for axis, start in enumerate(starts):
             at[first + axis] = start * (plan.size if axis == plan.level else 1)
@@ -213,7 +217,7 @@ def _input_region(
     starts: list[jax.Array],
 ) -> jax.Array:
     """The input box under tile ``starts`` (a dynamic slice of the padded input)."""
-    at = [0] * padded_inputs.ndim
+    at: list[int | jax.Array] = [0] * padded_inputs.ndim
     first = spatial_axis(full)
     for axis, start in enumerate(starts):
         step = plan.size if axis == plan.level else 1

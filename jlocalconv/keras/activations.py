@@ -74,7 +74,7 @@ def get_activation(activation: str | Activation | None, fn: str = "jlocalconv") 
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from jlocalconv._activations import get_activation
+      >>> from jlocalconv.keras.activations import get_activation
       >>> get_activation("relu")(jnp.array([-1.0, 2.0]))
       Array([0., 2.], dtype=float32)
     """

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from jlocalconv._errors import fail
+from jlocalconv._validate import channels_from_kernel, shape_tuple
 from jlocalconv.geometry import (
     Geometry,
     IntOrTuple,
@@ -93,10 +94,7 @@ def keras_geometry(
 
 def spatial_shape(input_shape: object, fn: str) -> tuple[int, ...]:
     """``input_shape`` as a tuple of positive ints (the spatial shape only)."""
-    expected = "the input's spatial shape, a tuple of positive ints (no batch, no channels)"
-    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str) or not input_shape:
-        fail(fn, "input_shape", expected, repr(input_shape), exc=TypeError)
-    return normalize_tuple(tuple(input_shape), len(input_shape), fn, "input_shape")
+    return shape_tuple(input_shape, fn, "input_shape", what="the input's spatial shape")
 
 
 def keras_kernel_shape(geom: Geometry, filters: int, implementation: int) -> tuple[int, ...]:
@@ -173,10 +171,9 @@ def _channels_from(kernel: Any, kernel_size: IntOrTuple, ndim: int, fn: str) -> 
         got = f"shape {np.shape(kernel)}"
         fail(fn, "kernel", "a (output_items, feature_dim, filters) array", got)
     window = math.prod(normalize_tuple(kernel_size, ndim, fn, "kernel_size"))
-    if kernel.shape[1] % window:
-        expected = f"a feature_dim divisible by prod(kernel_size) = {window}"
-        fail(fn, "kernel", expected, f"shape {tuple(kernel.shape)}")
-    return kernel.shape[1] // window
+    # The Keras converters keep their own wording of this error (users and tests know it).
+    keras_wording = "a feature_dim divisible by prod(kernel_size)"
+    return channels_from_kernel(kernel, window, fn, expected=keras_wording)
 
 
 def _check_shape(array: np.ndarray, shape: tuple[int, ...], fn: str, arg: str, why: str) -> None:
