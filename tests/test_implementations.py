@@ -103,7 +103,7 @@ def test_one_shot_forward_keeps_every_derivative():
     x, k, _ = case.arrays(dtype=np.float64)
     dx, dk, _ = case.arrays(seed=7, dtype=np.float64)
     with jax.enable_x64(True):
-        f = lambda x, k: local_conv_tiles(x, k, geom, plan=plan)
+        f = jax.jit(lambda x, k: local_conv_tiles(x, k, geom, plan=plan))
         x, k, dx, dk = (jnp.asarray(a, jnp.float64) for a in (x, k, dx, dk))
         check_grads(f, (x, k), order=2, modes=("fwd", "rev"))
         _, tangent = jax.jvp(f, (x, k), (dx, dk))
