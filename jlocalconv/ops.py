@@ -11,6 +11,7 @@ May import: ``_checks``, ``_errors``, ``geometry``, ``spec``, ``implementations`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import chex
@@ -277,7 +278,7 @@ def convolve(
     Returns:
       As :func:`local_conv`.
     """
-    impl = _implementation(spec, geom, inputs, kernel)
+    impl = _compiled(_implementation(spec, geom, inputs, kernel))
     out = impl(
         inputs,
         kernel,
@@ -300,6 +301,17 @@ def _implementation(
     impl = IMPLEMENTATIONS[choose(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype, backend)]
     widen = widens(inputs, kernel, spec.preferred_element_type, backend)
     return widened(impl) if widen else impl
+
+
+@functools.cache
+def _compiled(impl: Implementation) -> Implementation:
+    """``impl`` under ``jax.jit``, its geometry and options static.
+
+    Called eagerly, the implementation is then one compiled program per static problem
+    (cached by JAX) instead of dozens of op-by-op dispatches, each compiled on first use;
+    under an outer transformation the inner jit is inlined, so traced calls are unchanged.
+    """
+    return jax.jit(impl, static_argnums=2, static_argnames=("precision", "preferred_element_type"))
 
 
 def _add_bias(out: jax.Array, bias: Array, geom: Geometry) -> jax.Array:

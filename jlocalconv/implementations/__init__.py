@@ -14,6 +14,7 @@ grad of any order, jvp, linear_transpose, low-precision dtypes).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -126,6 +127,7 @@ def widens(
     return backend == "cpu" and dtypes <= set(CPU_WIDENED_DTYPES) and out.itemsize <= 4
 
 
+@functools.cache  # one wrapper per implementation: callers may cache compiled programs by it
 def widened(impl: Implementation) -> Implementation:
     """``impl`` run on float32 operands, its result rounded once to the requested dtype."""
 
