@@ -8,7 +8,7 @@ Public API::
 
 Submodules (imported on first attribute access, so optional dependencies stay optional):
 ``geometry``, ``implementations``, ``layout``, ``keras_io``, ``sharding``, and the layers
-``nnx`` (Flax NNX), ``linen`` (Flax Linen) and ``eqx`` (Equinox).
+``nnx`` (Flax NNX), ``linen`` (Flax Linen), ``eqx`` (Equinox) and ``keras`` (Keras 3).
 """
 
 import importlib
@@ -26,7 +26,17 @@ from jlocalconv.transpose import (
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = frozenset(
-    {"geometry", "implementations", "layout", "keras_io", "sharding", "nnx", "linen", "eqx"}
+    {
+        "geometry",
+        "implementations",
+        "layout",
+        "keras_io",
+        "sharding",
+        "nnx",
+        "linen",
+        "eqx",
+        "keras",
+    }
 )
 
 

@@ -11,7 +11,7 @@ transposes and scatters), to and from:
 * the dense matrix of the whole linear map (:func:`to_dense_matrix`);
 * tf.keras ``LocallyConnected*D`` implementations 2 and 3 (``from_keras_dense``,
   ``to_keras_dense``, ``from_keras_sparse``, ``to_keras_sparse``, re-exported from
-  :mod:`jlocalconv._keras_layouts`).
+  :mod:`jlocalconv._keras_layouts`, with ``keras_padding``: Keras's own ``"same"``).
 
 The converters here accept NumPy and JAX arrays and return the same kind (NumPy in, NumPy
 out, so float64 checkpoints stay float64 without ``jax_enable_x64``); with JAX arrays they
@@ -37,6 +37,7 @@ from jlocalconv._errors import fail
 from jlocalconv._keras_layouts import (
     from_keras_dense,
     from_keras_sparse,
+    keras_padding,
     to_keras_dense,
     to_keras_sparse,
 )
@@ -405,6 +406,7 @@ __all__ = [
     "from_keras_dense",
     "from_keras_sparse",
     "from_lax",
+    "keras_padding",
     "to_dense_matrix",
     "to_keras_dense",
     "to_keras_sparse",

@@ -3,6 +3,10 @@ import sys
 
 from hypothesis import HealthCheck, settings
 
+# Keras 3 picks its backend once, at its first import: jlocalconv.keras's layers run on JAX
+# (tests that need another backend start a subprocess). Nothing else here imports Keras.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 # Tests import the independent reference and the shared cases as plain modules.
 sys.path.insert(0, os.path.dirname(__file__))
 
