@@ -347,47 +347,46 @@ _CLASS_DOC = """Keras 3 {name}: tf.keras 2's layer, computed by jlocalconv on JA
     """
 
 
-def _layer_class(rank: int, **doc: str) -> type[_LocallyConnected]:
+# Per rank: the docstring's extra sentence, its padding modes and its example
+# (window, input shape, output shape, implementation 2's weights).
+_DOC_PARTS = {
+    1: ("", '``"causal"``, ', "3", "(2, 10, 3)", "(2, 8, 4)", "(10, 3, 8, 4)", "(8, 4)"),
+    2: ("", "", "(3, 3)", "(2, 6, 5, 3)", "(2, 4, 3, 4)", "(6, 5, 3, 4, 3, 4)", "(4, 3, 4)"),
+    3: (
+        " tf.keras 2 had no 3-D layer: this one is jlocalconv's, with the 2-D layer's"
+        "\n    weight layouts extended to three spatial dims.",
+        "",
+        "2",
+        "(2, 3, 4, 4, 1)",
+        "(2, 2, 3, 3, 4)",
+        "(3, 4, 4, 1, 2, 3, 3, 4)",
+        "(2, 3, 3, 4)",
+    ),
+}
+
+
+def _layer_class(rank: int) -> type[_LocallyConnected]:
     """The registered ``LocallyConnected{rank}D`` class with its docstring."""
     name = f"LocallyConnected{rank}D"
     cls = type(name, (_LocallyConnected,), {"rank": rank, "__module__": __name__})
-    cls.__doc__ = _CLASS_DOC.format(name=name, rank=rank, **doc)
+    extra, causal, window, x, y, kernel, bias = _DOC_PARTS[rank]
+    cls.__doc__ = _CLASS_DOC.format(
+        name=name,
+        rank=rank,
+        window=f"{rank}-D",
+        extra=extra,
+        causal=causal,
+        example_window=window,
+        example_input=x,
+        example_output=y,
+        example_weights=f"[('kernel', {kernel}), ('bias', {bias})]",
+    )
     return keras.saving.register_keras_serializable(package=_PACKAGE, name=name)(cls)
 
 
-LocallyConnected1D = _layer_class(
-    1,
-    window="1-D",
-    extra="",
-    causal='``"causal"``, ',
-    example_window="3",
-    example_input="(2, 10, 3)",
-    example_output="(2, 8, 4)",
-    example_weights="[('kernel', (10, 3, 8, 4)), ('bias', (8, 4))]",
-)
-LocallyConnected2D = _layer_class(
-    2,
-    window="2-D",
-    extra="",
-    causal="",
-    example_window="(3, 3)",
-    example_input="(2, 6, 5, 3)",
-    example_output="(2, 4, 3, 4)",
-    example_weights="[('kernel', (6, 5, 3, 4, 3, 4)), ('bias', (4, 3, 4))]",
-)
-LocallyConnected3D = _layer_class(
-    3,
-    window="3-D",
-    extra=(
-        " tf.keras 2 had no 3-D layer: this one is jlocalconv's, with the 2-D layer's"
-        "\n    weight layouts extended to three spatial dims."
-    ),
-    causal="",
-    example_window="2",
-    example_input="(2, 3, 4, 4, 1)",
-    example_output="(2, 2, 3, 3, 4)",
-    example_weights="[('kernel', (3, 4, 4, 1, 2, 3, 3, 4)), ('bias', (2, 3, 3, 4))]",
-)
+LocallyConnected1D = _layer_class(1)
+LocallyConnected2D = _layer_class(2)
+LocallyConnected3D = _layer_class(3)
 
 
 def custom_objects() -> dict[str, type[_LocallyConnected]]:
