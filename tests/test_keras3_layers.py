@@ -347,3 +347,32 @@ def test_core_imports_without_keras():
 def test_importing_jlocalconv_keras_does_not_import_keras():
     proc = _run("import sys, jlocalconv.keras\nprint('keras' in sys.modules)")
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", CF])
+def test_3d_layer_of_every_implementation_against_the_reference(data_format):
+    # tf.keras 2 had no 3-D layer: implementations 2 and 3 get their weights from the
+    # public converters, and all three must compute the reference's numbers.
+    from jlocalconv import layout
+
+    rng = np.random.default_rng(3)
+    shape = (2, 2, 5, 4, 3) if data_format == CF else (2, 5, 4, 3, 2)
+    x = rng.standard_normal(shape).astype(np.float32)
+    geometry = ((5, 4, 3), (2, 3, 2), (2, 1, 1), "same", data_format)
+    kernel = rng.standard_normal((3 * 4 * 3, 12 * 2, 3)).astype(np.float32)
+    bias = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    stored = {
+        1: kernel,
+        2: layout.to_keras_dense(kernel, *geometry),
+        3: layout.to_keras_sparse(kernel, *geometry)[0],
+    }
+    pads = layout.keras_padding(*geometry[:4])
+    per_position = bias if data_format != CF else np.moveaxis(bias.reshape(3, 3, 4, 3), 0, -1)
+    want = local_conv_ref(x, kernel, (2, 3, 2), (2, 1, 1), data_format, pads, None, per_position)
+    for implementation, weights in stored.items():
+        layer = jk.LocallyConnected3D(
+            3, (2, 3, 2), (2, 1, 1), "same", data_format, implementation=implementation
+        )
+        layer.build(x.shape)
+        layer.set_weights([weights, bias])
+        np.testing.assert_allclose(layer(x), want, rtol=1e-5, atol=1e-5, err_msg=implementation)
