@@ -46,37 +46,61 @@ SIZES = {
 }
 
 
-def build(keras: Any, locally_connected: type, size: str) -> Any:
+PARTS = ("full", "convs", "locally_connected")
+
+
+def build(keras: Any, locally_connected: type, size: str, part: str = "full") -> Any:
     """DeepFace with ``keras``'s layers and ``locally_connected`` for L4, L5 and L6.
 
     The same code builds the tf_keras model (``keras=tf_keras``) and the Keras 3 one.
+    ``part`` ``"convs"`` is C1-C3 alone and ``"locally_connected"`` L4-L6 alone (on C3's
+    output shape), to tell where the time goes.
     """
-    side, c1, c3, l4, l5, l6, f7, f8 = SIZES[size]
+    _, c1, c3, l4, l5, l6, f7, f8 = SIZES[size]
     layers = keras.layers
-    return keras.Sequential(
-        [
-            keras.Input((side, side, 3)),
-            layers.Conv2D(32, c1, activation="relu", name="C1"),
-            layers.MaxPooling2D(3, strides=2, padding="same", name="M2"),
-            layers.Conv2D(16, c3, activation="relu", name="C3"),
-            locally_connected(16, l4, activation="relu", name="L4"),
-            locally_connected(16, l5, strides=2, activation="relu", name="L5"),
-            locally_connected(16, l6, activation="relu", name="L6"),
-            layers.Flatten(name="F0"),
-            layers.Dense(f7, activation="relu", name="F7"),
-            layers.Dropout(0.5, name="D0"),
-            layers.Dense(f8, activation="softmax", name="F8"),
-        ],
-        name="DeepFace",
-    )
+    stack = [
+        layers.Conv2D(32, c1, activation="relu", name="C1"),
+        layers.MaxPooling2D(3, strides=2, padding="same", name="M2"),
+        layers.Conv2D(16, c3, activation="relu", name="C3"),
+        locally_connected(16, l4, activation="relu", name="L4"),
+        locally_connected(16, l5, strides=2, activation="relu", name="L5"),
+        locally_connected(16, l6, activation="relu", name="L6"),
+        layers.Flatten(name="F0"),
+        layers.Dense(f7, activation="relu", name="F7"),
+        layers.Dropout(0.5, name="D0"),
+        layers.Dense(f8, activation="softmax", name="F8"),
+    ]
+    if part == "convs":
+        stack = stack[:3]
+    elif part == "locally_connected":
+        stack = stack[3:6]
+    return keras.Sequential([keras.Input(input_shape(size, part)), *stack], name=f"DeepFace_{part}")
 
 
-def batch(size: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The same seeded images and labels in both processes."""
-    side, classes = SIZES[size][0], SIZES[size][-1]
+def input_shape(size: str, part: str) -> tuple[int, int, int]:
+    """The input of ``part``: images, or C3's output for the locally connected part."""
+    side, c1, c3 = SIZES[size][:3]
+    if part != "locally_connected":
+        return (side, side, 3)
+    c3_side = -(-(side - c1 + 1) // 2) - c3 + 1  # C1 valid, M2 "same" stride 2, C3 valid
+    return (c3_side, c3_side, 16)
+
+
+def batch(size: str, n: int, part: str = "full") -> tuple[np.ndarray, np.ndarray]:
+    """The same seeded inputs (of ``part``) and labels in both processes."""
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (n, side, side, 3)).astype(np.float32)
-    return x, rng.integers(0, classes, n).astype(np.int32)
+    x = rng.uniform(0, 1, (n, *input_shape(size, part))).astype(np.float32)
+    return x, rng.integers(0, SIZES[size][-1], n).astype(np.int32)
+
+
+def part_models(keras: Any, locally_connected: type, size: str, n: int, sync: Callable) -> dict:
+    """The convolutional and the locally connected parts, fresh weights (only timed)."""
+    found = {}
+    for part in PARTS[1:]:
+        model = build(keras, locally_connected, size, part)
+        found[part] = Model(model, *batch(size, n, part), sync)
+        found[part].timed("predict_on_batch", 1)  # compiles
+    return found
 
 
 class Model:
@@ -138,12 +162,17 @@ def worker(size: str, n: int, weights: str, outputs: str) -> None:
     np.save(f"{outputs}_L6", features(tf_keras, model).predict_on_batch(x))
     info = {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__, "params": 0}
     info["params"] = int(model.count_params())
+    sides = {
+        "full": side,
+        **part_models(tf_keras, tf_keras.layers.LocallyConnected2D, size, n, np.asarray),
+    }
     _answer({"ready": True, "first_calls": first, **info})
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "quit":
             return
-        _answer({"times": side.timed(command["cmd"], command["reps"])})
+        times = sides[command["part"]].timed(command["cmd"], command["reps"])
+        _answer({"times": times})
 
 
 def _answer(message: dict) -> None:
@@ -179,8 +208,8 @@ class Worker:
             raise RuntimeError(f"the tf_keras worker exited with {self.proc.wait()}")
         return json.loads(line)
 
-    def timed(self, what: str, reps: int) -> list[float]:
-        self.proc.stdin.write(json.dumps({"cmd": what, "reps": reps}) + "\n")
+    def timed(self, what: str, reps: int, part: str = "full") -> list[float]:
+        self.proc.stdin.write(json.dumps({"cmd": what, "reps": reps, "part": part}) + "\n")
         self.proc.stdin.flush()
         return self._read()["times"]
 
@@ -230,6 +259,17 @@ def measure(args: argparse.Namespace) -> dict:
                 for side, found in zip(sides, times):
                     found += side.timed(what, args.reps)
             rounds[what] = dict(zip(("jlocalconv_keras3", "tf_keras"), times))
+        _progress("timing the parts")
+        parts = part_models(keras, LocallyConnected2D, args.size, args.batch, jax.block_until_ready)
+        for part, model_part in parts.items():
+            mine, theirs = [], []
+            for _ in range(args.rounds):
+                mine += model_part.timed("predict_on_batch", args.reps)
+                theirs += tf_side.timed("predict_on_batch", args.reps, part)
+            rounds[f"{part} only: predict_on_batch"] = {
+                "jlocalconv_keras3": mine,
+                "tf_keras": theirs,
+            }
         tf_side.close()
     return {
         "versions": {
