@@ -16,4 +16,8 @@ The file list is the architecture:
 - ``report.py``, ``chart.py``: markdown, JSON and PNG under ``bench/results/``.
 - ``sharded_hook.py``: runs ``bench/sharded.py`` in a subprocess with 8 simulated devices.
 - ``run.py``: the command line.
+- ``accelerator.py`` (``python -m bench --accelerator-check``, ``gpu_check.sh``): the check
+  for a lent GPU/TPU: ``accel_check.py`` (every implementation against
+  ``numpy_reference.py``, a float64 NumPy reference with its vjp), timing on GPU-sized
+  shapes, ``accel_report.py``.
 """

@@ -139,8 +139,10 @@ def run(smoke: bool = False) -> dict:
         "speed-up). temp, parameter and halo bytes are per device; halo = bytes sent "
         "through the halo exchange's collective-permutes per call, reshard = rows XLA moves "
         "into the per-device blocks before it (collective-permutes), both from the compiled HLO. "
-        "The forward never all-gathers; fwd+bwd gathers d(inputs) over 'space' because the "
-        "inputs are replicated over it here (as from a data loader; training drops d(inputs))."
+        "The forward holds no collective but the halo's collective-permutes (none when the "
+        "input rows do not divide by 'space': each device slices its rows); fwd+bwd combines "
+        "d(inputs) over 'space' because the inputs are replicated over it here (as from a "
+        "data loader; training drops d(inputs))."
     )
     return {"rows": rows, "note": note}
 

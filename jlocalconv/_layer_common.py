@@ -220,8 +220,11 @@ def _check_inputs(spec: LayerSpec, inputs: object, batched: bool) -> None:
         hint = "Equinox layers take one example; use jax.vmap(layer) for a batch."
         fail(spec.name, "inputs", f"of shape {sample}", f"shape {shape}", hint=hint)
     if not fits:
-        expected = f"of shape (*batch, {', '.join(map(str, sample))})"
-        fail(spec.name, "inputs", expected, f"shape {shape}")
+        # Equinox takes one example: its expected shape has no batch dims to mention.
+        lead = "*batch, " if batched else ""
+        fail(
+            spec.name, "inputs", f"of shape ({lead}{', '.join(map(str, sample))})", f"shape {shape}"
+        )
 
 
 def _promote(dtype: Any, *arrays: jax.Array | None) -> tuple[jax.Array | None, ...]:

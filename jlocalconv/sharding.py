@@ -6,16 +6,19 @@ besides splitting the batch (data parallelism) the natural way to scale is to sp
 of its output rows and needs only its own input rows plus a *halo* of neighbouring rows,
 received from the neighbouring devices with ``lax.ppermute``. The input is never gathered.
 
-How the rows are split. With ``n`` devices on ``spatial_axis``, ``R = output_rows / n``
-output rows per device, stride ``s``, dilation ``d``, window ``k`` and low padding ``p``
-on the row dimension, device ``i`` owns the ``B = R * s`` input rows
-``[i * B, (i + 1) * B)`` and needs rows ``[i * B - p, i * B - p + L)`` with
-``L = (R - 1) * s + d * (k - 1) + 1``: ``p`` rows from the devices before it (zeros on
-device 0: the low padding) and ``L - B - p`` rows from the devices after it (one hop unless
-the halo is larger than a block, then several). Input rows past ``n * B`` that the last
-device needs (e.g. the ``k - 1`` extra rows of a ``"valid"`` convolution) travel as a small
-tail slab replicated over ``spatial_axis``. Each device then runs :func:`jlocalconv.local_conv`
-with no row padding on its halo'd block and produces exactly its ``R`` output rows.
+How the rows are laid out (:func:`halo_plan`). With ``n`` devices on ``spatial_axis``,
+``R = output_rows / n`` output rows per device, stride ``s``, dilation ``d``, window ``k``
+and low padding ``p`` on the row dimension, device ``i`` reads the input rows
+``[i * R * s - p, i * R * s - p + L)`` with ``L = (R - 1) * s + d * (k - 1) + 1`` (zeros
+outside the input). If the input rows divide by ``n``, the input is taken split evenly by
+its rows over ``spatial_axis`` (as a previous sharded layer leaves it, so nothing is
+re-blocked) and each device receives the rows it reads from other blocks through
+``lax.ppermute``: a few rows from each of a few nearby devices, as many as the window, the
+stride, the padding and the mismatch between input and output row blocks ask, never a
+number that grows with ``n``. If they do not divide, the input cannot be stored split by
+rows, so it is taken replicated over ``spatial_axis`` and each device slices its ``L`` rows:
+nothing moves. Each device then runs :func:`jlocalconv.local_conv` with no row padding on
+its ``L`` rows and produces exactly its ``R`` output rows.
 
 Divisibility rule: the number of output rows must be a multiple of the size of
 ``spatial_axis`` and the batch a multiple of the size of ``batch_axis``; otherwise a
@@ -26,8 +29,8 @@ sharded).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Hashable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -212,32 +215,71 @@ def _check_implementation(implementation: object) -> None:
         fail(_FN, "implementation", f"one of {names()}", repr(implementation))
 
 
+class Piece(NamedTuple):
+    """One window of input rows that every device takes from the same relative device.
+
+    Attributes:
+      hop: device ``i`` takes the window from device ``i + hop`` (0: its own block; else
+        one ``lax.ppermute``).
+      width: rows in the window (the same on every device: ``ppermute`` moves one shape).
+      starts: per receiving device ``i``, the window's first row in the block of device
+        ``i + hop``.
+      at: per receiving device ``i``, where the window's first row lands in its halo'd
+        block (negative or past its end: the window holds rows it does not need), or None
+        if device ``i`` needs no row of device ``i + hop`` (or that device does not exist).
+    """
+
+    hop: int
+    width: int
+    starts: tuple[int, ...]
+    at: tuple[int | None, ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class HaloPlan:
-    """How the input rows are split and exchanged for one geometry and device count.
+    """How the input rows are laid out over devices and exchanged for one geometry.
+
+    When the input rows divide by the number of devices, they are split evenly over the
+    spatial mesh axis (``split``), which is how an input already sharded by rows (e.g. the
+    output of a previous sharded layer) arrives, so it is never re-blocked; each device
+    assembles the ``rows`` input rows its output rows read from windows of its own and of
+    nearby devices' blocks (:class:`Piece`, one ``ppermute`` per non-zero hop). When they do
+    not divide, the input cannot be stored split by rows (a jax array splits evenly), so it
+    is taken replicated over the axis and each device slices its rows: nothing moves.
 
     Attributes:
       devices: the size of the spatial mesh axis, ``n``.
-      block: ``B = strides[0] * output_rows / n``, the input rows each device owns.
-      pieces: ``(hop, start, stop)`` in row order: device ``i`` concatenates rows
-        ``[start, stop)`` of the block of device ``i + hop`` (hop 0: its own block).
-      tail: rows of the slab of input rows past ``n * B`` that the last devices need
-        (0 when those rows are all padding).
+      split: whether the input rows are split over the devices (``input_rows % n == 0``).
+      block: the input rows each device holds: ``input_rows / n``, or all of them.
+      rows: ``(R - 1) * stride + dilation * (k - 1) + 1`` with ``R = output_rows / n``:
+        the rows each device's output rows read (its halo'd block).
+      pieces: the windows, in hop order.
     """
 
     devices: int
+    split: bool
     block: int
-    pieces: tuple[tuple[int, int, int], ...]
-    tail: int
+    rows: int
+    pieces: tuple[Piece, ...]
 
     @property
     def halo_rows(self) -> int:
-        """Rows each device receives from other devices (and the tail), per example."""
-        return sum(stop - start for hop, start, stop in self.pieces if hop)
+        """Input rows per example in the collective-permutes (one per piece with a non-zero
+        hop): what a device that takes part in all of them sends, and receives, per call."""
+        return sum(piece.width for piece in self.pieces if piece.hop)
 
 
 def halo_plan(geom: Geometry, devices: int) -> HaloPlan:
     """The :class:`HaloPlan` for splitting ``geom``'s output rows over ``devices``.
+
+    Device ``i`` reads the input rows ``[i * R * s - p, i * R * s - p + rows)`` (``R``
+    output rows per device, stride ``s``, low padding ``p``; rows outside the input are
+    zeros). Split blocks hold ``C = input_rows / n`` rows against ``R * s`` per block of
+    output rows, so the rows device ``i`` reads start ``i * (C - R * s) + p`` rows before its
+    own block: a shift that grows to about ``input_rows - output_rows * s + p`` at the last
+    device, which the window and the padding bound. A piece is as wide as the widest need of
+    any device from its hop, so the hops and the rows they move depend on the window, the
+    stride and the padding, never on the number of devices.
 
     Args:
       geom: the full (unsharded) geometry, e.g. from ``jlocalconv.geometry.make_geometry``.
@@ -249,44 +291,59 @@ def halo_plan(geom: Geometry, devices: int) -> HaloPlan:
     Example:
       >>> from jlocalconv.geometry import make_geometry
       >>> from jlocalconv.sharding import halo_plan
-      >>> geom = make_geometry((1, 18, 5, 1), kernel_size=3)      # valid: 16 output rows
-      >>> halo_plan(geom, 8)                                       # 2 own rows, 2 from the next
-      HaloPlan(devices=8, block=2, pieces=((0, 0, 2), (1, 0, 2)), tail=2)
+      >>> geom = make_geometry((1, 8, 5, 1), kernel_size=3, padding="same")  # 8 output rows
+      >>> plan = halo_plan(geom, 4)      # 2 rows per device, 1 from each neighbour
+      >>> plan.block, plan.rows, plan.halo_rows
+      (2, 4, 2)
+      >>> plan.pieces[0]                 # the last row of the previous device, at row 0
+      Piece(hop=-1, width=1, starts=(0, 1, 1, 1), at=(None, 0, 0, 0))
+      >>> halo_plan(make_geometry((1, 10, 5, 1), kernel_size=3), 4).halo_rows  # 10 % 4
+      0
     """
-    rows = geom.output_shape[0]
+    input_rows, per_device = geom.spatial_shape[0], geom.output_shape[0] // devices
     stride, dil, size = geom.strides[0], geom.dilation[0], geom.kernel_size[0]
-    block = rows // devices * stride
-    needed = (rows // devices - 1) * stride + dil * (size - 1) + 1
-    lo = -geom.padding[0][0]  # the block-local first needed row; negative: before the block
-    hi = lo + needed
-    pieces = []
-    for hop in range(lo // block, (hi - 1) // block + 1):
-        start, stop = max(lo - hop * block, 0), min(hi - hop * block, block)
-        pieces.append((hop, start, stop))
-    last_hop = pieces[-1][0]
-    real_rows_past_blocks = geom.spatial_shape[0] > devices * block
-    tail = last_hop * block if last_hop > 0 and real_rows_past_blocks else 0
-    return HaloPlan(devices, block, tuple(pieces), tail)
+    split = input_rows % devices == 0
+    block = input_rows // devices if split else input_rows
+    rows = (per_device - 1) * stride + dil * (size - 1) + 1
+    needs: dict[int, dict[int, tuple[int, int, int]]] = {}  # hop -> device -> (start, stop, at)
+    for device in range(devices):
+        first = device * per_device * stride - geom.padding[0][0]
+        lo, hi = max(first, 0), min(first + rows, input_rows)  # rows past the input: zeros
+        for source in range(lo // block, (hi - 1) // block + 1) if hi > lo else ():
+            base = source * block  # the source block's first row
+            start, stop = max(lo, base) - base, min(hi, base + block) - base
+            hop = source - device if split else 0
+            needs.setdefault(hop, {})[device] = (start, stop, base + start - first)
+    pieces = tuple(_piece(hop, needs[hop], block, devices) for hop in sorted(needs))
+    return HaloPlan(devices, split, block, rows, pieces)
+
+
+def _piece(hop: int, needs: dict[int, tuple[int, int, int]], block: int, devices: int) -> Piece:
+    """One window width for all devices; each window shifted to stay inside its block."""
+    width = max(stop - start for start, stop, _ in needs.values())
+    starts = [0] * devices
+    at: list[int | None] = [None] * devices
+    for device, (start, _, place) in needs.items():
+        window = min(start, block - width)  # still covers [start, stop): stop <= block
+        starts[device], at[device] = window, place - (start - window)
+    return Piece(hop, width, tuple(starts), tuple(at))
 
 
 def _sharded_call(mesh, batch_axis, spatial_axis, geom, options, inputs, kernel, bias):
     """Splits the operands, runs one block per device under ``shard_map``, joins the result."""
     row = 1 if geom.channels_last else 2  # the first spatial axis of inputs and results
     rows_spec = P(batch_axis, *[None] * (row - 1), spatial_axis)
-    operands = {"kernel": kernel}
-    specs = {"kernel": kernel_partition_spec(spatial_axis)}
+    operands = {"kernel": kernel, "x": inputs}
+    specs = {"kernel": kernel_partition_spec(spatial_axis), "x": rows_spec}
     if bias is not None:
         operands["bias"] = bias
         specs["bias"] = P() if bias.ndim == 1 else P(spatial_axis)
     if spatial_axis is None:  # data parallel only: every device has all the rows
-        operands["x"], specs["x"] = inputs, rows_spec
         body = _data_body(geom, options)
     else:
         plan = halo_plan(geom, mesh.shape[spatial_axis])
-        specs["x"], specs["tail"] = rows_spec, P(batch_axis)
-        operands["x"], operands["tail"] = _prepare_rows(mesh, inputs, plan, row, specs)
-        if operands["tail"] is None:
-            del operands["tail"], specs["tail"]
+        if not plan.split:  # each device slices its rows of the replicated input
+            specs["x"] = P(batch_axis)
         body = _spatial_body(geom, options, plan, spatial_axis, row)
     if _explicit(mesh):  # shard_map wants operands typed with its in_specs
         operands = {name: _reshard(mesh, v, specs[name]) for name, v in operands.items()}
@@ -300,19 +357,6 @@ def _explicit(mesh: Mesh) -> bool:
 
 def _reshard(mesh, value, spec):
     return jax.reshard(value, NamedSharding(mesh, spec))
-
-
-def _prepare_rows(mesh, inputs, plan, row, specs):
-    """:func:`_split_rows`; on an explicit mesh, partitioned by XLA (slicing a sharded dim
-    is not defined for explicit shardings) into the layouts ``shard_map`` takes."""
-    split = functools.partial(_split_rows, plan=plan, row=row)
-    if not _explicit(mesh):
-        return split(inputs)
-    out = (
-        NamedSharding(mesh, specs["x"]),
-        NamedSharding(mesh, specs["tail"]) if plan.tail else None,
-    )
-    return jax.sharding.auto_axes(split, out_sharding=out)(inputs)
 
 
 def _block_conv(x, kernel, bias, geom, options, row_padding):
@@ -340,50 +384,47 @@ def _data_body(geom, options):
 
 def _spatial_body(geom, options, plan, axis_name, row):
     def body(ops):
-        x = _with_halo(ops["x"], ops.get("tail"), plan, axis_name, row)
-        # The rows' padding is already in the halo'd block (zeros from devices that do not exist).
+        x = _with_halo(ops["x"], plan, axis_name, row)
+        # The rows' padding is already in the halo'd block (zeros where no input row is).
         return _block_conv(x, ops["kernel"], ops.get("bias"), geom, options, (0, 0))
 
     return body
 
 
-def _split_rows(inputs, plan, row):
-    """``inputs`` cut (or zero-extended) to ``n * B`` rows, and the tail slab past them."""
-    main_rows, rows = plan.devices * plan.block, inputs.shape[row]
-    if rows >= main_rows:
-        main = lax.slice_in_dim(inputs, 0, main_rows, axis=row)
-    else:
-        main = _pad_rows(inputs, main_rows - rows, row)
-    if not plan.tail:
-        return main, None
-    tail = lax.slice_in_dim(inputs, main_rows, min(rows, main_rows + plan.tail), axis=row)
-    return main, _pad_rows(tail, plan.tail - tail.shape[row], row)
+def _with_halo(block, plan, axis_name, row):
+    """This device's ``plan.rows`` input rows, written window by window into zeros.
+
+    Windows overlap only where they hold the same input rows, so the order of the writes
+    does not matter; a window a device does not need goes to the margin that is cut off.
+    """
+    index = lax.axis_index(axis_name)
+    margin = max((piece.width for piece in plan.pieces), default=0)
+    shape = list(block.shape)
+    shape[row] = plan.rows + 2 * margin
+    halo = jnp.zeros(shape, block.dtype)
+    for piece in plan.pieces:
+        at = [-margin if place is None else place for place in piece.at]
+        window = _window(block, piece, index, axis_name, row)
+        halo = lax.dynamic_update_slice_in_dim(halo, window, _entry(at, index) + margin, row)
+    return lax.slice_in_dim(halo, margin, margin + plan.rows, axis=row)
 
 
-def _pad_rows(x, extra, row):
-    widths = [(0, 0)] * x.ndim
-    widths[row] = (0, extra)
-    return jnp.pad(x, widths)
+def _window(block, piece, index, axis_name, row):
+    """``piece``'s window of this device's receiver, sent by device ``index + hop``."""
+    n, hop = len(piece.at), piece.hop
+    receivers = [i for i in range(n) if piece.at[i] is not None]
+    # The sender (this device) cuts the window its receiver ``index - hop`` asked for.
+    starts = [0] * n
+    for i in receivers:
+        starts[i + hop] = piece.starts[i]
+    window = lax.dynamic_slice_in_dim(block, _entry(starts, index), piece.width, axis=row)
+    if not hop:
+        return window
+    return lax.ppermute(window, axis_name, [(i + hop, i) for i in receivers])
 
 
-def _with_halo(block, tail, plan, axis_name, row):
-    """This device's block with the rows it needs from its neighbours, in row order."""
-    n, index = plan.devices, lax.axis_index(axis_name)
-    parts = []
-    for hop, start, stop in plan.pieces:
-        piece = lax.slice_in_dim(block, start, stop, axis=row)
-        if hop:
-            piece = _from_device(piece, hop, n, axis_name)
-        if hop > 0 and tail is not None:
-            # Devices past the last one "own" the tail's blocks.
-            at = jnp.maximum(index + hop - n, 0) * plan.block + start
-            spare = lax.dynamic_slice_in_dim(tail, at, stop - start, axis=row)
-            piece = jnp.where(index + hop < n, piece, spare)
-        parts.append(piece)
-    return lax.concatenate(parts, row) if len(parts) > 1 else parts[0]
-
-
-def _from_device(piece, hop, n, axis_name):
-    """Device ``i`` gets ``piece`` of device ``i + hop``; zeros where that device does not exist."""
-    perm = [(src, src - hop) for src in range(n) if 0 <= src - hop < n]
-    return lax.ppermute(piece, axis_name, perm) if perm else jnp.zeros_like(piece)
+def _entry(table: list[int], index: jax.Array) -> int | jax.Array:
+    """``table[index]``; a Python int when every device has the same entry (a static slice)."""
+    if len(set(table)) == 1:
+        return table[0]
+    return jnp.asarray(table, jnp.int32)[index]

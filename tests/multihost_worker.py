@@ -23,6 +23,8 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the repository root, so that this checkout's jlocalconv is the one imported
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sharding_problem import optimizer, train_problem, train_step  # noqa: E402
 

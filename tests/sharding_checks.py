@@ -27,14 +27,19 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the repository root: this checkout's jlocalconv, and bench.sharded (which counts the bytes
+# of collective-permutes)
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cases import CF, CL, Case
 from reference import local_conv_ref
 from sharding_problem import GRAD_TOL, PARAM_TOL, optimizer, train_problem, train_step
 
 import jlocalconv
+from bench.sharded import permute_bytes
 from jlocalconv import implementations
-from jlocalconv.sharding import kernel_sharding, sharded_local_conv
+from jlocalconv.geometry import make_geometry
+from jlocalconv.sharding import halo_plan, kernel_sharding, sharded_local_conv
 
 CHECKS: dict[str, Callable[[], None]] = {}
 
@@ -58,6 +63,8 @@ GEOMETRIES = {
     "wide-1d": Case((16,), 1, 2, (9,), (1,), batch=8),
     # 3-D, same
     "3d-same": Case((8, 3, 4), 2, 2, (3, 3, 2), (1, 1, 1), "same", batch=8),
+    # issue 17's: 12 input rows (blocks of 3 on 4 devices) for 8 output rows (blocks of 2)
+    "issue17-cf": Case((12, 7), 3, 4, (5, 3), (1, 2), data_format=CF, batch=8),
 }
 
 
@@ -148,7 +155,7 @@ def check_spatial_8() -> None:
 
 @check
 def check_data_by_spatial_2x4() -> None:
-    names = ["valid", "same-cf", "stride3-explicit-cf", "causal-1d"]
+    names = ["valid", "same-cf", "stride3-explicit-cf", "causal-1d", "issue17-cf"]
     _compare_meshes(_mesh((2, 4), ("data", "space")), "data", "space", names)
 
 
@@ -253,24 +260,227 @@ def _spatial_programs(f, case: Case):
 
 @check
 def check_hlo_halo_exchange_without_all_gather() -> None:
-    """The compiled spatial path moves halo rows with collective-permutes and never
-    all-gathers the input, in the forward and in the kernel's backward pass."""
+    """The compiled spatial path moves halo rows with collective-permutes (where its plan
+    moves rows: "same-cf"'s 16 and issue 17's 12 rows are split over the 4 devices,
+    "valid"'s 18 rows are replicated over them and sliced) and never all-gathers the input,
+    in the forward and in the kernel's backward pass."""
     mesh = _mesh((2, 4), ("data", "space"))
     f = sharded_local_conv(mesh, batch_axis="data", spatial_axis="space")
-    for name in ("valid", "same-cf"):
+    for name, halo in (("valid", False), ("same-cf", True), ("issue17-cf", True)):
         case = GEOMETRIES[name]
         x, k, _ = _operands(case)
         ks = jax.device_put(k, kernel_sharding(mesh, "space"))
         placements = [P("data")]
-        if case.padding == "same":  # rows already split over devices, e.g. a previous layer's
-            placements.append(P("data", None, "space"))
+        if case.spatial[0] % 4 == 0:  # rows already split over devices, e.g. a previous layer's
+            row = 1 if case.data_format == CL else 2
+            placements.append(P("data", *[None] * (row - 1), "space"))
         for spec in placements:
             xs = jax.device_put(x, NamedSharding(mesh, spec))
             for what, fn in _spatial_programs(f, case).items():
                 hlo = _hlo(fn, xs, ks)
-                assert _collectives(hlo, "collective-permute"), f"{name} {spec} {what}: no halo"
+                permutes = _collectives(hlo, "collective-permute")
+                assert bool(permutes) == halo, f"{name} {spec} {what}: {permutes}"
                 gathers = _collectives(hlo, "all-gather")
                 assert not gathers, f"{name} {spec} {what}: {gathers}"
+
+
+# ---------------------------------------------------------------- random geometries
+
+PADDINGS = ("valid", "same", "causal", "explicit")
+# The input rows' layouts (see _random_rows) that case c tries first, by c % 8: each where
+# that case's padding (c % 4) and stride (1 + c % 3) allow it.
+LAYOUTS = ("8", "aligned", "1", "8", "4", "1", "aligned", "4")
+SWEEP_MESHES = {"8x1": (8, 1), "1x8": (1, 8), "2x4": (2, 4)}  # (data, space)
+# How many random geometries each mesh checks, from which seed: tests/test_sharding.py's
+# slow test raises the count and draws the seed.
+SWEEP_CASES = int(os.environ.get("SHARDING_SWEEP_CASES", "8"))
+SWEEP_SEED = int(os.environ.get("SHARDING_SWEEP_SEED", "17"))
+# LLVM's cheaper code generation for the programs whose values are compared (about half
+# their compile time); the forward whose collectives are checked is compiled as usual.
+QUICK_BUILD = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def random_cases(seed: int, count: int) -> list[Case]:
+    """``count`` random geometries whose output rows divide by 8 (so by every mesh's spatial
+    axis), cycling through the paddings, the strides 1 to 3, the data formats and the
+    layouts of :func:`_random_rows`, with random windows, dilations 1 to 3, ranks 1 and 2
+    and biases."""
+    rng = np.random.default_rng(seed)
+    cases: list[Case] = []
+    misses = 0  # draws in a row without rows of the wanted layout (e.g. causal, stride 1)
+    while len(cases) < count:
+        c = len(cases)
+        kind, stride = PADDINGS[c % 4], 1 + c % 3
+        rank = 1 if kind == "causal" else int(rng.integers(1, 3))
+        window = (int(rng.integers(1, 6)), *rng.integers(1, 4, rank - 1).tolist())
+        dilation = (int(rng.integers(1, 4)), *[1] * (rank - 1))
+        strides = (stride, *rng.integers(1, 3, rank - 1).tolist())
+        padding = kind
+        if kind == "explicit":
+            padding = tuple(tuple(rng.integers(0, 7, 2).tolist()) for _ in range(rank))
+        row_geometry = (window[0], stride, kind if kind != "explicit" else padding[:1], dilation[0])
+        layout = LAYOUTS[(c + c // 8) % 8] if misses < 200 else None
+        rows = _random_rows(rng, row_geometry, layout)
+        misses = 0 if rows else misses + 1
+        if rows is None:  # no such rows for this window: draw another
+            continue
+        cols = [w + int(rng.integers(0, 4)) for w in window[1:]]
+        cases.append(
+            Case((rows, *cols), int(rng.integers(1, 4)), int(rng.integers(1, 4)), window,
+                 strides, padding, dilation=dilation, data_format=(CL, CF)[c // 4 % 2],
+                 batch=8, bias=(None, "filters", "positions")[c % 3])
+        )  # fmt: skip
+    return cases
+
+
+def _random_rows(rng, row_geometry, layout: str | None) -> int | None:
+    """Random input rows giving 8, 16 or 24 output rows, of ``layout`` (None: any): "8":
+    rows that divide by 8 in blocks unlike the output rows' (taken split and re-blocked on 4
+    and 8 devices), "4": rows that divide by 4 only (re-blocked on 4, replicated on 8), "1":
+    rows that do not divide by 4 (replicated), "aligned": the output rows' blocks."""
+    pool = []
+    for rows in range(1, 26 * row_geometry[1] + 15):
+        try:
+            geom = make_geometry((1, rows, 1), *row_geometry)
+        except ValueError:  # the window does not fit
+            continue
+        out_rows = geom.output_shape[0]
+        this_layout = _row_layout(rows, out_rows, row_geometry[1])
+        if out_rows in (8, 16, 24) and layout in (None, this_layout):
+            pool.append(rows)
+    return int(rng.choice(pool)) if pool else None
+
+
+def _row_layout(rows: int, out_rows: int, stride: int) -> str:
+    if rows == out_rows * stride:
+        return "aligned"
+    return next(str(d) for d in (8, 4, 1) if rows % d == 0)
+
+
+def _assert_covers(cases: list[Case]) -> None:
+    """The sweep has every listed axis: both formats, every padding, strides 1 to 3,
+    dilation, and on 4 and 8 devices input rows taken split with re-blocking and replicated."""
+    assert {case.data_format for case in cases} == {CL, CF}
+    assert {case.strides[0] for case in cases} == {1, 2, 3}
+    kinds = {case.padding if isinstance(case.padding, str) else "explicit" for case in cases}
+    assert kinds == set(PADDINGS) and any(case.dil[0] > 1 for case in cases)
+    for devices in (4, 8):
+        layouts = {_layout(case, devices) for case in cases}
+        assert layouts == {"split", "split, re-blocked", "replicated"}, (devices, layouts)
+
+
+def _layout(case: Case, devices: int) -> str:
+    rows = case.spatial[0]
+    if rows % devices:
+        return "replicated"
+    return "split" if rows == case.output_shape[0] * case.strides[0] else "split, re-blocked"
+
+
+def _sweep_operands(cases, mesh, batch_axis, spatial_axis):
+    """Every case's operands in float64, the inputs placed as a user would: split by rows
+    over ``spatial_axis`` when the rows divide (every other case), else replicated over it."""
+    placed = []
+    for c, case in enumerate(cases):
+        x, k, b = _operands(case)
+        row = 1 if case.data_format == CL else 2
+        spec = P(batch_axis)
+        if x.shape[row] % mesh.shape[spatial_axis] == 0 and c % 2:
+            spec = P(batch_axis, *[None] * (row - 1), spatial_axis)
+        x = jax.device_put(x, NamedSharding(mesh, spec))
+        k = jax.device_put(k, kernel_sharding(mesh, spatial_axis))
+        placed.append((x, k, b))
+    return placed
+
+
+def _sweep_forward(conv, cases):
+    """One program for all cases' forwards, each in its named scope ``case<i>``."""
+
+    def forward(operands):
+        ys = []
+        for c, (case, (x, k, b)) in enumerate(zip(cases, operands)):
+            with jax.named_scope(f"case{c}"):
+                ys.append(conv(x, k, case.kernel_size, case.strides,
+                               data_format=case.data_format, bias=b, **case.kwargs()))  # fmt: skip
+        return ys
+
+    return forward
+
+
+def _sweep_value_and_grads(conv, cases, operands):
+    """All cases' forwards and gradients (of fixed random projections) from one program."""
+    rng = np.random.default_rng(2)
+    forward = _sweep_forward(conv, cases)
+    cts = [jnp.asarray(rng.standard_normal(conv_shape(case, k))) for case, (_, k, _)
+           in zip(cases, operands)]  # fmt: skip
+
+    def loss(operands):
+        ys = forward(operands)
+        return sum(jnp.vdot(y, ct) for y, ct in zip(ys, cts)), ys
+
+    grad = jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=QUICK_BUILD)
+    (_, ys), grads = grad(operands)
+    return ys, grads
+
+
+@functools.cache
+def _sweep_unsharded():
+    cases = random_cases(SWEEP_SEED, SWEEP_CASES)
+    if SWEEP_CASES >= 8:
+        _assert_covers(cases)
+    return cases, _sweep_value_and_grads(jlocalconv.local_conv, cases, list(map(_operands, cases)))
+
+
+_COLLECTIVES = ("all-gather", "all-to-all", "all-reduce", "reduce-scatter", "collective-broadcast")
+
+
+def _check_sweep(mesh_name: str) -> None:
+    """Random geometries (:func:`random_cases`) on one mesh: forward and gradients equal one
+    device's; the compiled forward holds no collective but collective-permutes, and each
+    case's collective-permutes move exactly the rows its halo plan says."""
+    data, space = SWEEP_MESHES[mesh_name]
+    mesh = _mesh((data, space), ("data", "space"))
+    cases, (ys0, grads0) = _sweep_unsharded()
+    conv = sharded_local_conv(mesh, batch_axis="data", spatial_axis="space")
+    operands = _sweep_operands(cases, mesh, "data", "space")
+    ys, grads = _sweep_value_and_grads(conv, cases, operands)
+    hlo = _hlo(_sweep_forward(conv, cases), operands)
+    for op in _COLLECTIVES:
+        assert not _collectives(hlo, op), f"{mesh_name}: {_collectives(hlo, op)[:3]}"
+    assert sum(permute_bytes(hlo).values()) == sum(
+        _plan_bytes(case, x, data, space) for case, (x, _, _) in zip(cases, operands)
+    ), "collective-permutes the plans do not account for"
+    for c, case in enumerate(cases):
+        what = f"{mesh_name} case{c} {case}"
+        _assert_close(ys[c], ys0[c], f"{what}: forward")
+        for label, g, g0 in zip(("inputs", "kernel", "bias"), grads[c], grads0[c]):
+            if g0 is not None:
+                _assert_close(g, g0, f"{what}: d/d{label}")
+        mine = "\n".join(line for line in hlo.splitlines() if f"/case{c}/" in line)
+        assert permute_bytes(mine)["halo"] == _plan_bytes(case, operands[c][0], data, space), what
+
+
+def _plan_bytes(case: Case, x, data: int, space: int) -> int:
+    """Bytes of one device's collective-permutes for ``case``, from its halo plan."""
+    geom = make_geometry(x.shape, case.kernel_size, case.strides, case.padding, case.dil,
+                         case.data_format)  # fmt: skip
+    row = 1 if case.data_format == CL else 2
+    per_row = x.size // x.shape[0] // x.shape[row] * x.dtype.itemsize  # one example's row
+    return halo_plan(geom, space).halo_rows * case.batch // data * per_row
+
+
+@check
+def check_random_geometries_8x1() -> None:
+    _check_sweep("8x1")
+
+
+@check
+def check_random_geometries_1x8() -> None:
+    _check_sweep("1x8")
+
+
+@check
+def check_random_geometries_2x4() -> None:
+    _check_sweep("2x4")
 
 
 def main(names: list[str]) -> int:

@@ -57,6 +57,14 @@ def test_batched_input_is_an_error_that_says_vmap():
         layer(jnp.ones((5, 2, 10)))
 
 
+def test_wrong_shape_error_mentions_no_batch():
+    layer = LocallyConnected1D(2, 4, 3, input_shape=(10,), key=jax.random.key(0))
+    with pytest.raises(
+        ValueError, match=r"`inputs` must be of shape \(2, 10\); got shape \(2, 9\)"
+    ):
+        layer(jnp.ones((2, 9)))
+
+
 def test_filter_jit_filter_grad_vmap():
     case = CASES[6]  # 2-D channels_first, strided, per-position bias
     layer = build(case, activation="tanh")

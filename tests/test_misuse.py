@@ -174,8 +174,8 @@ MISUSES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("misuse", MISUSES, ids=lambda m: m.situation.replace("`", ""))
-def test_misuse_raises_naming_argument_expected_and_received(misuse):
+def check_misuse(misuse: Misuse) -> None:
+    """Runs ``misuse.call`` and checks the exception, the argument and the excerpts' order."""
     with pytest.raises(misuse.exc) as info:
         misuse.call()
     message = str(info.value)
@@ -185,32 +185,38 @@ def test_misuse_raises_naming_argument_expected_and_received(misuse):
     assert positions == sorted(positions), f"excerpt out of order in {message}"
 
 
+@pytest.mark.parametrize("misuse", MISUSES, ids=lambda m: m.situation.replace("`", ""))
+def test_misuse_raises_naming_argument_expected_and_received(misuse):
+    check_misuse(misuse)
+
+
 def _cell(text: str) -> str:
     return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
-def render_table() -> str:
-    """The markdown table of MISUSES, as docs/errors.md holds it."""
+def render_table(misuses: list[Misuse] = MISUSES) -> str:
+    """The markdown table of ``misuses``, as docs/errors.md holds it."""
     lines = ["| situation | exception | argument | message excerpt |", "|---|---|---|---|"]
-    for m in MISUSES:
+    for m in misuses:
         excerpt = " … ".join(_cell(part) for part in m.excerpt)
         lines.append(f"| {m.situation} | `{m.exc.__name__}` | `{m.arg}` | {excerpt} |")
     return "\n".join(lines)
 
 
-def _docs_table() -> str:
+def docs_table(begin: str = BEGIN, end: str = END) -> str:
+    """The table between the ``begin`` and ``end`` markers of docs/errors.md."""
     text = DOCS.read_text()
-    return text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip()
+    return text[text.index(begin) + len(begin) : text.index(end)].strip()
 
 
 def test_docs_error_table_matches_the_tested_misuses():
-    assert _docs_table() == render_table(), "regenerate: python tests/test_misuse.py"
+    assert docs_table() == render_table(), "regenerate: python tests/test_misuse.py"
 
 
 def test_every_documented_situation_is_tested():
     """Redundant with the equality above, but names the row that drifted."""
     situations = {m.situation for m in MISUSES}
-    for row in _docs_table().splitlines()[2:]:
+    for row in docs_table().splitlines()[2:]:
         assert row.split(" | ")[0].removeprefix("| ") in situations, row
 
 
@@ -256,12 +262,13 @@ def test_a_kernel_from_the_other_data_format_is_not_detectable_but_converts(from
         np.testing.assert_array_equal(by_library, converted)
 
 
-def _write_docs() -> None:
+def write_docs(begin: str = BEGIN, end: str = END, misuses: list[Misuse] = MISUSES) -> None:
+    """Replaces the table between ``begin`` and ``end`` in docs/errors.md by ``misuses``'."""
     text = DOCS.read_text()
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    DOCS.write_text(f"{head}{BEGIN}\n{render_table()}\n{END}{tail}")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    DOCS.write_text(f"{head}{begin}\n{render_table(misuses)}\n{end}{tail}")
 
 
 if __name__ == "__main__":
-    sys.exit(_write_docs())
+    sys.exit(write_docs())

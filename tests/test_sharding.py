@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -35,17 +36,27 @@ EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
 # ---------------------------------------------------------------- the halo plan
 
 
+_UNSET = object()
+
+
 def _rows_assembled(plan, device: int, rows: int) -> list[int | None]:
-    """Input row indices device ``device`` concatenates by following ``plan`` (None: a
-    zero row: a device before the first, or a row past the input)."""
-    got: list[int | None] = []
-    for hop, start, stop in plan.pieces:
-        source = device + hop
-        for r in range(start, stop):
-            index = source * plan.block + r
-            real = source >= 0 and (source < plan.devices or plan.tail) and index < rows
-            got.append(index if real else None)
-    return got
+    """Input row indices device ``device`` holds after writing the plan's windows into
+    zeros, as sharding._with_halo does (None: a zero row). Overlapping windows must agree."""
+    got: list[object] = [_UNSET] * plan.rows
+    for piece in plan.pieces:
+        place, source = piece.at[device], device + piece.hop
+        if place is None:
+            continue
+        assert 0 <= source < plan.devices and (plan.split or piece.hop == 0), (piece, device)
+        assert 0 <= piece.starts[device] <= plan.block - piece.width, (piece, device)
+        first = source * plan.block if plan.split else 0
+        for r in range(piece.width):
+            index = first + piece.starts[device] + r
+            value = index if index < rows else None
+            if 0 <= place + r < plan.rows:
+                assert got[place + r] in (_UNSET, value), (piece, device, r)
+                got[place + r] = value
+    return [None if v is _UNSET else v for v in got]
 
 
 def _rows_needed(geom, devices: int, device: int) -> list[int | None]:
@@ -70,9 +81,10 @@ GEOMETRY_GRID = list(
 
 
 def test_halo_plan_gives_every_device_exactly_its_rows():
-    """For ~1300 row geometries (every window/stride/dilation/padding mix, 1 to 8 devices, one
-    to several hops each way, with and without a tail), following the plan yields exactly the
-    rows each device's outputs read, in order, with zeros exactly where the padding is."""
+    """For ~1300 row geometries (every window/stride/dilation/padding mix, 1 to 8 devices,
+    input rows that divide by them or not, one to several hops each way), following the plan
+    yields exactly the rows each device's outputs read, in order, with zeros exactly where
+    the padding is."""
     checked = 0
     for size, stride, dil, padding, devices in GEOMETRY_GRID:
         for rows in range(1, 40):
@@ -94,7 +106,49 @@ def test_halo_plan_gives_every_device_exactly_its_rows():
 def test_halo_plan_rows_moved():
     geom = make_geometry((1, 16, 16, 3), 3, padding="same")  # one row from each neighbour
     plan = halo_plan(geom, 4)
-    assert plan.halo_rows == 2 and plan.tail == 0 and plan.block == 4
+    assert plan.split and plan.halo_rows == 2 and plan.block == 4 and plan.rows == 6
+    # issue 17: 12 input rows in blocks of 3 for output blocks of 2 rows (5-row window):
+    # device 3 reads input rows 6..11, all of device 2's block and its own.
+    geom = make_geometry((1, 12, 7, 3), (5, 3), (1, 2))
+    plan = halo_plan(geom, 4)
+    assert [(p.hop, p.width) for p in plan.pieces] == [(-1, 3), (0, 3), (1, 3)]
+    # input rows that do not divide: taken replicated over the axis, nothing moves
+    plan = halo_plan(make_geometry((1, 18, 7, 3), 3), 8)
+    assert not plan.split and plan.block == 18 and plan.halo_rows == 0
+
+
+def _geometry_with(out_rows: int, devices: int, geometry: dict):
+    """The 1-D geometry of the fewest input rows, a multiple of ``devices``, that gives
+    ``out_rows`` output rows."""
+    for rows in range(devices, 4 * out_rows + 20, devices):
+        try:
+            geom = make_geometry((1, rows, 1), **geometry)
+        except ValueError:  # the window does not fit yet
+            continue
+        if geom.output_shape[0] == out_rows:
+            return geom
+    raise AssertionError(f"no input gives {out_rows} output rows for {geometry}")
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        dict(kernel_size=3, padding="same"),
+        dict(kernel_size=5, strides=2, padding=((4, 4),), dilation=2),
+        dict(kernel_size=7, strides=3, padding=((4, 2),)),
+    ],
+)
+def test_halo_traffic_does_not_grow_with_devices(geometry):
+    """Three output rows per device, on 2 to 256 devices (input rows that divide): the rows
+    in the collective-permutes stay at their value on 8 devices. (Input and output row
+    blocks can differ only by a multiple of the devices bounded by the window and padding,
+    so on many devices such blocks line up.)"""
+    moved = {}
+    for devices in (8, 2, 4, 16, 64, 256):
+        plan = halo_plan(_geometry_with(3 * devices, devices, geometry), devices)
+        assert plan.split
+        moved[devices] = plan.halo_rows
+    assert max(moved.values()) == moved[8] > 0, moved
 
 
 # ---------------------------------------------------------------- this process (1 device)
@@ -153,19 +207,24 @@ def test_rows_and_batch_must_divide(monkeypatch):
 # ---------------------------------------------------------------- 8 simulated devices
 
 
-@pytest.fixture(scope="module")
-def eight_device_report() -> str:
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {EIGHT_DEVICES}")
-    env["JAX_PLATFORMS"] = "cpu"
+def _on_eight_devices(names: list[str], timeout: int, **env: str) -> str:
+    """The report of tests/sharding_checks.py (``names``; [] for all) in a subprocess."""
+    env = dict(os.environ, **env, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {EIGHT_DEVICES}"
     proc = subprocess.run(
-        [sys.executable, str(TESTS / "sharding_checks.py")],
+        [sys.executable, str(TESTS / "sharding_checks.py"), *names],
         env=env,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=timeout,
     )
     assert "PASS" in proc.stdout or "FAIL" in proc.stdout, proc.stderr[-3000:]
     return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def eight_device_report() -> str:
+    return _on_eight_devices([], timeout=400)
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
@@ -173,6 +232,18 @@ def test_on_eight_devices(eight_device_report, name):
     """One check of tests/sharding_checks.py (see its docstrings); its traceback on failure."""
     lines = eight_device_report.split("\n")
     assert f"PASS {name}" in lines, eight_device_report.split(f"FAIL {name}\n")[-1][:4000]
+
+
+@pytest.mark.slow
+def test_many_random_geometries_on_eight_devices():
+    """The random-geometry checks with 64 fresh geometries per mesh (CI's run checks 8)."""
+    seed = random.randrange(2**31)
+    names = [name for name in CHECKS if name.startswith("random_geometries")]
+    report = _on_eight_devices(
+        names, timeout=3600, SHARDING_SWEEP_CASES="64", SHARDING_SWEEP_SEED=str(seed)
+    )
+    for name in names:
+        assert f"PASS {name}" in report.split("\n"), f"seed {seed}:\n{report[-4000:]}"
 
 
 # ---------------------------------------------------------------- two processes

@@ -11,10 +11,12 @@ from bench.peers import Options, require
 from jlocalconv.geometry import Geometry
 
 
-def candidates(options: Options) -> list[Candidate]:
+def candidates(options: Options, device: str = "cpu") -> list[Candidate]:
+    """The recipe on torch ``device`` (``"cuda"`` for the accelerator check)."""
     torch = require("torch")
     torch.set_num_threads(options.threads)
-    return [Candidate("torch.unfold", "torch", functools.partial(_build, torch))]
+    build = functools.partial(_build, torch, device=torch.device(device))
+    return [Candidate("torch.unfold", "torch", build)]
 
 
 def unfold_local_conv(torch, x, weight, geom: Geometry):
@@ -35,26 +37,32 @@ def unfold_local_conv(torch, x, weight, geom: Geometry):
     return out.reshape(out.shape[0], out.shape[1], *geom.output_shape)
 
 
-def _build(torch, problem: Problem) -> Built:
+def _build(torch, problem: Problem, device) -> Built:
     geom = problem.geom
     if geom.ndim == 3:
         raise Skip("F.unfold takes 2-D spatial inputs only")
     dtype = getattr(torch, problem.shape.dtype)
     # NCHW is torch's native layout; converting once, outside timing, is what a model does.
-    x = torch.from_numpy(np.moveaxis(problem.inputs, -1, 1).copy()).to(dtype)
-    w = torch.from_numpy(problem.kernel_channels_major()).to(dtype)
-    g = torch.from_numpy(np.moveaxis(problem.cotangent, -1, 1).copy())
+    x = torch.from_numpy(np.moveaxis(problem.inputs, -1, 1).copy()).to(device, dtype)
+    w = torch.from_numpy(problem.kernel_channels_major()).to(device, dtype)
+    g = torch.from_numpy(np.moveaxis(problem.cotangent, -1, 1).copy()).to(device)
     x_grad, w_grad = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
     fn = functools.partial(unfold_local_conv, torch, geom=geom)
+    # CUDA calls return before the kernels finish: a timed call must wait for them.
+    wait = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
     def forward():
         with torch.inference_mode():
-            return fn(x, w)
+            y = fn(x, w)
+        wait()
+        return y
 
     def forward_backward():
         loss = (fn(x_grad, w_grad).float() * g).sum()
-        return loss, torch.autograd.grad(loss, (x_grad, w_grad))
+        grads = torch.autograd.grad(loss, (x_grad, w_grad))
+        wait()
+        return loss, grads
 
-    result = np.moveaxis(forward().float().numpy(), 1, -1)
+    result = np.moveaxis(forward().float().cpu().numpy(), 1, -1)
     forward_backward()
     return Built(forward=forward, forward_backward=forward_backward, result=result)
