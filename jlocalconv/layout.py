@@ -10,7 +10,8 @@ transposes and scatters), to and from:
   (:func:`to_lax`, :func:`from_lax`);
 * the dense matrix of the whole linear map (:func:`to_dense_matrix`);
 * tf.keras ``LocallyConnected*D`` implementations 2 and 3 (``from_keras_dense``,
-  ``to_keras_dense``, ``from_keras_sparse``, ``to_keras_sparse``): thin, lazy re-exports of
+  ``to_keras_dense``, ``from_keras_sparse``, ``to_keras_sparse``, and ``keras_padding``,
+  Keras's own ``"same"``): thin, lazy re-exports of
   :mod:`jlocalconv.keras.converters`, where they live (importing this module imports no
   Keras code).
 
@@ -50,11 +51,18 @@ if TYPE_CHECKING:
     from jlocalconv.keras.converters import (
         from_keras_dense,
         from_keras_sparse,
+        keras_padding,
         to_keras_dense,
         to_keras_sparse,
     )
 
-_KERAS_CONVERTERS = ("from_keras_dense", "from_keras_sparse", "to_keras_dense", "to_keras_sparse")
+_KERAS_CONVERTERS = (
+    "from_keras_dense",
+    "from_keras_sparse",
+    "keras_padding",
+    "to_keras_dense",
+    "to_keras_sparse",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -396,6 +404,7 @@ __all__ = [
     "from_keras_dense",
     "from_keras_sparse",
     "from_lax",
+    "keras_padding",
     "to_dense_matrix",
     "to_keras_dense",
     "to_keras_sparse",

@@ -4,6 +4,10 @@ import sys
 import pytest
 from hypothesis import HealthCheck, settings
 
+# Keras 3 picks its backend once, at its first import: jlocalconv.keras's layers run on JAX
+# (tests that need another backend start a subprocess). Nothing else here imports Keras.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 # Tests import the independent reference and the shared cases as plain modules.
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -28,5 +32,7 @@ def pytest_collection_modifyitems(config, items):
         for defs in item._fixtureinfo.name2fixturedefs.values():
             shared = [d for d in defs if d.scope in ("module", "session") and d.baseid]
             if shared:
-                item.add_marker(pytest.mark.xdist_group(f"{shared[-1].baseid}::{shared[-1].argname}"))
+                item.add_marker(
+                    pytest.mark.xdist_group(f"{shared[-1].baseid}::{shared[-1].argname}")
+                )
                 break

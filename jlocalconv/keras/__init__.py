@@ -8,7 +8,10 @@ Submodules:
   (sparse) <-> jlocalconv's (implementation 1's layout is already jlocalconv's), and
   Keras's own ``"same"`` padding;
 * :mod:`jlocalconv.keras.activations`: Keras activation names -> JAX functions (tf.keras 2
-  semantics), shared by the reader and the layers.
+  semantics), shared by the reader and the layers;
+* :mod:`jlocalconv.keras.layers`: Keras 3 ``LocallyConnected1D/2D/3D`` layers on the JAX
+  backend (tf.keras 2's arguments and weights) and :func:`custom_objects` for
+  ``keras.saving.load_model``; Keras 3 is imported on first use of these names.
 
 The names below are exported lazily (``jlocalconv.keras.load_weights`` imports the reader,
 and h5py, on first use): importing ``jlocalconv.keras`` imports neither Keras nor h5py.
@@ -32,8 +35,8 @@ import importlib
 import pkgutil
 from typing import Any
 
-# Public name -> the submodule defining it. A submodule added here (e.g. Keras 3 layers in
-# ``layers.py``) exports by adding its names to this table.
+# Public name -> the submodule defining it. A submodule added here exports by adding its
+# names to this table.
 _EXPORTS = {
     "KerasLocallyConnected": "reader",
     "load_weights": "reader",
@@ -44,6 +47,10 @@ _EXPORTS = {
     "keras_padding": "converters",
     "KERAS_ACTIVATIONS": "activations",
     "get_activation": "activations",
+    "LocallyConnected1D": "layers",
+    "LocallyConnected2D": "layers",
+    "LocallyConnected3D": "layers",
+    "custom_objects": "layers",
 }
 
 _SUBMODULES = frozenset(info.name for info in pkgutil.iter_modules(__path__))

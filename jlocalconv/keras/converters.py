@@ -54,7 +54,23 @@ def keras_padding(
 
     ``"same"`` gives ``ceil(n / stride)`` outputs with ``kernel_size // 2`` zeros on the low
     side; the high side gets what the last window needs (never negative: a window that ends
-    before the input does simply leaves the tail unused).
+    before the input does simply leaves the tail unused). This is tf.keras 2's
+    ``conv_utils.conv_connected_inputs``, not XLA's ``"same"`` (which puts the odd pad on
+    the high side) for even windows or strides that do not divide the input.
+
+    Args:
+      input_shape: the input's spatial shape, one int per dim.
+      kernel_size: the window (for a dilated window, its extent ``(k - 1) * d + 1``).
+      strides: the window strides, one int per dim.
+      padding: ``"valid"`` or ``"same"`` (lower case).
+
+    Returns:
+      One ``(low, high)`` pair per spatial dim, for ``local_conv``'s ``padding``.
+
+    Example:
+      >>> from jlocalconv.layout import keras_padding
+      >>> keras_padding((7, 6), (2, 3), (2, 1), "same")     # XLA's "same": ((0, 1), (1, 1))
+      ((1, 0), (1, 1))
     """
     if padding == "valid":
         return ((0, 0),) * len(input_shape)
