@@ -56,7 +56,8 @@ def _header(run: dict) -> str:
         f"- machine: {m['cpu']}, {m['cores']} cores available; {m['platform']}\n"
         f"- versions: {versions}\n"
         f"- measured peak {mach['peak_gflops']:.0f} GFLOP/s (jit f32 matmul "
-        f"{mach['matmul_n']}^3), bandwidth {mach['bandwidth_gbs']:.1f} GB/s (jit f32 add)\n"
+        f"{mach['matmul_n']}^3), bandwidth {mach['bandwidth_gbs']:.1f} GB/s "
+        "(STREAM scale/triad, 256 MiB, donated)\n"
         f"- timing: median wall time after warm-up, {m['policy']}; f32 unless the shape says "
         "bf16 (jlocalconv then accumulates in f32); channels_last, jit for JAX, tf.function "
         "for TF, torch inference_mode forward and autograd fwd+bwd; fwd+bwd differentiates "
@@ -160,12 +161,16 @@ def _sharded(run: dict) -> str:
     sharded = run.get("sharded") or {}
     if not sharded.get("rows"):
         note = sharded.get("note")
-        return f"## Sharded (bench/sharded.py, 8 simulated CPU devices)\n\n{note}" if note else ""
+        return (
+            f"## Sharded (bench/studies/sharded.py, 8 simulated CPU devices)\n\n{note}"
+            if note
+            else ""
+        )
     rows = sharded["rows"]
     keys = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
     lines += ["| " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for r in rows]
-    head = "## Sharded (bench/sharded.py, 8 simulated CPU devices)\n\n"
+    head = "## Sharded (bench/studies/sharded.py, 8 simulated CPU devices)\n\n"
     return (
         head + (sharded.get("note", "") + "\n\n" if sharded.get("note") else "") + "\n".join(lines)
     )
