@@ -41,9 +41,9 @@ from bench.peers import lax_local
 from bench.suite import Shape
 
 SPATIAL_MAX = {1: 4096, 2: 96, 3: 24}
-MAX_GFLOP = 0.5
-MAX_PATCH_MIB = 128
-MAX_KERNEL_MIB = 128
+MAX_GFLOP = 0.25
+MAX_PATCH_MIB = 64
+MAX_KERNEL_MIB = 64
 # "patches" is lax's algorithm (lax is timed beside it) and never auto's choice on CPU;
 # leaving it out saves a sixth of every problem's compile and timing.
 SKIPPED = ("jlocalconv:patches",)

@@ -18,9 +18,10 @@ def run(n: int, seed: int, smoke: bool, out_dir: Path, meta: dict) -> dict:
     """Measures ``n`` problems of ``seed``; writes and returns the report."""
     bounds = sweep.Bounds().scaled(sweep.SMOKE_SCALE) if smoke else sweep.Bounds()
     shapes = sweep.problems(n, seed, bounds)
-    rounds, budget = (1, 0.0) if smoke else (3, 0.3)
+    rounds, budget = (1, 0.0) if smoke else (3, 0.2)
     bar = progress.bar(len(shapes), f"sweep seed {seed}")
-    entries = []
+    entries: list[dict] = []
+    report = _report(meta | {"seed": seed, "n": n, "smoke": smoke}, entries)
     try:
         for shape in shapes:
             bar.set_postfix_str(shape.label())
@@ -28,12 +29,15 @@ def run(n: int, seed: int, smoke: bool, out_dir: Path, meta: dict) -> dict:
             entry |= sweep.summarize(entry)
             entries.append(entry)
             bar.update(1)
+            report = _report(meta | {"seed": seed, "n": n, "smoke": smoke}, entries)
+            _write(report, out_dir, final=len(entries) == len(shapes))  # partial ones too
     finally:
         bar.close()
-    report = {"meta": meta | {"seed": seed, "n": n, "smoke": smoke}, "problems": entries}
-    report["targets"] = targets(entries)
-    _write(report, out_dir)
     return report
+
+
+def _report(meta: dict, entries: list[dict]) -> dict:
+    return {"meta": meta, "problems": entries, "targets": targets(entries)}
 
 
 def _geomean(values: list[float]) -> float:
@@ -69,12 +73,14 @@ def _temp_ok(entry: dict) -> bool:
     return ok and (lax <= TEMP_LARGE_MIB or auto <= TEMP_LARGE_RATIO * lax)
 
 
-def _write(report: dict, out_dir: Path) -> None:
+def _write(report: dict, out_dir: Path, final: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     m = report["meta"]
     stem = out_dir / f"sweep-{m['backend']}-seed{m['seed']}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(report))
+    if not final:
+        return
     png = chart(report, stem.with_suffix(".png"))
     print(f"wrote {stem}.md, .json" + (", .png" if png else ""), file=sys.stderr)
 

@@ -181,9 +181,11 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     geom = make_geometry(shape, ks, st, pad)
     batch = shape[0]
     # Every suite shape has more than SMALL_PATCH_BYTES of windows: CPU loops over
-    # tiles, for values too unless there are few channels.
+    # tiles, for values too unless there are few channels, except where the kernel
+    # dominates (one contraction then reads it once).
     few = geom.channels <= SHIFTS_MAX_CHANNELS
-    assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else "tiles")
+    want = "slices" if batch * tiles_module.MIN_TILES < filters else "shifts" if few else "tiles"
+    assert choose(geom, batch, filters, jnp.float32, "cpu") == want
     for backend in ("gpu", "tpu"):
         assert choose(geom, batch, filters, jnp.float32, backend) == "slices"
     plan = plan_tiles(geom, batch, filters, 4)
@@ -215,6 +217,8 @@ def test_auto_specific_choices():
     assert plan_tiles(g, 8, 64, 4) == TilePlan(1, 12)  # 48 tiles of half a row
     d = make_geometry((1, 32, 32, 64), 3)  # batch 1: the kernel is all that matters
     assert plan_tiles(d, 1, 64, 4) == TilePlan(0, 3, one_shot_forward=True)
+    yolo = make_geometry((8, 7, 7, 1024), 3, padding="same")  # a 441 MiB kernel
+    assert choose(yolo, 8, 256, jnp.float32, "cpu") == "slices"
     tiny = make_geometry((2, 6, 6, 3), 3)
     assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices"
     mnist = make_geometry((32, 28, 28, 1), 5)
