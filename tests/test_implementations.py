@@ -230,10 +230,11 @@ def test_auto_specific_choices():
 
 
 def test_auto_runs_the_chosen_implementation():
-    case = Case((12, 12), 5, 8, (3, 3), (1, 1), batch=32)  # 32*100*45*4 B > SMALL, 5 > SHIFTS_MAX
+    # 64*400*45*4 B > ONE_TILE_BYTES, 5 > SHIFTS_MAX_CHANNELS, 64 * MIN_TILES > 8 filters
+    case = Case((24, 24), 5, 8, (3, 3), (1, 1), batch=64)
     x, k, _ = case.arrays()
     if jax.default_backend() == "cpu":
-        assert choose(_geom(case), 32, 8, x.dtype, "cpu") == "tiles"
+        assert choose(_geom(case), 64, 8, x.dtype, "cpu") == "tiles"
     got = jlocalconv.local_conv(x, k, 3, 1, precision="highest")
     np.testing.assert_allclose(got, _ref(case, x, k), rtol=1e-5, atol=1e-5)
 
@@ -241,10 +242,12 @@ def test_auto_runs_the_chosen_implementation():
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU widening policy")
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_auto_computes_16_bit_operands_in_float32_on_cpu(dtype):
-    case = Case((12, 12), 5, 8, (3, 3), (1, 1), batch=32)  # "tiles", see above
+    case = Case((12, 12), 5, 8, (3, 3), (1, 1), batch=32)
     x, k, _ = case.arrays()
     x, k = x.astype(dtype), k.astype(dtype)
-    wide = local_conv_tiles(x.astype(jnp.float32), k.astype(jnp.float32), _geom(case))
+    chosen = IMPLEMENTATIONS[choose(_geom(case), 32, 8, dtype, "cpu")]
+    wide = chosen(x.astype(jnp.float32), k.astype(jnp.float32), _geom(case),
+                  precision=None, preferred_element_type=None)  # fmt: skip
     # Rounded once from float32: bit-equal to the float32 computation on the same operands.
     got = jax.jit(lambda x, k: jlocalconv.local_conv(x, k, 3, 1))(x, k)
     assert got.dtype == dtype
