@@ -184,7 +184,7 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     # tiles, for values too unless there are few channels, except where the kernel
     # dominates (one contraction then reads it once).
     few = geom.channels <= SHIFTS_MAX_CHANNELS
-    want = "slices" if batch * tiles_module.MIN_TILES < filters else "shifts" if few else "tiles"
+    want = "shifts" if few else "slices" if batch * tiles_module.MIN_TILES < filters else "tiles"
     assert choose(geom, batch, filters, jnp.float32, "cpu") == want
     for backend in ("gpu", "tpu"):
         assert choose(geom, batch, filters, jnp.float32, backend) == "slices"
@@ -264,3 +264,17 @@ def test_auto_computes_16_bit_operands_in_float32_on_cpu(dtype):
     assert not jlocalconv.implementations.widens(x, k, "float64", "cpu")
     assert not jlocalconv.implementations.widens(x, k, None, "gpu")
     assert not jlocalconv.implementations.widens(x.astype(jnp.float32), k, None, "cpu")
+
+
+def test_shifts_differentiates_kernel_bound_problems_through_slices():
+    """batch * MIN_TILES < filters: derivatives (and differentiated values) by "slices"."""
+    case = Case((9, 8), 2, 12, (3, 2), (2, 1), padding="same", batch=1)
+    assert plan_tiles(_geom(case), 1, 12, 4).one_shot_forward
+    x, k, _ = case.arrays()
+    w = np.random.default_rng(3).standard_normal(_ref(case, x, k).shape).astype(np.float32)
+    np.testing.assert_allclose(_impl("shifts", case)(x, k), _ref(case, x, k), rtol=1e-5, atol=1e-5)
+    got, want = _grads(_impl("shifts", case), x, k, w), _grads(_impl("patches", case), x, k, w)
+    for g, p in zip(got, want):
+        np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: _impl("shifts", case)(x, k).sum()))(k))
+    assert "scan" not in jaxpr  # no tile loop

@@ -57,20 +57,23 @@ def choose(geom: Geometry, batch: int, filters: int, dtype: object, backend: str
 
     The cost model (deterministic: no timing, the same arguments give the same name):
 
-    * ``backend == "cpu"``: if the kernel dominates (``batch * MIN_TILES < filters``:
-      the patch tensor is under ``1 / MIN_TILES`` of the kernel, which the caller
-      already holds), "slices": one contraction, the kernel read once and its gradient
-      written once, no filter blocks sliced in a loop (on the YOLOv1 local layer, 8 x
-      7x7x1024 -> 256, value_and_grad ran about 1.6x faster than "tiles" with the same
-      temp memory). If the whole patch tensor
-      (``itemsize * batch * output_items * feature_dim`` bytes) is at most
-      ``SMALL_PATCH_BYTES``, "slices" too: one contraction with no loop. Otherwise
-      "shifts" when the input has at most ``SHIFTS_MAX_CHANNELS`` channels, else
-      "tiles" (see :mod:`jlocalconv.implementations.tiles` for how it sizes its
-      tiles; "shifts" differentiates through the same loop). 16-bit float operands are
-      computed in float32 and the result rounded once (:func:`widens`). On the benchmark suite
-      (2-core CPU) these ran forward+backward several times faster than
-      ``jax.lax.conv_general_dilated_local`` with under half its temp memory.
+    * ``backend == "cpu"``, with ``patch_bytes = itemsize * batch * output_items *
+      feature_dim`` (the whole window tensor):
+
+      1. "shifts" if ``patch_bytes > SMALL_PATCH_BYTES`` and the input has at most
+         ``SHIFTS_MAX_CHANNELS`` channels: values with no window tensor at all;
+      2. "slices" if ``patch_bytes <= SMALL_PATCH_BYTES`` (one contraction, no loop) or
+         the kernel dominates, ``batch * MIN_TILES < filters``: the windows are then
+         under ``1 / MIN_TILES`` of the kernel the caller already holds, and one
+         contraction reads the kernel once and writes its gradient once, with no filter
+         blocks sliced in a loop (YOLOv1's local layer, 8 x 7x7x1024 -> 256: value_and_grad
+         1.6x faster than "tiles" at the same temp memory);
+      3. "tiles" otherwise (see :mod:`jlocalconv.implementations.tiles` for how it sizes
+         its tiles; "shifts" differentiates through the same loop, or through "slices"
+         where the kernel dominates).
+
+      16-bit float operands are computed in float32 and the result rounded once
+      (:func:`widens`).
     * any other backend (GPU, TPU): "slices", one large batched contraction, which is
       what accelerators favour; a sequential tile loop would serialise small kernels.
       These choices are reasoned, not measured (no accelerator was available).
@@ -97,12 +100,13 @@ def choose(geom: Geometry, batch: int, filters: int, dtype: object, backend: str
       >>> choose(make_geometry((8, 7, 7, 1024), 3), 8, 256, "float32", "cpu")  # kernel-bound
       'slices'
     """
-    if backend != "cpu" or batch * MIN_TILES < filters:
+    if backend != "cpu":
         return "slices"
     patch_bytes = np.dtype(dtype).itemsize * batch * geom.output_items * geom.feature_dim
-    if patch_bytes <= SMALL_PATCH_BYTES:
-        return "slices"
-    return "shifts" if geom.channels <= SHIFTS_MAX_CHANNELS else "tiles"
+    if patch_bytes > SMALL_PATCH_BYTES and geom.channels <= SHIFTS_MAX_CHANNELS:
+        return "shifts"  # values without windows; kernel-bound derivatives by "slices"
+    small = patch_bytes <= SMALL_PATCH_BYTES
+    return "slices" if small or batch * MIN_TILES < filters else "tiles"
 
 
 def widens(
