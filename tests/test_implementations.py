@@ -278,3 +278,25 @@ def test_shifts_differentiates_kernel_bound_problems_through_slices():
         np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-5)
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: _impl("shifts", case)(x, k).sum()))(k))
     assert "scan" not in jaxpr  # no tile loop
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case((20,), 1, 4, (10,), (10,), batch=3),  # the genomic layer's geometry, smaller
+        Case((6, 8), 3, 2, (2, 4), (2, 4), data_format="channels_first"),
+        Case((4, 6, 2), 2, 3, (2, 3, 1), (2, 3, 1)),
+    ],
+    ids=str,
+)
+def test_disjoint_windows_are_a_reshape_and_match_the_reference(case, name):
+    """stride == window, no dilation: windows by reshape + transpose, values and gradients."""
+    from jlocalconv.implementations import _windows
+
+    assert _windows._tiles_input(_geom(case))
+    x, k, _ = case.arrays()
+    np.testing.assert_allclose(_impl(name, case)(x, k), _ref(case, x, k), rtol=1e-5, atol=1e-5)
+    w = np.random.default_rng(4).standard_normal(_ref(case, x, k).shape).astype(np.float32)
+    for g, p in zip(_grads(_impl(name, case), x, k, w), _grads(_impl("patches", case), x, k, w)):
+        np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-5)
