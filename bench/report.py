@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from bench import suite
 from bench.summary import AUTO
 
 _MISSING = "-"
@@ -29,8 +30,9 @@ def markdown(run: dict) -> str:
     """The whole report: header, targets, per-shape summary, timing/memory tables, notes."""
     parts = [
         _header(run),
-        "## Targets (issue 3)\n\n" + targets_table(run),
+        "## Targets (issues 3 and 13)\n\n" + targets_table(run),
         "## Per shape: auto against lax and the best tf_keras/torch\n\n" + per_shape_table(run),
+        real_layers_table(run),
         "## Forward, median ms\n\n" + wide_table(run, "fwd_ms", _ms),
         "## Forward + backward (value_and_grad w.r.t. input and kernel), median ms\n\n"
         + wide_table(run, "fwd_bwd_ms", _ms),
@@ -124,6 +126,37 @@ def per_shape_table(run: dict) -> str:
             f"| {k} | {s.get('auto_choice') or _MISSING} | {_x(lax['fwd']['per_shape'].get(k))} "
             f"| {_x(lax['fwd_bwd']['per_shape'].get(k))} | {peer_cell} "
             f"| {_ratio(temp.get(k))} | {s['limit_fwd']} / {s['limit_fwd_bwd']} | {roof} |"
+        )
+    return "\n".join(lines)
+
+
+def real_layers_table(run: dict) -> str:
+    """The real model layers: auto's times, ratios over lax and torch, temp ratio, source."""
+    real = run["summary"].get("real_layers")
+    if not real or not real["vs_lax_fwd"]["per_shape"]:
+        return ""
+    rows = {(r["shape"], r["candidate"]): r for r in run["results"]}
+    sources = {s.key: s.source for s in suite.REAL_LAYERS}
+    lines = [
+        "## Real model layers\n",
+        "| layer | shape | auto picks | auto ms fwd / fwd+bwd | x lax fwd / fwd+bwd "
+        "| x torch fwd / fwd+bwd | temp auto/lax | % of bound fwd / fwd+bwd | source |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in run["shapes"]:
+        k, auto = s["key"], rows.get((s["key"], AUTO))
+        if k not in real["vs_lax_fwd"]["per_shape"] or auto is None:
+            continue
+        ratio = [
+            "/".join(_x(real[f"vs_{peer}_{p}"]["per_shape"].get(k)) for p in ("fwd", "fwd_bwd"))
+            for peer in ("lax", "torch")
+        ]
+        temp = real["temp_auto_over_lax"]["per_shape"].get(k)
+        lines.append(
+            f"| {k} | {s['label']} | {s.get('auto_choice') or _MISSING} "
+            f"| {_ms(auto['fwd_ms'])} / {_ms(auto['fwd_bwd_ms'])} | {ratio[0]} | {ratio[1]} "
+            f"| {_ratio(temp)} | {auto['roofline_fwd']:.0%} / {auto['roofline_fwd_bwd']:.0%} "
+            f"| {sources.get(k, '')} |"
         )
     return "\n".join(lines)
 
