@@ -184,7 +184,8 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     # tiles, for values too unless there are few channels, except where the kernel
     # dominates (one contraction then reads it once).
     few = geom.channels <= SHIFTS_MAX_CHANNELS
-    want = "shifts" if few else "slices" if batch * tiles_module.MIN_TILES < filters else "tiles"
+    kernel_bound = batch > 1 and batch * tiles_module.MIN_TILES < filters
+    want = "shifts" if few else "slices" if kernel_bound else "tiles"
     assert choose(geom, batch, filters, jnp.float32, "cpu") == want
     for backend in ("gpu", "tpu"):
         assert choose(geom, batch, filters, jnp.float32, backend) == "slices"
@@ -219,6 +220,7 @@ def test_auto_specific_choices():
     assert plan_tiles(d, 1, 64, 4) == TilePlan(0, 3, one_shot_forward=True)
     yolo = make_geometry((8, 7, 7, 1024), 3, padding="same")  # a 441 MiB kernel
     assert choose(yolo, 8, 256, jnp.float32, "cpu") == "slices"
+    assert choose(d, 1, 64, jnp.float32, "cpu") == "tiles"  # one row: see choose
     tiny = make_geometry((2, 6, 6, 3), 3)
     assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices"
     mnist = make_geometry((32, 28, 28, 1), 5)

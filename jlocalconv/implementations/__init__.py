@@ -63,8 +63,8 @@ def choose(geom: Geometry, batch: int, filters: int, dtype: object, backend: str
       1. "shifts" if ``patch_bytes > SMALL_PATCH_BYTES`` and the input has at most
          ``SHIFTS_MAX_CHANNELS`` channels: values with no window tensor at all;
       2. "slices" if ``patch_bytes <= SMALL_PATCH_BYTES`` (one contraction, no loop) or
-         the kernel dominates, ``batch * MIN_TILES < filters``: the windows are then
-         under ``1 / MIN_TILES`` of the kernel the caller already holds, and one
+         the kernel dominates, ``1 < batch`` and ``batch * MIN_TILES < filters``: the
+         windows are then under ``1 / MIN_TILES`` of the kernel the caller already holds, and one
          contraction reads the kernel once and writes its gradient once, with no filter
          blocks sliced in a loop (YOLOv1's local layer, 8 x 7x7x1024 -> 256: value_and_grad
          1.6x faster than "tiles" at the same temp memory);
@@ -105,8 +105,11 @@ def choose(geom: Geometry, batch: int, filters: int, dtype: object, backend: str
     patch_bytes = np.dtype(dtype).itemsize * batch * geom.output_items * geom.feature_dim
     if patch_bytes > SMALL_PATCH_BYTES and geom.channels <= SHIFTS_MAX_CHANNELS:
         return "shifts"  # values without windows; kernel-bound derivatives by "slices"
-    small = patch_bytes <= SMALL_PATCH_BYTES
-    return "slices" if small or batch * MIN_TILES < filters else "tiles"
+    # batch 1 stays in tiles: XLA's CPU backend turns a one-row dot into a multiply and a
+    # reduction, which in the backward pass materialised a kernel-sized product (1, 32x32,
+    # 64->64: 127 MiB of value_and_grad temp with "slices", 13 MiB with "tiles").
+    kernel_bound = batch * MIN_TILES < filters and batch > 1
+    return "slices" if patch_bytes <= SMALL_PATCH_BYTES or kernel_bound else "tiles"
 
 
 def widens(
