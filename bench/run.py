@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--n", type=int, default=60, help="--sweep: number of problems (default 60; 1 with --smoke)"
     )
     p.add_argument("--seed", type=int, default=0, help="--sweep: the problems' seed (default 0)")
+    p.add_argument(
+        "--first", type=int, default=0, help="--sweep: start at this problem (resume or split)"
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     p.add_argument("--no-peers", action="store_true", help="jlocalconv only, no peers")
     p.add_argument(
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         n = min(args.n, 1) if args.smoke else args.n
         meta = _meta(args, Policy())
-        sweep_report.run(n, args.seed, args.smoke, args.out, meta)
+        sweep_report.run(n, args.seed, args.smoke, args.out, meta, first=args.first)
         return 0
     shapes = _shapes(args)
     notes: list[str] = []

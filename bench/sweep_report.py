@@ -14,14 +14,19 @@ REGRET_GEOMEAN, REGRET_WORST, FASTER_SHARE = 1.10, 1.5, 0.95
 TEMP_SLACK_MIB, TEMP_LARGE_MIB, TEMP_LARGE_RATIO = 1.0, 32.0, 0.5
 
 
-def run(n: int, seed: int, smoke: bool, out_dir: Path, meta: dict) -> dict:
-    """Measures ``n`` problems of ``seed``; writes and returns the report."""
+def run(n: int, seed: int, smoke: bool, out_dir: Path, meta: dict, first: int = 0) -> dict:
+    """Measures problems ``first .. n - 1`` of ``seed``; writes and returns the report.
+
+    ``first > 0`` resumes (or splits) a sweep: the report's name says where it starts, and
+    :func:`merge` joins the parts.
+    """
     bounds = sweep.Bounds().scaled(sweep.SMOKE_SCALE) if smoke else sweep.Bounds()
-    shapes = sweep.problems(n, seed, bounds)
+    shapes = sweep.problems(n, seed, bounds)[first:]
     rounds, budget = (1, 0.0) if smoke else (3, 0.2)
     bar = progress.bar(len(shapes), f"sweep seed {seed}")
     entries: list[dict] = []
-    report = _report(meta | {"seed": seed, "n": n, "smoke": smoke}, entries)
+    meta = meta | {"seed": seed, "n": n, "smoke": smoke, "first": first}
+    report = _report(meta, entries)
     try:
         for shape in shapes:
             bar.set_postfix_str(shape.label())
@@ -29,7 +34,7 @@ def run(n: int, seed: int, smoke: bool, out_dir: Path, meta: dict) -> dict:
             entry |= sweep.summarize(entry)
             entries.append(entry)
             bar.update(1)
-            report = _report(meta | {"seed": seed, "n": n, "smoke": smoke}, entries)
+            report = _report(meta, entries)
             _write(report, out_dir, final=len(entries) == len(shapes))  # partial ones too
     finally:
         bar.close()
@@ -38,6 +43,22 @@ def run(n: int, seed: int, smoke: bool, out_dir: Path, meta: dict) -> dict:
 
 def _report(meta: dict, entries: list[dict]) -> dict:
     return {"meta": meta, "problems": entries, "targets": targets(entries)}
+
+
+def merge(paths: list[Path], out_dir: Path) -> dict:
+    """Joins parts of one sweep (same seed) in problem order; writes the whole report."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    seeds = {p["meta"]["seed"] for p in parts}
+    if len(seeds) != 1:
+        raise ValueError(f"merge: parts of one seed expected, got seeds {sorted(seeds)}")
+    entries = sorted(
+        (e for p in parts for e in p["problems"]),
+        key=lambda e: int(e["shape"]["key"].rsplit("-", 1)[1]),
+    )
+    meta = parts[0]["meta"] | {"first": 0, "parts": [p["meta"]["command"] for p in parts]}
+    report = _report(meta, entries)
+    _write(report, out_dir, final=True)
+    return report
 
 
 def _geomean(values: list[float]) -> float:
@@ -76,7 +97,8 @@ def _temp_ok(entry: dict) -> bool:
 def _write(report: dict, out_dir: Path, final: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     m = report["meta"]
-    stem = out_dir / f"sweep-{m['backend']}-seed{m['seed']}"
+    part = f"-from{m['first']}" if m.get("first") else ""
+    stem = out_dir / f"sweep-{m['backend']}-seed{m['seed']}{part}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(report))
     if not final:

@@ -127,3 +127,33 @@ def test_sweep_smoke_runs_and_reports(tmp_path):
     for phase in ("fwd", "fwd_bwd"):
         assert entry[f"regret_{phase}"] > 0 and entry[f"speedup_{phase}"] > 0
     assert "| target |" in (tmp_path / "sweep-cpu-seed3.md").read_text()
+
+
+def test_parts_of_a_sweep_merge_in_problem_order(tmp_path):
+    def part(first: int, keys: list[int]) -> Path:
+        meta = {"seed": 5, "first": first, "command": f"part {first}", "backend": "cpu"}
+        meta |= {"date": "d", "cpu": "c", "cores": 2}
+        entries = [
+            {
+                "shape": {"key": f"s5-{i}"},
+                "label": str(i),
+                "choice": "tiles",
+                **{f"{f}_{p}": 1.0 + i for f in ("regret", "speedup") for p in ("fwd", "fwd_bwd")},
+                **{f"best_{p}": "tiles" for p in ("fwd", "fwd_bwd")},
+                "temp_auto_mib": 1.0,
+                "temp_lax_mib": 2.0,
+            }
+            for i in keys
+        ]
+        path = tmp_path / f"part{first}.json"
+        path.write_text(json.dumps({"meta": meta, "problems": entries}))
+        return path
+
+    merged = sweep_report.merge([part(2, [2, 3]), part(0, [0, 1])], tmp_path / "out")
+    assert [e["shape"]["key"] for e in merged["problems"]] == [f"s5-{i}" for i in range(4)]
+    assert merged["meta"]["parts"] == ["part 2", "part 0"]
+    assert (tmp_path / "out" / "sweep-cpu-seed5.md").exists()
+    other = part(9, [9])
+    other.write_text(other.read_text().replace('"seed": 5', '"seed": 6'))
+    with pytest.raises(ValueError, match="one seed"):
+        sweep_report.merge([part(0, [0]), other], tmp_path)
