@@ -44,6 +44,7 @@ def _build(name: str, problem: Problem) -> Built:
             s.kernel_size,
             s.strides,
             padding=s.padding,
+            dilation=s.dilation or 1,
             preferred_element_type=accumulate,
             implementation=name,
         )

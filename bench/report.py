@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from bench import suite
 from bench.summary import AUTO
 
 _MISSING = "-"
@@ -29,8 +30,9 @@ def markdown(run: dict) -> str:
     """The whole report: header, targets, per-shape summary, timing/memory tables, notes."""
     parts = [
         _header(run),
-        "## Targets (issue 3)\n\n" + targets_table(run),
+        "## Targets (issues 3 and 13)\n\n" + targets_table(run),
         "## Per shape: auto against lax and the best tf_keras/torch\n\n" + per_shape_table(run),
+        real_layers_table(run),
         "## Forward, median ms\n\n" + wide_table(run, "fwd_ms", _ms),
         "## Forward + backward (value_and_grad w.r.t. input and kernel), median ms\n\n"
         + wide_table(run, "fwd_bwd_ms", _ms),
@@ -56,7 +58,8 @@ def _header(run: dict) -> str:
         f"- machine: {m['cpu']}, {m['cores']} cores available; {m['platform']}\n"
         f"- versions: {versions}\n"
         f"- measured peak {mach['peak_gflops']:.0f} GFLOP/s (jit f32 matmul "
-        f"{mach['matmul_n']}^3), bandwidth {mach['bandwidth_gbs']:.1f} GB/s (jit f32 add)\n"
+        f"{mach['matmul_n']}^3), bandwidth {mach['bandwidth_gbs']:.1f} GB/s "
+        "(STREAM scale/triad, 256 MiB, donated)\n"
         f"- timing: median wall time after warm-up, {m['policy']}; f32 unless the shape says "
         "bf16 (jlocalconv then accumulates in f32); channels_last, jit for JAX, tf.function "
         "for TF, torch inference_mode forward and autograd fwd+bwd; fwd+bwd differentiates "
@@ -127,6 +130,37 @@ def per_shape_table(run: dict) -> str:
     return "\n".join(lines)
 
 
+def real_layers_table(run: dict) -> str:
+    """The real model layers: auto's times, ratios over lax and torch, temp ratio, source."""
+    real = run["summary"].get("real_layers")
+    if not real or not real["vs_lax_fwd"]["per_shape"]:
+        return ""
+    rows = {(r["shape"], r["candidate"]): r for r in run["results"]}
+    sources = {s.key: s.source for s in suite.REAL_LAYERS}
+    lines = [
+        "## Real model layers\n",
+        "| layer | shape | auto picks | auto ms fwd / fwd+bwd | x lax fwd / fwd+bwd "
+        "| x torch fwd / fwd+bwd | temp auto/lax | % of bound fwd / fwd+bwd | source |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in run["shapes"]:
+        k, auto = s["key"], rows.get((s["key"], AUTO))
+        if k not in real["vs_lax_fwd"]["per_shape"] or auto is None:
+            continue
+        ratio = [
+            "/".join(_x(real[f"vs_{peer}_{p}"]["per_shape"].get(k)) for p in ("fwd", "fwd_bwd"))
+            for peer in ("lax", "torch")
+        ]
+        temp = real["temp_auto_over_lax"]["per_shape"].get(k)
+        lines.append(
+            f"| {k} | {s['label']} | {s.get('auto_choice') or _MISSING} "
+            f"| {_ms(auto['fwd_ms'])} / {_ms(auto['fwd_bwd_ms'])} | {ratio[0]} | {ratio[1]} "
+            f"| {_ratio(temp)} | {auto['roofline_fwd']:.0%} / {auto['roofline_fwd_bwd']:.0%} "
+            f"| {sources.get(k, '')} |"
+        )
+    return "\n".join(lines)
+
+
 def roofline_table(run: dict) -> str:
     """Counted work, the bound and the best candidate's fraction of it, per shape."""
     rows = [r for r in run["results"] if r["check_ok"]]
@@ -160,12 +194,16 @@ def _sharded(run: dict) -> str:
     sharded = run.get("sharded") or {}
     if not sharded.get("rows"):
         note = sharded.get("note")
-        return f"## Sharded (bench/sharded.py, 8 simulated CPU devices)\n\n{note}" if note else ""
+        return (
+            f"## Sharded (bench/studies/sharded.py, 8 simulated CPU devices)\n\n{note}"
+            if note
+            else ""
+        )
     rows = sharded["rows"]
     keys = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
     lines += ["| " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for r in rows]
-    head = "## Sharded (bench/sharded.py, 8 simulated CPU devices)\n\n"
+    head = "## Sharded (bench/studies/sharded.py, 8 simulated CPU devices)\n\n"
     return (
         head + (sharded.get("note", "") + "\n\n" if sharded.get("note") else "") + "\n".join(lines)
     )

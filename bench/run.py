@@ -25,7 +25,17 @@ import jax
 import numpy as np
 
 import jlocalconv
-from bench import chart, ours, peers, progress, report, roofline, sharded_hook, suite
+from bench import (
+    chart,
+    ours,
+    peers,
+    progress,
+    report,
+    roofline,
+    sharded_hook,
+    suite,
+    sweep_report,
+)
 from bench.candidate import Candidate, Problem, Skip
 from bench.summary import summarize
 from bench.timing import Policy, time_call
@@ -53,13 +63,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds of timing per measurement: at least 3 calls unless one call takes "
         "over 4x this (default 0.5)",
     )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="random problems instead of the suite (bench/sweep.py): regret of auto, x lax",
+    )
+    p.add_argument(
+        "--n", type=int, default=60, help="--sweep: number of problems (default 60; 1 with --smoke)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="--sweep: the problems' seed (default 0)")
+    p.add_argument(
+        "--first", type=int, default=0, help="--sweep: start at this problem (resume or split)"
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     p.add_argument("--no-peers", action="store_true", help="jlocalconv only, no peers")
     p.add_argument(
         "--sharded",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="run bench/sharded.py (default: when it exists, except with --smoke)",
+        help="run bench/studies/sharded.py (default: when it exists, except with --smoke)",
     )
     p.add_argument(
         "--gpu-large",
@@ -78,6 +100,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark; returns the process exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.sweep:
+        n = min(args.n, 1) if args.smoke else args.n
+        meta = _meta(args, Policy())
+        sweep_report.run(n, args.seed, args.smoke, args.out, meta, first=args.first)
+        return 0
     shapes = _shapes(args)
     notes: list[str] = []
     candidates = _filter(_candidates(args, notes), args.only)
@@ -172,6 +199,7 @@ def _reference(problem: Problem) -> np.ndarray:
         s.kernel_size,
         s.strides,
         padding=s.padding,
+        dilation=s.dilation or 1,
         precision=jax.lax.Precision.HIGHEST,
         implementation="patches",
     )
@@ -251,7 +279,7 @@ def _sharded(args) -> dict:
     if not wanted:
         return {"rows": [], "note": ""}
     if not sharded_hook.available():
-        print("note: bench/sharded.py is missing; no sharded rows", file=sys.stderr)
+        print("note: bench/studies/sharded.py is missing; no sharded rows", file=sys.stderr)
     return sharded_hook.run()
 
 

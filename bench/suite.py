@@ -1,4 +1,4 @@
-"""The benchmark shapes: the issue's default suite, a tiny smoke suite and a GPU variant."""
+"""The benchmark shapes: the issue-3 suite, real model layers, a smoke suite and a GPU variant."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from jlocalconv.geometry import Geometry, make_geometry
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """One benchmark problem: channels_last inputs, Keras-layout kernel, no dilation.
+    """One benchmark problem: channels_last inputs, Keras-layout kernel.
 
     ``dtype`` is the dtype of inputs and kernel; for ``"bfloat16"`` jlocalconv accumulates
     in float32 (``preferred_element_type``) and peers do what their bf16 path does.
@@ -25,6 +25,7 @@ class Shape:
     padding: str = "valid"
     dtype: str = "float32"
     source: str = ""
+    dilation: tuple[int, ...] = ()  # () is no dilation
 
     @property
     def ndim(self) -> int:
@@ -37,11 +38,16 @@ class Shape:
     def geometry(self) -> Geometry:
         """The jlocalconv geometry of this problem (channels_last)."""
         return make_geometry(
-            self.input_shape, self.kernel_size, self.strides, self.padding, 1, "channels_last"
+            self.input_shape,
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation or 1,
+            "channels_last",
         )
 
     def label(self) -> str:
-        """``"N, HxW, C->F, kxk, s[, same][, bf16]"`` as the issue writes shapes."""
+        """``"N, HxW, C->F, kxk, s[, same][, dil d][, bf16]"`` as the issue writes shapes."""
         x = "x".join
         parts = [
             str(self.batch),
@@ -51,6 +57,7 @@ class Shape:
             x(map(str, sorted(set(self.strides)))),
         ]
         parts += [self.padding] if self.padding != "valid" else []
+        parts += [f"dil {x(map(str, self.dilation))}"] if any(d > 1 for d in self.dilation) else []
         parts += ["bf16"] if self.dtype == "bfloat16" else []
         return ", ".join(parts)
 
@@ -69,7 +76,8 @@ def _s(key, batch, spatial, channels, filters, window, stride, **kw) -> Shape:
     return Shape(key, batch, spatial, channels, filters, (window,) * n, (stride,) * n, **kw)
 
 
-DEFAULT: tuple[Shape, ...] = (
+# The issue-3 suite (the shapes its geomean targets are computed on).
+SUITE: tuple[Shape, ...] = (
     _s("base", 32, (32, 32), 16, 16, 3, 1),
     _s("mnist5x5", 32, (28, 28), 1, 8, 5, 1),
     _s("batch64", 64, (16, 16), 32, 32, 3, 1),
@@ -122,6 +130,13 @@ REAL_LAYERS: tuple[Shape, ...] = (
         source="3-D medical volume patch (32^3 voxels, one modality), first layer",
     ),
 )
+
+# Real layers whose kernel dwarfs their windows at batch <= 8: their bound is the kernel
+# bytes moved, and the issue sets bandwidth-fraction targets for them.
+KERNEL_BOUND = ("deepface_l4", "yolov1_local")
+
+# ``python -m bench``: the suite, then the real layers.
+DEFAULT: tuple[Shape, ...] = SUITE + REAL_LAYERS
 
 # One tiny shape with padding and strides: the smoke run checks the plumbing, not speed.
 SMOKE: tuple[Shape, ...] = (_s("tiny", 2, (7, 6), 2, 3, 3, 2, padding="same"),)

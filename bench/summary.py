@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from bench import suite
+
 AUTO, LAX = "jlocalconv:auto", "jax.lax"
 PEER_FAMILIES = ("tf_keras", "torch")
 PHASES = ("fwd", "fwd_bwd")
@@ -21,15 +23,80 @@ def summarize(run: dict) -> dict:
     Only rows that passed the numerical check count. Ratios > 1 mean "auto" is faster.
     """
     rows = {(r["shape"], r["candidate"]): r for r in run["results"] if r["check_ok"]}
-    shapes = [s["key"] for s in run["shapes"]]
+    every = [s["key"] for s in run["shapes"]]
+    real_keys = {s.key for s in suite.REAL_LAYERS}
+    # The issue-3 targets are over the suite; the real layers have targets of their own.
+    shapes = [k for k in every if k not in real_keys] or every
+    real = [k for k in every if k in real_keys]
     summary = {
         "auto_vs_lax": {p: _speedups(rows, shapes, LAX, p) for p in PHASES},
         "auto_vs_best_peer_fwd_bwd": _versus_peers(run["results"], rows, shapes),
         "temp_auto_over_lax": {p: _temp_ratios(rows, shapes, p) for p in PHASES},
         "roofline_auto": {p: _roofline(run["shapes"], rows, p) for p in PHASES},
+        "real_layers": _real_layers(run["results"], rows, real),
     }
-    summary["targets"] = _targets(summary)
+    summary["targets"] = _targets(summary) + _real_targets(summary["real_layers"])
     return summary
+
+
+def _real_layers(results, rows, real: list[str]) -> dict:
+    """Per real layer: auto over lax and over torch (fwd, fwd+bwd), temp ratio, roofline."""
+    torch = [r for r in results if r["family"] == "torch" and r["check_ok"]]
+    out = {}
+    for phase in PHASES:
+        out[f"vs_lax_{phase}"] = _speedups(rows, real, LAX, phase)
+        per_shape = {}
+        for s in real:
+            peers, auto = [r for r in torch if r["shape"] == s], rows.get((s, AUTO))
+            if peers and auto:
+                best = min(r[f"{phase}_ms"] for r in peers)
+                per_shape[s] = best / auto[f"{phase}_ms"]
+        out[f"vs_torch_{phase}"] = _stats(per_shape)
+        bound = [k for k in real if k in suite.KERNEL_BOUND]
+        fractions = {k: rows[(k, AUTO)][f"roofline_{phase}"] for k in bound if (k, AUTO) in rows}
+        out[f"kernel_bound_roofline_{phase}"] = _stats(fractions)
+    out["temp_auto_over_lax"] = _temp_ratios(rows, real, "fwd_bwd")
+    return out
+
+
+def _real_targets(real: dict) -> list[dict]:
+    if not real["vs_lax_fwd"]["per_shape"]:
+        return []
+
+    def worst(name: str):
+        w = real[name]["worst"]
+        return w and w[1]
+
+    lax = [worst(f"vs_lax_{p}") for p in PHASES]
+    torch = [w for w in (worst(f"vs_torch_{p}") for p in PHASES) if w]
+    return [
+        _target("real layers: auto vs lax, worst (fwd or fwd+bwd)", min(lax), ">= 1", 1),
+        _target(
+            "real layers: auto vs torch, worst (fwd or fwd+bwd)",
+            min(torch, default=None),
+            ">= 1",
+            1,
+        ),
+        _target(
+            "real layers: temp auto/lax (fwd+bwd), worst",
+            worst("temp_auto_over_lax"),
+            "<= 1",
+            1,
+            le=True,
+        ),
+        _target(
+            "kernel-bound layers: fwd fraction of bound, worst",
+            worst("kernel_bound_roofline_fwd"),
+            ">= 0.5",
+            0.5,
+        ),
+        _target(
+            "kernel-bound layers: fwd+bwd fraction of bound, worst",
+            worst("kernel_bound_roofline_fwd_bwd"),
+            ">= 0.35",
+            0.35,
+        ),
+    ]
 
 
 def _stats(per_shape: dict, worst=min) -> dict:

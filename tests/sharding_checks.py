@@ -27,7 +27,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# the repository root: this checkout's jlocalconv, and bench.sharded (which counts the bytes
+# the repository root: this checkout's jlocalconv, and bench.studies.sharded (which counts the bytes
 # of collective-permutes)
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,7 +36,7 @@ from reference import local_conv_ref
 from sharding_problem import GRAD_TOL, PARAM_TOL, optimizer, train_problem, train_step
 
 import jlocalconv
-from bench.sharded import permute_bytes
+from bench.studies.sharded import permute_bytes
 from jlocalconv import implementations
 from jlocalconv.geometry import make_geometry
 from jlocalconv.sharding import halo_plan, kernel_sharding, sharded_local_conv

@@ -1,4 +1,4 @@
-"""``python -m bench.sharded --smoke`` runs end to end on 8 simulated devices and its counted
+"""``python -m bench.studies.sharded --smoke`` runs end to end on 8 simulated devices; its counted
 figures (parameter and halo bytes per device) are the ones the halo plan predicts. No
 timings are asserted, only that they exist."""
 
@@ -17,15 +17,15 @@ from jlocalconv.sharding import halo_plan
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `bench` is a folder of the repository, not an installed package
 
-from bench.sharded import MESHES, SMOKE  # noqa: E402
+from bench.studies.sharded import MESHES, SMOKE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("sharded") / "sharded.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)  # bench.sharded sets the 8-device flag itself
-    cmd = [sys.executable, "-m", "bench.sharded", "--smoke", "--json", str(out)]
+    env.pop("XLA_FLAGS", None)  # bench.studies.sharded sets the 8-device flag itself
+    cmd = [sys.executable, "-m", "bench.studies.sharded", "--smoke", "--json", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -58,9 +58,9 @@ def test_parameter_and_halo_bytes_are_the_plans(rows):
 
 
 def test_tpu_pod_script_dry_run(capsys):
-    """bench/tpu_pod.py's code path on this process's one device (a 1x1 mesh, no
+    """bench/studies/tpu_pod.py's code path on this process's one device (a 1x1 mesh, no
     jax.distributed): the sharded first step equals the one-device step."""
-    from bench import tpu_pod
+    from bench.studies import tpu_pod
 
     assert tpu_pod.main(["--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -181,9 +181,12 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     geom = make_geometry(shape, ks, st, pad)
     batch = shape[0]
     # Every suite shape has more than SMALL_PATCH_BYTES of windows: CPU loops over
-    # tiles, for values too unless there are few channels.
+    # tiles, for values too unless there are few channels, except where the kernel
+    # dominates (one contraction then reads it once).
     few = geom.channels <= SHIFTS_MAX_CHANNELS
-    assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else "tiles")
+    kernel_bound = batch > 1 and batch * tiles_module.MIN_TILES < filters
+    want = "shifts" if few else "slices" if kernel_bound else "tiles"
+    assert choose(geom, batch, filters, jnp.float32, "cpu") == want
     for backend in ("gpu", "tpu"):
         assert choose(geom, batch, filters, jnp.float32, backend) == "slices"
     plan = plan_tiles(geom, batch, filters, 4)
@@ -215,6 +218,9 @@ def test_auto_specific_choices():
     assert plan_tiles(g, 8, 64, 4) == TilePlan(1, 12)  # 48 tiles of half a row
     d = make_geometry((1, 32, 32, 64), 3)  # batch 1: the kernel is all that matters
     assert plan_tiles(d, 1, 64, 4) == TilePlan(0, 3, one_shot_forward=True)
+    yolo = make_geometry((8, 7, 7, 1024), 3, padding="same")  # a 441 MiB kernel
+    assert choose(yolo, 8, 256, jnp.float32, "cpu") == "slices"
+    assert choose(d, 1, 64, jnp.float32, "cpu") == "tiles"  # one row: see choose
     tiny = make_geometry((2, 6, 6, 3), 3)
     assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices"
     mnist = make_geometry((32, 28, 28, 1), 5)
@@ -226,10 +232,11 @@ def test_auto_specific_choices():
 
 
 def test_auto_runs_the_chosen_implementation():
-    case = Case((12, 12), 5, 8, (3, 3), (1, 1), batch=32)  # 32*100*45*4 B > SMALL, 5 > SHIFTS_MAX
+    # 64*400*45*4 B > ONE_TILE_BYTES, 5 > SHIFTS_MAX_CHANNELS, 64 * MIN_TILES > 8 filters
+    case = Case((24, 24), 5, 8, (3, 3), (1, 1), batch=64)
     x, k, _ = case.arrays()
     if jax.default_backend() == "cpu":
-        assert choose(_geom(case), 32, 8, x.dtype, "cpu") == "tiles"
+        assert choose(_geom(case), 64, 8, x.dtype, "cpu") == "tiles"
     got = jlocalconv.local_conv(x, k, 3, 1, precision="highest")
     np.testing.assert_allclose(got, _ref(case, x, k), rtol=1e-5, atol=1e-5)
 
@@ -237,10 +244,12 @@ def test_auto_runs_the_chosen_implementation():
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU widening policy")
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_auto_computes_16_bit_operands_in_float32_on_cpu(dtype):
-    case = Case((12, 12), 5, 8, (3, 3), (1, 1), batch=32)  # "tiles", see above
+    case = Case((12, 12), 5, 8, (3, 3), (1, 1), batch=32)
     x, k, _ = case.arrays()
     x, k = x.astype(dtype), k.astype(dtype)
-    wide = local_conv_tiles(x.astype(jnp.float32), k.astype(jnp.float32), _geom(case))
+    chosen = IMPLEMENTATIONS[choose(_geom(case), 32, 8, dtype, "cpu")]
+    wide = chosen(x.astype(jnp.float32), k.astype(jnp.float32), _geom(case),
+                  precision=None, preferred_element_type=None)  # fmt: skip
     # Rounded once from float32: bit-equal to the float32 computation on the same operands.
     got = jax.jit(lambda x, k: jlocalconv.local_conv(x, k, 3, 1))(x, k)
     assert got.dtype == dtype
@@ -257,3 +266,39 @@ def test_auto_computes_16_bit_operands_in_float32_on_cpu(dtype):
     assert not jlocalconv.implementations.widens(x, k, "float64", "cpu")
     assert not jlocalconv.implementations.widens(x, k, None, "gpu")
     assert not jlocalconv.implementations.widens(x.astype(jnp.float32), k, None, "cpu")
+
+
+def test_shifts_differentiates_kernel_bound_problems_through_slices():
+    """batch * MIN_TILES < filters: derivatives (and differentiated values) by "slices"."""
+    case = Case((9, 8), 2, 12, (3, 2), (2, 1), padding="same", batch=1)
+    assert plan_tiles(_geom(case), 1, 12, 4).one_shot_forward
+    x, k, _ = case.arrays()
+    w = np.random.default_rng(3).standard_normal(_ref(case, x, k).shape).astype(np.float32)
+    np.testing.assert_allclose(_impl("shifts", case)(x, k), _ref(case, x, k), rtol=1e-5, atol=1e-5)
+    got, want = _grads(_impl("shifts", case), x, k, w), _grads(_impl("patches", case), x, k, w)
+    for g, p in zip(got, want):
+        np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: _impl("shifts", case)(x, k).sum()))(k))
+    assert "scan" not in jaxpr  # no tile loop
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case((20,), 1, 4, (10,), (10,), batch=3),  # the genomic layer's geometry, smaller
+        Case((6, 8), 3, 2, (2, 4), (2, 4), data_format="channels_first"),
+        Case((4, 6, 2), 2, 3, (2, 3, 1), (2, 3, 1)),
+    ],
+    ids=str,
+)
+def test_disjoint_windows_are_a_reshape_and_match_the_reference(case, name):
+    """stride == window, no dilation: windows by reshape + transpose, values and gradients."""
+    from jlocalconv.implementations import _windows
+
+    assert _windows._tiles_input(_geom(case))
+    x, k, _ = case.arrays()
+    np.testing.assert_allclose(_impl(name, case)(x, k), _ref(case, x, k), rtol=1e-5, atol=1e-5)
+    w = np.random.default_rng(4).standard_normal(_ref(case, x, k).shape).astype(np.float32)
+    for g, p in zip(_grads(_impl(name, case), x, k, w), _grads(_impl("patches", case), x, k, w)):
+        np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
@@ -22,6 +23,20 @@ def kernel_channels_major(kernel: jax.Array, geom: Geometry) -> jax.Array:
     k = kernel.reshape(items, *geom.kernel_size, geom.channels, filters)
     k = k.transpose(0, n + 1, *range(1, n + 1), n + 2)
     return k.reshape(items, geom.feature_dim, filters)
+
+
+def patches_keras_order(patches: jax.Array, geom: Geometry) -> jax.Array:
+    """``(..., feature_dim)`` patches with features ``(C, k...)`` -> Keras's order for ``geom``.
+
+    The other side of :func:`kernel_channels_major`: when the kernel is larger than the
+    patch tensor (more filters than batch rows), reordering the patches avoids a second
+    kernel-sized buffer.
+    """
+    if not geom.channels_last:
+        return patches
+    lead = patches.shape[:-1]
+    p = patches.reshape(*lead, geom.channels, geom.window_items)
+    return jnp.swapaxes(p, -1, -2).reshape(*lead, geom.feature_dim)
 
 
 def positions_to_result(out: jax.Array, geom: Geometry) -> jax.Array:

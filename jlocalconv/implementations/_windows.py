@@ -54,6 +54,8 @@ def windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
       The patch tensor, features in Keras's order for ``geom.data_format``.
     """
     batch = inputs.shape[0]
+    if _tiles_input(geom):
+        return _disjoint_windows(inputs, geom)
     offsets = itertools.product(*(range(k) for k in geom.kernel_size))
     slices = [window_slice(inputs, geom, offset) for offset in offsets]
     if geom.channels_last:  # (B, *out, W, C) -> (B, P, W*C)
@@ -77,3 +79,33 @@ def window_slice(inputs: jax.Array, geom: Geometry, offset: tuple[int, ...]) -> 
         limit[first + i] = o * d + (n - 1) * s + 1
         strides[first + i] = s
     return lax.slice(inputs, start, limit, strides)
+
+
+def _tiles_input(geom: Geometry) -> bool:
+    """Whether the windows are disjoint and cover the input: stride == window, no dilation."""
+    return all(
+        s == k and d == 1 and n * k == extent
+        for s, k, d, n, extent in zip(
+            geom.strides, geom.kernel_size, geom.dilation, geom.output_shape, geom.spatial_shape
+        )
+    )
+
+
+def _disjoint_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
+    """:func:`windows` when the windows tile the input: a reshape and one transpose.
+
+    Each spatial axis ``n * k`` splits into ``(n, k)``; no strided slices are taken, and
+    the derivative is the inverse transpose instead of ``prod(kernel_size)`` padded adds
+    (the 1-D genomic layer of the bench, window 10 and stride 10, is such a problem).
+    """
+    batch, nd = inputs.shape[0], geom.ndim
+    split = [x for n, k in zip(geom.output_shape, geom.kernel_size) for x in (n, k)]
+    outs, wins = list(range(0, 2 * nd, 2)), list(range(1, 2 * nd, 2))
+    if geom.channels_last:  # (B, n1, k1, ..., C) -> (n..., B, k..., C)
+        x = inputs.reshape(batch, *split, geom.channels)
+        order = (*(1 + a for a in outs), 0, *(1 + a for a in wins), 2 * nd + 1)
+    else:  # (B, C, n1, k1, ...) -> (n..., B, C, k...)
+        x = inputs.reshape(batch, geom.channels, *split)
+        order = (*(2 + a for a in outs), 0, 1, *(2 + a for a in wins))
+    x = lax.transpose(x, order)
+    return x.reshape(geom.output_items, batch, geom.feature_dim)

@@ -17,6 +17,7 @@ from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._common import (
     dimension_numbers,
     kernel_channels_major,
+    patches_keras_order,
     positions_to_result,
 )
 
@@ -43,9 +44,14 @@ def local_conv_patches(
     )
     chex.assert_shape(patches, (batch, *geom.output_shape, geom.feature_dim))
     patches = patches.reshape(batch, geom.output_items, geom.feature_dim)
+    # Reorder whichever of patches and kernel is smaller into the other's feature order.
+    if batch < kernel.shape[-1]:
+        patches = patches_keras_order(patches, geom)
+    else:
+        kernel = kernel_channels_major(kernel, geom)
     out = lax.dot_general(
         patches,
-        kernel_channels_major(kernel, geom),
+        kernel,
         dimension_numbers=(((2,), (1,)), ((1,), (0,))),
         precision=precision,
         preferred_element_type=preferred_element_type,

@@ -29,6 +29,7 @@ from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._windows import pad_spatial, padded, window_slice
+from jlocalconv.implementations.slices import local_conv_slices
 from jlocalconv.implementations.tiles import local_conv_tiles, plan_tiles
 
 
@@ -42,21 +43,22 @@ def local_conv_shifts(
 ) -> jax.Array:
     """Local convolution: shift-and-accumulate values; "tiles" when differentiated.
 
+    Where the kernel dominates (``tiles.plan_tiles`` plans a one-shot forward: the patch
+    tensor is under ``1 / MIN_TILES`` of the kernel) derivatives come from "slices"
+    instead, one contraction that reads the kernel once and writes its gradient once.
     ``precision`` applies to the derivatives' contractions; values are elementwise
     products accumulated in float32 (or ``preferred_element_type``, if wider).
     """
     plan = plan_tiles(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
-    loop = functools.partial(
-        local_conv_tiles,
-        geom=geom,
-        plan=dataclasses.replace(plan, one_shot_forward=False),
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
+    options = dict(geom=geom, precision=precision, preferred_element_type=preferred_element_type)
+    if plan.one_shot_forward:
+        tangent = functools.partial(local_conv_slices, **options)
+    else:
+        tangent = functools.partial(local_conv_tiles, plan=plan, **options)
     values = functools.partial(
         _shift_accumulate, geom=geom, out_dtype=result_dtype(inputs, preferred_element_type)
     )
-    return split_bilinear(values, loop)(inputs, kernel)
+    return split_bilinear(values, tangent)(inputs, kernel)
 
 
 def _shift_accumulate(

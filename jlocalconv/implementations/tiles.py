@@ -168,9 +168,14 @@ def _tile_loop(
     tile = _tile_geometry(full, plan)
     counts = plan.counts(geom)
 
-    def body(out: jax.Array, xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
-        index, filters_block = xs
+    positions = plan.tile_positions(geom)
+
+    def body(out: jax.Array, index: jax.Array) -> tuple[jax.Array, None]:
         starts = _unravel(index, counts)
+        # A dynamic slice of the closed-over kernel, not a scanned operand: scanning over
+        # blocks made its gradient a stacked scan output that XLA copied into the kernel's
+        # shape (a second kernel-sized buffer); a slice transposes to an in-place update.
+        filters_block = lax.dynamic_slice_in_dim(kernel, index * positions, positions)
         region = _input_region(padded_inputs, full, tile, plan, starts)
         y = contract(windows(region, tile), filters_block, precision, preferred_element_type)
         at: list[int | jax.Array] = [0] * out.ndim
@@ -180,14 +185,13 @@ def _tile_loop(
         return lax.dynamic_update_slice(out, positions_to_result(y, tile), _int32(at)), None
 
     n_tiles = math.prod(counts)
-    blocks = kernel.reshape(n_tiles, plan.tile_positions(geom), *kernel.shape[1:])
     shape, dtype = geom.result_shape(batch, filters), result_dtype(inputs, preferred_element_type)
     # zeros_like keeps the operands' varying mesh axes: under shard_map the carry must vary
     # like the body's output (scan-vma), which plain jnp.zeros would not.
     init = jnp.zeros_like(inputs, dtype, shape) + jnp.zeros_like(kernel, dtype, shape)
     # Save only the loop's inputs: the backward pass re-extracts each tile's windows.
     body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
-    out, _ = lax.scan(body, init, (jnp.arange(n_tiles, dtype=jnp.int32), blocks))
+    out, _ = lax.scan(body, init, jnp.arange(n_tiles, dtype=jnp.int32))
     return out
 
 

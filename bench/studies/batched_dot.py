@@ -1,4 +1,4 @@
-"""How fast can XLA run the contraction of a local convolution? (``python -m bench.batched_dot``)
+"""How fast can XLA run a local convolution's contraction? (``python -m bench.studies.batched_dot``)
 
 A locally connected layer is, per output position, a small ``(batch x features) @
 (features x filters)`` product with that position's own weights: a batched ``dot_general``
@@ -60,7 +60,9 @@ def _scan_matmuls(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.batched_dot", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.studies.batched_dot", description=__doc__
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, seconds")
     args = parser.parse_args(argv)
     shape = (2, 6, 2, 3, 3) if args.smoke else (64, 16, 32, 32, 3)

@@ -4,7 +4,7 @@ Run the same command on every host of the slice at once; ``jax.distributed.initi
 finds the other hosts by itself on Cloud TPU::
 
     gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all \\
-        --command="cd jlocalconv && python -m bench.tpu_pod --space 4 --steps 20"
+        --command="cd jlocalconv && python -m bench.studies.tpu_pod --space 4 --steps 20"
 
 The mesh is ``(data, space)`` over every device of the slice (``data = devices / space``):
 the batch is split over ``data`` and the output rows of the layer, with its kernel, over
@@ -41,7 +41,9 @@ from jlocalconv.sharding import kernel_sharding, sharded_local_conv
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.tpu_pod", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.studies.tpu_pod", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--space", type=int, default=4, help="devices splitting the output rows")
     p.add_argument("--per-device-batch", type=int, default=8, help="examples per data shard")
     p.add_argument("--rows", type=int, default=32, help="output rows = cols ('same' padding)")

@@ -1,6 +1,6 @@
 """Sharded local convolution on 8 simulated CPU devices against the unsharded op.
 
-``python -m bench.sharded [--json OUT] [--smoke]``. For each shape it compiles the operation
+``python -m bench.studies.sharded [--json OUT] [--smoke]``. For each shape it compiles the operation
 unsharded on one device and through :func:`jlocalconv.sharding.sharded_local_conv` on meshes
 ``data=8``, ``space=8`` and ``data=2 x space=4``, then records per row: forward and
 forward+backward (inputs and kernel) median ms, XLA temp bytes per device
@@ -159,7 +159,9 @@ def _line(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.sharded", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.studies.sharded", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--smoke", action="store_true", help="one tiny shape, 2 repeats (seconds)")
     args = p.parse_args(argv)

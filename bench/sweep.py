@@ -1,0 +1,232 @@
+"""``python -m bench --sweep``: random problems the cost model was not tuned on.
+
+The generator (:func:`problems`) draws each problem independently from one NumPy
+``default_rng(seed)``, so a seed names a fixed list of problems:
+
+* spatial dims 1-3 (equally likely); batch 1-256, channels 1-1024, filters 1-512, all
+  log-uniform; window 1-9 and stride 1-3 per axis (uniform); dilation 1 with
+  probability 3/4, else 2-3 on every axis; padding ``"valid"`` or ``"same"`` (and
+  ``"causal"`` in 1-D), equally likely; float32, or bfloat16 with probability 1/4;
+* spatial extent per axis log-uniform between the dilated window and ``SPATIAL_MAX[ndim]``;
+* a draw is rejected (and redrawn from the same stream) unless it fits the machine:
+  at most ``MAX_GFLOP`` forward GFLOP, ``MAX_PATCH_MIB`` of float32 patch tensor (what
+  lax materialises) and ``MAX_KERNEL_MIB`` of kernel. The bounds keep one problem's
+  fwd+bwd well under a second on a 2-core CPU with 24 GiB, and a sweep of 60
+  problems (compiles included) within about half an hour on a shared machine.
+
+For each problem every jlocalconv implementation but "patches" (``SKIPPED``; and
+"shifts" only for up to ``SHIFTS_MAX_CHANNELS`` channels) and ``jax.lax`` are compiled (their
+value_and_grad temp memory and compile time recorded) and timed in alternation
+(round-robin calls, median per candidate), forward and forward+backward. "auto" on
+float32 compiles the very program of the implementation it chooses, so its time is that
+implementation's; on bfloat16 it widens and is timed on its own. Per problem the report
+gives the speed-up of auto over lax and the *regret* = auto's time / the fastest
+implementation's time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import statistics
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from bench import ours
+from bench.candidate import Built, Candidate, Problem, Skip
+from bench.peers import lax_local
+from bench.suite import Shape
+from jlocalconv import implementations
+
+SPATIAL_MAX = {1: 4096, 2: 96, 3: 24}
+MAX_GFLOP = 0.25
+MAX_PATCH_MIB = 64
+MAX_KERNEL_MIB = 64
+# "patches" is lax's algorithm (lax is timed beside it) and never auto's choice on CPU;
+# leaving it out saves a sixth of every problem's compile and timing.
+SKIPPED = ("jlocalconv:patches",)
+# "shifts" unrolls one fused term per (window offset, channel) and differentiates through
+# the "tiles" loop: it is timed where "auto" may pick it (few channels), not where it would
+# only add a slow compile to every problem.
+SHIFTS_MAX_CHANNELS = implementations.SHIFTS_MAX_CHANNELS
+SMOKE_SCALE = 1 / 64  # --smoke: every size bound this much smaller
+SLOW_CALL_S = 5.0
+AUTO, LAX = "jlocalconv:auto", "jax.lax"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """Upper bounds of the drawn problems (see the module docstring)."""
+
+    batch: int = 256
+    channels: int = 1024
+    filters: int = 512
+    window: int = 9
+    stride: int = 3
+    gflop: float = MAX_GFLOP
+    patch_mib: float = MAX_PATCH_MIB
+    kernel_mib: float = MAX_KERNEL_MIB
+    spatial_scale: float = 1.0  # times SPATIAL_MAX
+
+    def scaled(self, factor: float) -> Bounds:
+        """Every size bound times ``factor`` (spatial extents times its cube root)."""
+        grow = {f: max(1, int(getattr(self, f) * factor)) for f in ("batch", "channels", "filters")}
+        sizes = {f: getattr(self, f) * factor for f in ("gflop", "patch_mib", "kernel_mib")}
+        spatial = self.spatial_scale * factor ** (1 / 3)
+        return dataclasses.replace(self, **grow, **sizes, spatial_scale=spatial)
+
+    def spatial_max(self, ndim: int) -> int:
+        """The largest extent drawn along an axis of an ``ndim``-D problem."""
+        return max(1, int(SPATIAL_MAX[ndim] * self.spatial_scale))
+
+
+def problems(n: int, seed: int, bounds: Bounds = Bounds()) -> tuple[Shape, ...]:
+    """The first ``n`` problems of seed ``seed`` (deterministic).
+
+    Example:
+      >>> [s.key for s in problems(2, seed=0)]
+      ['s0-0', 's0-1']
+    """
+    draws = _draws(np.random.default_rng(seed), bounds)
+    return tuple(dataclasses.replace(next(draws), key=f"s{seed}-{i}") for i in range(n))
+
+
+def fits(shape: Shape, bounds: Bounds) -> bool:
+    """Whether ``shape`` is within ``bounds``' FLOP, patch and kernel limits."""
+    geom = shape.geometry()
+    patch = 4 * shape.batch * geom.output_items * geom.feature_dim
+    kernel = 4 * shape.kernel_items()
+    flops = 2 * shape.batch * geom.output_items * geom.feature_dim * shape.filters
+    mib = 1 << 20
+    return (
+        flops <= bounds.gflop * 1e9
+        and patch <= bounds.patch_mib * mib
+        and kernel <= bounds.kernel_mib * mib
+    )
+
+
+def _draws(rng: np.random.Generator, bounds: Bounds) -> Iterator[Shape]:
+    while True:
+        shape = _draw(rng, bounds)
+        if shape is not None and fits(shape, bounds):
+            yield shape
+
+
+def _log_uniform(rng: np.random.Generator, high: int, low: int = 1) -> int:
+    return round(math.exp(rng.uniform(math.log(low), math.log(max(high, low)))))
+
+
+def _draw(rng: np.random.Generator, bounds: Bounds) -> Shape | None:
+    """One unconstrained draw; None when the window does not fit the drawn extent."""
+    ndim = int(rng.integers(1, 4))
+    window = tuple(int(w) for w in rng.integers(1, bounds.window + 1, ndim))
+    strides = tuple(int(s) for s in rng.integers(1, bounds.stride + 1, ndim))
+    dilation = (int(rng.integers(2, 4)),) * ndim if rng.random() < 0.25 else (1,) * ndim
+    reach = [(w - 1) * d + 1 for w, d in zip(window, dilation)]
+    spatial = tuple(_log_uniform(rng, bounds.spatial_max(ndim), r) for r in reach)
+    paddings = ("valid", "same", "causal") if ndim == 1 else ("valid", "same")
+    shape = Shape(
+        key="",
+        batch=_log_uniform(rng, bounds.batch),
+        spatial=spatial,
+        channels=_log_uniform(rng, bounds.channels),
+        filters=_log_uniform(rng, bounds.filters),
+        kernel_size=window,
+        strides=strides,
+        padding=str(rng.choice(paddings)),
+        dtype="bfloat16" if rng.random() < 0.25 else "float32",
+        dilation=dilation,
+    )
+    return shape if all(n >= 1 for n in shape.geometry().output_shape) else None
+
+
+def candidates() -> list[Candidate]:
+    """Every jlocalconv implementation (auto included) and ``jax.lax``."""
+    return ours.candidates() + lax_local.candidates(None)
+
+
+def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
+    """Builds every candidate for ``shape`` and times them in alternation.
+
+    Args:
+      shape: the problem.
+      rounds: round-robin rounds at least (each times every candidate once).
+      budget_s: more rounds, up to ``4 * rounds``, while less than this has been spent.
+
+    Returns:
+      ``{"shape", "label", "choice", "rows": {name: row}, "skipped": {name: why}}``.
+    """
+    problem, choice = Problem.make(shape), ours.auto_choice(shape)
+    built, skipped, rows = {}, {}, {}
+    for cand in candidates():
+        if cand.name in SKIPPED:
+            continue
+        short = cand.name.split(":", 1)[-1]
+        if short == "auto" and shape.dtype == "float32":
+            continue  # the same program as IMPLEMENTATIONS[choice], timed under that name
+        if short == "shifts" and shape.channels > SHIFTS_MAX_CHANNELS:
+            skipped[cand.name] = f"over {SHIFTS_MAX_CHANNELS} channels"
+            continue
+        try:
+            built[cand.name] = cand.build(problem)
+        except Skip as e:
+            skipped[cand.name] = str(e)
+    times = _alternate(built, rounds, budget_s)
+    for name, b in built.items():
+        rows[name] = _row(b, times[name])
+    if AUTO not in rows and f"jlocalconv:{choice}" in rows:
+        rows[AUTO] = rows[f"jlocalconv:{choice}"]
+    del built
+    gc.collect()
+    return {
+        "shape": dataclasses.asdict(shape),
+        "label": shape.label(),
+        "choice": choice,
+        "rows": rows,
+        "skipped": skipped,
+    }
+
+
+def _alternate(built: dict[str, Built], rounds: int, budget_s: float) -> dict:
+    """Round-robin timing; a candidate whose call took over ``SLOW_CALL_S`` stops there."""
+    times: dict[str, dict[str, list[float]]] = {n: {"fwd": [], "fwd_bwd": []} for n in built}
+    start, done = time.perf_counter(), 0
+    while done < rounds or (done < 4 * rounds and time.perf_counter() - start < budget_s):
+        for name, b in built.items():
+            if done and max(times[name]["fwd_bwd"]) > SLOW_CALL_S:
+                continue  # minutes-long calls (lax on some bf16 problems): one timing is plenty
+            for phase, fn in (("fwd", b.forward), ("fwd_bwd", b.forward_backward)):
+                t0 = time.perf_counter()
+                fn()
+                times[name][phase].append(time.perf_counter() - t0)
+        done += 1
+    return times
+
+
+def _row(b: Built, times: dict[str, list[float]]) -> dict:
+    return {
+        "fwd_ms": 1e3 * statistics.median(times["fwd"]),
+        "fwd_bwd_ms": 1e3 * statistics.median(times["fwd_bwd"]),
+        "temp_fwd_bwd_bytes": b.temp_bytes[1],
+        "compile_fwd_bwd_s": b.compile_s[1],
+    }
+
+
+def summarize(entry: dict) -> dict:
+    """Speed-up of auto over lax and regret of auto, forward and forward+backward."""
+    rows = entry["rows"]
+    impls = {n: r for n, r in rows.items() if n.startswith("jlocalconv:") and n != AUTO}
+    out = {}
+    for phase in ("fwd", "fwd_bwd"):
+        auto = rows[AUTO][f"{phase}_ms"]
+        best = min(impls, key=lambda n: impls[n][f"{phase}_ms"])
+        out[f"regret_{phase}"] = auto / impls[best][f"{phase}_ms"]
+        out[f"best_{phase}"] = best.split(":", 1)[1]
+        out[f"speedup_{phase}"] = rows[LAX][f"{phase}_ms"] / auto if LAX in rows else None
+    temp_auto, temp_lax = (rows.get(n, {}).get("temp_fwd_bwd_bytes") for n in (AUTO, LAX))
+    out["temp_auto_mib"] = None if temp_auto is None else temp_auto / 2**20
+    out["temp_lax_mib"] = None if temp_lax is None else temp_lax / 2**20
+    return out
