@@ -118,18 +118,29 @@ def test_the_options_reach_the_implementation_from_every_entry_point(recorded):
 
     options = dict(implementation="patches", precision=lax.Precision.HIGHEST)
     mesh = jax.make_mesh((1,), ("data",))
-    y = jlocalconv.local_conv2d(X, K, 3, 1, **options)
-    sharded_local_conv(mesh, batch_axis="data")(X, K, 3, 1, **options)
-    jlocalconv.local_conv2d_transpose(np.asarray(y), K, 3, 1, (6, 5), **options)
+    y = np.asarray(jlocalconv.local_conv2d(X, K, 3, 1, **options))
     rngs = pytest.importorskip("flax.nnx").Rngs(0)
-    nnx.LocallyConnected2D(3, 4, 3, input_shape=(6, 5), rngs=rngs, **options)(X)
-    module = linen.LocallyConnected2D(4, 3, **options)
-    module.init(jax.random.key(0), X)
-    eqx.LocallyConnected2D(3, 4, 3, input_shape=(6, 5), key=jax.random.key(0), **options)(
-        X[0].transpose(2, 0, 1)
-    )
-    assert len(recorded) >= 6
-    assert all(call["precision"] == lax.Precision.HIGHEST for call in recorded)
+    entry_points = {
+        "local_conv2d": lambda: jlocalconv.local_conv2d(X, K, 3, 1, **options),
+        "sharded_local_conv": lambda: sharded_local_conv(mesh, batch_axis="data")(
+            X, K, 3, 1, **options
+        ),
+        "local_conv2d_transpose": lambda: jlocalconv.local_conv2d_transpose(
+            y, K, 3, 1, (6, 5), **options
+        ),
+        "nnx": lambda: nnx.LocallyConnected2D(3, 4, 3, input_shape=(6, 5), rngs=rngs, **options)(X),
+        "linen": lambda: linen.LocallyConnected2D(4, 3, **options).init(jax.random.key(0), X),
+        "eqx": lambda: eqx.LocallyConnected2D(
+            3, 4, 3, input_shape=(6, 5), key=jax.random.key(0), **options
+        )(X[0].transpose(2, 0, 1)),
+    }
+    for name, call in entry_points.items():
+        # The implementation runs under jit: a cached trace would not call it again.
+        jax.clear_caches()
+        before = len(recorded)
+        call()
+        assert len(recorded) > before, f"{name} did not reach the implementation"
+        assert all(c["precision"] == lax.Precision.HIGHEST for c in recorded[before:]), name
 
 
 def test_with_options_expands_the_signature_of_a_new_entry_point():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,9 @@ def local_conv_shifts(
     products accumulated in float32 (or ``preferred_element_type``, if wider).
     """
     plan = plan_tiles(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
-    options = dict(geom=geom, precision=precision, preferred_element_type=preferred_element_type)
+    options: dict[str, Any] = dict(
+        geom=geom, precision=precision, preferred_element_type=preferred_element_type
+    )
     if plan.one_shot_forward:
         tangent = functools.partial(local_conv_slices, **options)
     else:

@@ -60,7 +60,9 @@ def _normalize_layer_padding(padding: Any, rank: int, fn: str) -> str | tuple[tu
     return normalize_padding(padding, (1,) * rank, (1,) * rank, (1,) * rank, (1,) * rank, fn)
 
 
-class _LocallyConnected(keras.layers.Layer):
+# keras is bound at run time by import_optional (an optional dependency), so a type checker
+# cannot resolve the base class statically.
+class _LocallyConnected(keras.layers.Layer):  # type: ignore[name-defined]
     """The N-D layer; subclasses fix ``rank``. See :class:`LocallyConnected2D`."""
 
     rank: int = 0
@@ -111,7 +113,7 @@ class _LocallyConnected(keras.layers.Layer):
     def _split_shape(self, input_shape: Sequence[int | None]) -> tuple[tuple[int, ...], int]:
         """``(spatial shape, channels)`` of a build-time input shape, checked to be static."""
         fn = type(self).__name__
-        shape = tuple(input_shape)
+        shape: tuple[Any, ...] = tuple(input_shape)  # ints once the None check below passed
         if len(shape) != self.rank + 2:
             expected = f"of rank {self.rank + 2} (batch, spatial..., channels)"
             fail(fn, "inputs", expected, f"shape {shape}")
@@ -191,6 +193,7 @@ class _LocallyConnected(keras.layers.Layer):
         )
         if self.implementation == 1:
             return ours, None
+        assert isinstance(self.padding, str)  # 2 and 3 take Keras's modes only (__init__ checks)
         geometry = (self.input_spatial_shape, self.kernel_size, self.strides, self.padding)
         if self.implementation == 2:
             shape = self._dense_kernel_shape()
