@@ -11,6 +11,7 @@ The harness (what ``python -m bench`` runs), one module per job:
 - ``peers/``: one module per peer (``jax.lax``, flax, tf_keras, PyTorch); each is used only
   when importable and otherwise skipped with a note.
 - ``jax_measure.py``, ``timing.py``: compile time, XLA temp memory and median wall time.
+- ``measure.py``: one candidate on one problem, built, checked and timed: the row reports read.
 - ``roofline.py``: the machine's measured matmul peak and STREAM bandwidth, each problem's bound.
 - ``summary.py``: the ratios the performance issues set targets for.
 - ``report.py``, ``chart.py``: markdown, JSON and PNG under ``bench/results/``.

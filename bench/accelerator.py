@@ -56,9 +56,10 @@ import numpy as np
 
 from bench import accel_check, accel_report, ours, suite
 from bench.candidate import Candidate, Problem, Skip
+from bench.measure import measure
 from bench.numpy_reference import Spec, local_conv_f64
 from bench.peers import Options, Unavailable, flax_local, lax_local, torch_unfold
-from bench.timing import Policy, time_call
+from bench.timing import Policy
 from jlocalconv import implementations
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -286,33 +287,12 @@ def _measure_before(deadline, cand, problem, expected, policy):
     """``(row, None)``, or ``(None, why not)`` if skipped, failed or past the deadline."""
     if time.perf_counter() > deadline:
         return None, "not run: the --budget-s time budget was spent"
-    start = time.perf_counter()
-    try:
-        built = cand.build(problem)
-        build_s = time.perf_counter() - start
-        fwd, vag = time_call(built.forward, policy), time_call(built.forward_backward, policy)
-    except Skip as e:
-        return None, str(e)
-    except Exception as e:  # a variant failing on a shape is a result, not a crash
-        return None, f"failed: {type(e).__name__}: {str(e)[:300]}"
-    got = built.result[:REFERENCE_ITEMS].astype(np.float64)
-    err = float(np.max(np.abs(got - expected)) / max(np.max(np.abs(expected)), 1e-30))
-    row = {
-        "shape": problem.shape.key,
-        "candidate": cand.name,
-        "family": cand.family,
-        "fwd_ms": fwd.median_s * 1e3,
-        "fwd_bwd_ms": vag.median_s * 1e3,
-        "repeats": [fwd.repeats, vag.repeats],
-        "build_s": build_s,
-        "compile_fwd_s": built.compile_s[0],
-        "compile_fwd_bwd_s": built.compile_s[1],
-        "temp_fwd_bytes": built.temp_bytes[0],
-        "temp_fwd_bwd_bytes": built.temp_bytes[1],
-        "check_rel_err": err,
-        "check_ok": err <= TOLERANCE[problem.shape.dtype],
-    }
-    return row, None
+
+    def error(result: np.ndarray) -> float:
+        got = result[:REFERENCE_ITEMS].astype(np.float64)
+        return float(np.max(np.abs(got - expected)) / max(np.max(np.abs(expected)), 1e-30))
+
+    return measure(cand, problem, policy, error, TOLERANCE[problem.shape.dtype])
 
 
 def _record(run, shape, cand, row, why, failed: list[str]) -> None:

@@ -15,7 +15,6 @@ import gc
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/run.py`: import the package, not its files
@@ -36,9 +35,10 @@ from bench import (
     suite,
     sweep_report,
 )
-from bench.candidate import Candidate, Problem, Skip
+from bench.candidate import Candidate, Problem
+from bench.measure import measure
 from bench.summary import summarize
-from bench.timing import Policy, time_call
+from bench.timing import Policy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2}  # max |y - ref| / max |ref|
@@ -208,37 +208,13 @@ def _reference(problem: Problem) -> np.ndarray:
 
 def _measure(cand: Candidate, problem: Problem, reference, policy, machine):
     """One candidate on one problem: ``(row, None)`` or ``(None, why it was skipped)``."""
-    start = time.perf_counter()
-    try:
-        built = cand.build(problem)
-        build_s = time.perf_counter() - start  # compile/trace, warm-up and layer set-up
-        err = float(np.max(np.abs(built.result - reference)) / np.max(np.abs(reference)))
-        fwd = time_call(built.forward, policy)
-        vag = time_call(built.forward_backward, policy)
-    except Skip as e:
-        return None, str(e)
-    except Exception as e:  # a peer failing on a shape is a result, not a crash
-        return None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    row = {
-        "shape": problem.shape.key,
-        "candidate": cand.name,
-        "family": cand.family,
-        "fwd_ms": fwd.median_s * 1e3,
-        "fwd_bwd_ms": vag.median_s * 1e3,
-        "fwd_min_ms": fwd.min_s * 1e3,
-        "fwd_bwd_min_ms": vag.min_s * 1e3,
-        "repeats": [fwd.repeats, vag.repeats],
-        "build_s": build_s,
-        "compile_fwd_s": built.compile_s[0],
-        "compile_fwd_bwd_s": built.compile_s[1],
-        "temp_fwd_bytes": built.temp_bytes[0],
-        "temp_fwd_bwd_bytes": built.temp_bytes[1],
-        "check_rel_err": err,
-        "check_ok": err <= TOLERANCE[problem.shape.dtype],
-    }
-    for phase, timing in (("fwd", fwd), ("fwd_bwd", vag)):
+    error = lambda result: float(np.max(np.abs(result - reference)) / np.max(np.abs(reference)))
+    row, why = measure(cand, problem, policy, error, TOLERANCE[problem.shape.dtype])
+    if row is None:
+        return None, why
+    for phase in ("fwd", "fwd_bwd"):
         bound_s, _ = roofline.bound(roofline.work(problem.shape, phase == "fwd_bwd"), machine)
-        row[f"roofline_{phase}"] = bound_s / timing.median_s
+        row[f"roofline_{phase}"] = bound_s / (row[f"{phase}_ms"] * 1e-3)
     return row, None
 
 
