@@ -18,4 +18,3 @@ _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], prin
 settings.register_profile("fast", max_examples=12, derandomize=True, database=None, **_COMMON)
 # The weekly run: many fresh random examples.
 settings.register_profile("slow", max_examples=300, **_COMMON)
-

@@ -6,7 +6,8 @@ so Keras 3's own loaders fill them from a tf.keras 2 file::
 
     model = keras.saving.load_model("model.h5", custom_objects=jlocalconv.keras.custom_objects())
 
-and compute through :func:`jlocalconv.local_conv` (implementations 2 and 3 gather their
+and compute as :func:`jlocalconv.local_conv` does, through a spec built once per layer
+(:func:`jlocalconv.ops.apply`; implementations 2 and 3 gather their
 stored weights into jlocalconv's kernel inside the computation, so the stored layout, the
 gradients and the saved files stay tf.keras 2's). ``padding="same"`` has Keras 2's
 alignment (:func:`jlocalconv.keras.converters.keras_padding`), the channels_first bias is added as
@@ -29,6 +30,8 @@ from jlocalconv._errors import fail, import_optional
 from jlocalconv._validate import normalize_tuple
 from jlocalconv.geometry import normalize_padding
 from jlocalconv.keras import converters
+from jlocalconv.ops import apply
+from jlocalconv.spec import LocalConvSpec
 
 keras = import_optional("keras", "keras", "jlocalconv.keras")
 
@@ -153,6 +156,17 @@ class _LocallyConnected(keras.layers.Layer):  # type: ignore[name-defined]
         self.output_spatial_shape = self._output_spatial(spatial)
         if min(self.output_spatial_shape) <= 0:
             fail(type(self).__name__, "inputs", "larger than the window", f"shape {input_shape}")
+        # The call's static arguments, built and validated once (Keras's padding resolved
+        # to explicit pairs for this input size), as the other frameworks' layers hold them.
+        self._spec = LocalConvSpec.create(
+            self.rank,
+            self.kernel_size,
+            self.strides,
+            self.data_format,
+            fn=type(self).__name__,
+            padding=self._pads(spatial),
+            dilation=self.dilation_rate,
+        )
         self.kernel_shape, self._gather = self._keras_kernel_layout()
         self.kernel = self.add_weight(
             shape=self.kernel_shape,
@@ -246,16 +260,7 @@ class _LocallyConnected(keras.layers.Layer):  # type: ignore[name-defined]
     def call(self, inputs: jax.Array) -> jax.Array:
         """``activation(local_conv(inputs, kernel) + bias)`` through jlocalconv."""
         kernel, bias = self._jlocalconv_weights()
-        outputs = jlocalconv.local_conv(
-            inputs,
-            kernel,
-            self.kernel_size,
-            self.strides,
-            data_format=self.data_format,
-            padding=self._pads(self.input_spatial_shape),
-            dilation=self.dilation_rate,
-            bias=bias,
-        )
+        outputs = apply(self._spec, inputs, kernel, bias=bias, fn=type(self).__name__)
         return self.activation(outputs)
 
     def get_config(self) -> dict[str, Any]:
