@@ -309,7 +309,12 @@ def machine() -> dict[str, Any]:
             cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": os.getloadavg()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
 
 
 def markdown(result: dict, args: argparse.Namespace) -> str:
@@ -325,13 +330,13 @@ def markdown(result: dict, args: argparse.Namespace) -> str:
         [
             f"# DeepFace: Keras 3 + jlocalconv (JAX) vs tf_keras, {result['date']}",
             "",
-            f"Command: `python -m bench.keras3_deepface{' --smoke' if args.smoke else ''}` "
+            f"Command: `{_command(args, m['xla_flags'])}` "
             f"(batch {args.batch}, {args.rounds} alternating rounds of {args.reps} calls per "
             f"side: median of {n} calls).",
-            f"Machine: {m['cpu']}, {m['cores']} cores, **shared with other jobs** (load "
-            f"average {m['load_average'][0]:.1f} before, "
-            f"{result['machine_after']['load_average'][0]:.1f} after): absolute times are "
-            "noisy; the ratio is measured with the two processes alternating.",
+            f"Machine: {m['cpu']}, {m['cores']} cores (load average "
+            f"{m['load_average'][0]:.1f} before, "
+            f"{result['machine_after']['load_average'][0]:.1f} after); the two processes "
+            "alternate, so drift hits both alike.",
             f"Versions: {', '.join(f'{k} {v}' for k, v in result['versions'].items())}.",
             f"Model: `{args.size}` ({result['params']:,} parameters in both; L4, L5, L6 "
             "LocallyConnected2D implementation 1), weights drawn by tf_keras, written with "
@@ -356,6 +361,11 @@ def markdown(result: dict, args: argparse.Namespace) -> str:
     )
 
 
+def _command(args: argparse.Namespace, xla_flags: str) -> str:
+    env = f"XLA_FLAGS={xla_flags} " if xla_flags else ""
+    return f"{env}python -m bench.keras3_deepface{' --smoke' if args.smoke else ''}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a miniature, in seconds")
@@ -365,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tf-train", action="store_true", help="time tf_keras's train step too")
     parser.add_argument("--tf-python", default=DEFAULT_TF_PYTHON)
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    parser.add_argument("--tag", default="", help="appended to the report's file name")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -378,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     date = datetime.date.today().isoformat()
     result.update(date=date, machine_before=before, machine_after=machine())
     result["summary"] = summarize(result)
-    stem = f"keras3-deepface{'-smoke' if args.smoke else ''}-{date}"
+    stem = f"keras3-deepface{'-smoke' if args.smoke else ''}{args.tag}-{date}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     text = markdown(result, args)

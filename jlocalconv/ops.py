@@ -6,7 +6,7 @@ is delegated to an implementation from :mod:`jlocalconv.implementations`. :func:
 :func:`convolve` are the calls through a spec that the transposes, the sharded call and
 the layers share.
 
-May import: ``_checks``, ``_errors``, ``geometry``, ``spec``, ``implementations``.
+May import: ``_checks``, ``_errors``, ``autotune``, ``geometry``, ``spec``, ``implementations``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlocalconv import _checks
+from jlocalconv import _checks, autotune
 from jlocalconv.geometry import Geometry, IntOrTuple
 from jlocalconv.implementations import IMPLEMENTATIONS, Implementation, choose, widened, widens
 from jlocalconv.spec import ConvOptions, LocalConvSpec, Unpack, with_options
@@ -294,11 +294,15 @@ def convolve(
 def _implementation(
     spec: LocalConvSpec, geom: Geometry, inputs: Array, kernel: Array
 ) -> Implementation:
-    """The implementation to run; "auto" may also widen 16-bit operands (CPU)."""
-    if spec.implementation != "auto":
+    """The implementation to run; "auto" and "autotune" may also widen 16-bit operands."""
+    if spec.implementation not in ("auto", "autotune"):
         return IMPLEMENTATIONS[spec.implementation]
     backend = jax.default_backend()
-    impl = IMPLEMENTATIONS[choose(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype, backend)]
+    if spec.implementation == "auto":
+        name = choose(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype, backend)
+    else:
+        name = autotune.pick(geom, inputs, kernel, spec.precision, spec.preferred_element_type)
+    impl = IMPLEMENTATIONS[name]
     widen = widens(inputs, kernel, spec.preferred_element_type, backend)
     return widened(impl) if widen else impl
 

@@ -33,7 +33,7 @@ from jlocalconv import _checks
 from jlocalconv._errors import fail
 from jlocalconv._validate import DataFormat, IntOrTuple, normalize_data_format, normalize_tuple
 from jlocalconv.geometry import Geometry, PaddingLike, make_geometry, normalize_padding
-from jlocalconv.implementations import names as implementation_names
+from jlocalconv.implementations import accepted as implementation_names
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -60,9 +60,12 @@ OPTIONS_DOC = """\
       precision: forwarded to the contraction (``lax.dot_general``).
       preferred_element_type: accumulation/result dtype of the contraction, e.g.
         ``jnp.float32`` for bf16 operands.
-      implementation: ``"auto"`` or a name from ``jlocalconv.implementations``.
-        ``"auto"`` picks by static shapes, dtype and backend; on CPU it computes
-        bf16/f16 operands in float32 and rounds the result once."""
+      implementation: ``"auto"``, ``"autotune"`` or a name from
+        ``jlocalconv.implementations``. ``"auto"`` picks by static shapes, dtype and
+        backend; on CPU it computes bf16/f16 operands in float32 and rounds the result
+        once. ``"autotune"`` does the same with a measured choice: it times every
+        implementation on the call's problem once per process (or once per machine with
+        a cache file, see ``jlocalconv.autotune``)."""
 
 # Options that shape the geometry; the others pass through to the contraction.
 GEOMETRIC_OPTIONS = ("padding", "dilation")
@@ -86,7 +89,8 @@ class LocalConvSpec:
       dilation: the kernel dilation, one int per spatial dim.
       precision: forwarded to the contraction (a list becomes a tuple: hashable).
       preferred_element_type: None or a real floating dtype.
-      implementation: ``"auto"`` or a name from :mod:`jlocalconv.implementations`.
+      implementation: ``"auto"``, ``"autotune"`` or a name from
+        :mod:`jlocalconv.implementations`.
 
     Example:
       >>> import jax.numpy as jnp

@@ -151,5 +151,13 @@ def widened(impl: Implementation) -> Implementation:
 
 
 def names() -> tuple[str, ...]:
-    """Every accepted value of ``implementation=``, "auto" first."""
+    """ "auto" and every implementation: what tests and benchmarks iterate over."""
     return ("auto", *IMPLEMENTATIONS)
+
+
+def accepted() -> tuple[str, ...]:
+    """Every accepted value of ``implementation=``: :func:`names` and "autotune".
+
+    "autotune" (:mod:`jlocalconv.autotune`) times the others on the call's problem.
+    """
+    return (*names(), "autotune")

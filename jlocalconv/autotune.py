@@ -1,0 +1,327 @@
+"""``implementation="autotune"``: time the implementations on the call's problem, once.
+
+"auto" picks an implementation from static shapes with a cost model, which can be wrong
+on a shape or a machine it was not tuned on. "autotune" measures instead: the first time a
+static problem is traced (shapes, dtypes, geometry, options, backend and device kind), it
+compiles every implementation's forward and ``value_and_grad`` (w.r.t. inputs and
+kernel) on random operands of the call's shapes, times them on the default device and
+keeps one; later traces of the same problem reuse the choice without measuring.
+
+The choice minimises the worse of the two regrets, ``max(t_fwd / best_fwd,
+t_grad / best_grad)``, so a training step and an inference call both run near the fastest,
+among the candidates whose ``value_and_grad`` temp memory (XLA's own memory analysis)
+is at most ``MEMORY_FACTOR`` times the leanest candidate's plus ``MEMORY_SLACK_BYTES``:
+autotune does not buy speed with a window tensor many times the layer's working set.
+
+Measuring costs a few compilations and timed calls per candidate (a second on small
+layers, up to a minute on the largest real layers): pay it once per process, or once per
+machine with a cache file (:func:`set_cache_file` or the ``JLOCALCONV_AUTOTUNE_CACHE``
+environment variable; a JSON file keyed by the problem, the device kind and the jax and
+jlocalconv versions). Given a choice, results are deterministic; two processes that
+measured differently may run different implementations, whose results agree to rounding.
+
+May import: ``_errors``, ``geometry``, ``implementations``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import pathlib
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jlocalconv._errors import fail
+from jlocalconv.geometry import Geometry
+from jlocalconv.implementations import IMPLEMENTATIONS, widened, widens
+
+# A candidate may use this many times the leanest candidate's temp memory, plus the slack.
+MEMORY_FACTOR = 2.0
+MEMORY_SLACK_BYTES = 1 << 20
+# Timing stops after this many seconds per candidate and call (at least one timed call),
+# and a candidate whose first call is this many times slower than the best so far is
+# dropped without more calls: it cannot win.
+BUDGET_S = 0.3
+MAX_CALLS = 5
+PRUNE_FACTOR = 3.0
+CACHE_ENV = "JLOCALCONV_AUTOTUNE_CACHE"
+
+_lock = threading.Lock()
+_choices: dict[str, str] = {}
+_cache_file: pathlib.Path | None = None
+_cache_file_set = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """The static problem a choice is made for (hashable; ``key`` names it in a cache)."""
+
+    geom: Geometry
+    batch: int
+    filters: int
+    dtype: str
+    kernel_dtype: str
+    precision: Any
+    preferred_element_type: str | None
+
+    def key(self) -> str:
+        device = jax.devices()[0]
+        return " | ".join(
+            map(
+                str,
+                (
+                    f"{device.platform}:{device.device_kind}",
+                    f"jax {jax.__version__}",
+                    f"jlocalconv {_version()}",
+                    self.geom,
+                    f"batch {self.batch}",
+                    f"filters {self.filters}",
+                    self.dtype,
+                    self.kernel_dtype,
+                    f"precision {self.precision}",
+                    f"preferred {self.preferred_element_type}",
+                ),
+            )
+        )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("jlocalconv")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown"
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """One candidate's median seconds (forward, value_and_grad) and temp bytes."""
+
+    forward_s: float
+    grad_s: float
+    temp_bytes: int
+
+
+def pick(
+    geom: Geometry,
+    inputs: Any,
+    kernel: Any,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> str:
+    """The implementation autotune runs for this call (measured once per problem).
+
+    Safe to call while tracing (under ``jit``, ``grad``, ``vmap``): only the static shapes
+    and dtypes of ``inputs`` and ``kernel`` are used (arrays, tracers or
+    ``jax.ShapeDtypeStruct``s); the candidates run on fresh random operands, outside the
+    trace.
+
+    Args:
+      geom: the call's geometry.
+      inputs, kernel: the operands, or anything with their ``shape`` and ``dtype``.
+      precision, preferred_element_type: the call's contraction options.
+
+    Returns:
+      A key of ``jlocalconv.implementations.IMPLEMENTATIONS``.
+
+    Example:
+      >>> import jax, jlocalconv
+      >>> from jlocalconv.geometry import make_geometry
+      >>> geom = make_geometry((2, 6, 3), 3)
+      >>> x = jax.ShapeDtypeStruct((2, 6, 3), "float32")
+      >>> k = jax.ShapeDtypeStruct(geom.kernel_shape(4), "float32")
+      >>> pick(geom, x, k) in jlocalconv.implementations.IMPLEMENTATIONS
+      True
+    """
+    pet = None if preferred_element_type is None else jnp.dtype(preferred_element_type).name
+    problem = Problem(
+        geom,
+        int(inputs.shape[0]),
+        int(kernel.shape[-1]),
+        jnp.dtype(inputs.dtype).name,
+        jnp.dtype(kernel.dtype).name,
+        precision,
+        pet,
+    )
+    return choose(problem)
+
+
+def choose(problem: Problem) -> str:
+    """The cached choice for ``problem``, measuring and storing it the first time."""
+    key = problem.key()
+    with _lock:
+        if key not in _choices:
+            _choices.update(_read_cache_file())
+        if key not in _choices:
+            measured: dict[str, Measurement] = {}
+            for name in IMPLEMENTATIONS:
+                measured[name] = _measure(name, problem, _limits(measured.values()))
+            _choices[key] = decide(measured)
+            _write_cache_file(key, _choices[key])
+        return _choices[key]
+
+
+def decide(measured: dict[str, Measurement]) -> str:
+    """The candidate with the smallest worse regret among those lean enough.
+
+    Ties go to the first in ``measured``'s order.
+
+    >>> m = Measurement
+    >>> decide({"a": m(1.0, 4.0, 10), "b": m(1.5, 2.0, 10), "c": m(0.1, 0.1, 10**9)})
+    'b'
+    """
+    if not measured:
+        fail("autotune", "measured", "at least one candidate", "none")
+    leanest = min(m.temp_bytes for m in measured.values())
+    limit = MEMORY_FACTOR * leanest + MEMORY_SLACK_BYTES
+    lean = {k: m for k, m in measured.items() if m.temp_bytes <= limit}
+    best_fwd = min(m.forward_s for m in lean.values())
+    best_grad = min(m.grad_s for m in lean.values())
+    return min(lean, key=lambda k: max(lean[k].forward_s / best_fwd, lean[k].grad_s / best_grad))
+
+
+def choices() -> dict[str, str]:
+    """The choices made (or read from the cache file) in this process: key -> name."""
+    with _lock:
+        return dict(_choices)
+
+
+def clear() -> None:
+    """Forget this process's choices (the cache file, if any, is kept)."""
+    with _lock:
+        _choices.clear()
+
+
+def set_cache_file(path: str | os.PathLike | None) -> None:
+    """Keep choices in a JSON file at ``path`` (None: in memory only).
+
+    Overrides the ``JLOCALCONV_AUTOTUNE_CACHE`` environment variable. The file is read
+    when a problem is not yet known and rewritten atomically after each new choice.
+    """
+    global _cache_file, _cache_file_set
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        fail("set_cache_file", "path", "a str, os.PathLike or None", path, exc=TypeError)
+    with _lock:
+        _cache_file = None if path is None else pathlib.Path(path)
+        _cache_file_set = True
+
+
+def _current_cache_file() -> pathlib.Path | None:
+    if _cache_file_set:
+        return _cache_file
+    env = os.environ.get(CACHE_ENV)
+    return pathlib.Path(env) if env else None
+
+
+def _read_cache_file() -> dict[str, str]:
+    path = _current_cache_file()
+    if path is None or not path.exists():
+        return {}
+    try:
+        found = json.loads(path.read_text())["choices"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"autotune: the cache file {str(path)!r} is not a jlocalconv autotune cache "
+            f"({error}); delete it or set another with set_cache_file / {CACHE_ENV}."
+        ) from error
+    return {k: v for k, v in found.items() if v in IMPLEMENTATIONS}
+
+
+def _write_cache_file(key: str, name: str) -> None:
+    path = _current_cache_file()
+    if path is None:
+        return
+    found = _read_cache_file()
+    found[key] = name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename: a reader never sees half a file, concurrent writers lose at most
+    # a choice (measured again next time), never the file.
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        json.dump({"version": 1, "choices": found}, f, indent=1, sort_keys=True)
+    os.replace(f.name, path)
+
+
+def _operands(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    geom = problem.geom
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(geom.input_shape(problem.batch))
+    k = rng.standard_normal((geom.output_items, geom.feature_dim, problem.filters))
+    g = rng.standard_normal(geom.result_shape(problem.batch, problem.filters))
+    return (
+        jnp.asarray(x, problem.dtype),
+        jnp.asarray(k, problem.kernel_dtype),
+        jnp.asarray(g, problem.preferred_element_type or problem.dtype),
+    )
+
+
+def _limits(done: Any) -> tuple[float, float]:
+    """Seconds above which a forward or a value_and_grad call cannot win."""
+    done = list(done)
+    if not done:
+        return (float("inf"), float("inf"))
+    best = (min(m.forward_s for m in done), min(m.grad_s for m in done))
+    return (PRUNE_FACTOR * best[0], PRUNE_FACTOR * best[1])
+
+
+def _measure(name: str, problem: Problem, limits: tuple[float, float]) -> Measurement:
+    """Compile and time one candidate (one call only past ``limits``: it cannot win)."""
+    with jax.ensure_compile_time_eval():  # run now, even while an outer jit traces
+        x, k, g = _operands(problem)
+        impl = IMPLEMENTATIONS[name]
+        if widens(x, k, problem.preferred_element_type, jax.default_backend()):
+            impl = widened(impl)
+
+        def forward(x, k):
+            return impl(
+                x,
+                k,
+                problem.geom,
+                precision=problem.precision,
+                preferred_element_type=problem.preferred_element_type,
+            )
+
+        def loss(x, k):
+            return jnp.vdot(forward(x, k).astype(g.dtype), g).real
+
+        fwd = jax.jit(forward).lower(x, k).compile()
+        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
+        temp = grad.memory_analysis().temp_size_in_bytes
+        fwd_s, grad_s = _seconds(fwd, (x, k), limits[0]), _seconds(grad, (x, k), limits[1])
+        return Measurement(fwd_s, grad_s, int(temp))
+
+
+def _seconds(call: Callable, args: tuple, limit: float) -> float:
+    """Median wall seconds of ``call(*args)``; the first call's alone if over ``limit``."""
+    start = time.perf_counter()
+    jax.block_until_ready(call(*args))  # warm-up, timed to prune a hopeless candidate
+    first = time.perf_counter() - start
+    if first > limit:
+        return first
+    times: list[float] = []
+    deadline = time.perf_counter() + BUDGET_S
+    while not times or (len(times) < MAX_CALLS and time.perf_counter() < deadline):
+        start = time.perf_counter()
+        jax.block_until_ready(call(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+__all__ = [
+    "Measurement",
+    "Problem",
+    "choices",
+    "choose",
+    "clear",
+    "decide",
+    "pick",
+    "set_cache_file",
+]

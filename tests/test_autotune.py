@@ -1,0 +1,176 @@
+"""implementation="autotune": a measured choice, cached per process and on disk."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jlocalconv
+from jlocalconv import autotune
+from jlocalconv.geometry import make_geometry
+from jlocalconv.implementations import IMPLEMENTATIONS
+from tests.reference import local_conv_ref
+
+M = autotune.Measurement
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch):
+    """Each test starts with no choices and no cache file (environment ignored)."""
+    monkeypatch.delenv(autotune.CACHE_ENV, raising=False)
+    autotune.clear()
+    autotune.set_cache_file(None)
+    yield
+    autotune.clear()
+    monkeypatch.setattr(autotune, "_cache_file_set", False)
+
+
+def _fake(times: dict[str, tuple[float, float, int]], calls: list[str]):
+    def measure(name, problem, limits):
+        calls.append(name)
+        return M(*times[name])
+
+    return measure
+
+
+def _operands(shape=(3, 9, 8, 2), filters=4, window=3, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    k = rng.standard_normal(jlocalconv.kernel_shape(shape, filters, window)).astype(dtype)
+    return x, k
+
+
+def test_decide_balances_forward_and_gradient_regret():
+    measured = {"a": M(1.0, 4.0, 10), "b": M(1.2, 1.3, 10), "c": M(3.0, 1.0, 10)}
+    assert autotune.decide(measured) == "b"  # worse regrets 4.0, 1.3, 3.0
+
+
+def test_decide_leaves_out_memory_hungry_candidates():
+    lean, hungry = 10 << 20, 100 << 20
+    measured = {"lean": M(2.0, 2.0, lean), "hungry": M(1.0, 1.0, hungry)}
+    assert autotune.decide(measured) == "lean"
+    # within MEMORY_FACTOR * leanest + slack, speed decides
+    close = int(autotune.MEMORY_FACTOR * lean)
+    assert autotune.decide({"lean": M(2.0, 2.0, lean), "close": M(1.0, 1.0, close)}) == "close"
+
+
+def test_decide_refuses_an_empty_measurement():
+    with pytest.raises(ValueError, match="autotune"):
+        autotune.decide({})
+
+
+def test_spec_accepts_autotune_and_lists_it_in_errors():
+    spec = jlocalconv.LocalConvSpec.create(2, 3, implementation="autotune")
+    assert spec.implementation == "autotune"
+    with pytest.raises(ValueError, match="autotune"):
+        jlocalconv.LocalConvSpec.create(2, 3, implementation="autotuned")
+
+
+def test_fake_timings_decide_and_the_choice_is_measured_once(monkeypatch):
+    calls: list[str] = []
+    times = {n: (1.0, 1.0, 0) for n in IMPLEMENTATIONS} | {"shifts": (0.5, 0.5, 0)}
+    monkeypatch.setattr(autotune, "_measure", _fake(times, calls))
+    x, k = _operands()
+    f = jax.jit(lambda x, k: jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune"))
+    y = f(x, k)
+    assert sorted(calls) == sorted(IMPLEMENTATIONS)
+    assert list(autotune.choices().values()) == ["shifts"]
+    # the chosen implementation ran: its result, bit for bit
+    expected = jlocalconv.local_conv2d(x, k, 3, 1, implementation="shifts")
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(expected))
+    # retraced (another jit, grad, eager): no new measurement for the same problem
+    jax.grad(lambda x: jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune").sum())(x)
+    jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
+    assert len(calls) == len(IMPLEMENTATIONS)
+
+
+def test_another_problem_is_measured_again(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(autotune, "_measure", _fake({n: (1, 1, 0) for n in IMPLEMENTATIONS}, calls))
+    x, k = _operands()
+    jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
+    jlocalconv.local_conv2d(x[:2], k, 3, 1, implementation="autotune")  # another batch
+    assert len(calls) == 2 * len(IMPLEMENTATIONS) and len(autotune.choices()) == 2
+
+
+def test_real_measurement_matches_the_numpy_reference_under_jit_grad_and_vmap():
+    x, k = _operands()
+    conv = lambda x, k: jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
+    y = jax.jit(conv)(x, k)
+    np.testing.assert_allclose(np.asarray(y), local_conv_ref(x, k, (3, 3), (1, 1)), atol=1e-4)
+    (choice,) = autotune.choices().values()
+    assert choice in IMPLEMENTATIONS
+    gx, gk = jax.grad(lambda x, k: (conv(x, k) ** 2).sum(), argnums=(0, 1))(x, k)
+    rx, rk = jax.grad(
+        lambda x, k: (jlocalconv.local_conv2d(x, k, 3, 1, implementation=choice) ** 2).sum(),
+        argnums=(0, 1),
+    )(x, k)
+    np.testing.assert_allclose(gx, rx, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(gk, rk, rtol=1e-6, atol=1e-5)
+    per_example = jax.vmap(lambda xi: conv(xi[None], k)[0])(x)
+    np.testing.assert_allclose(per_example, y, atol=1e-5)
+
+
+def test_bfloat16_is_widened_as_auto_does(monkeypatch):
+    monkeypatch.setattr(autotune, "_measure", _fake({n: (1, 1, 0) for n in IMPLEMENTATIONS}, []))
+    x, k = (jnp.asarray(a, jnp.bfloat16) for a in _operands())
+    y = jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
+    assert y.dtype == jnp.bfloat16
+    choice = next(iter(autotune.choices().values()))
+    expected = jlocalconv.local_conv2d(
+        x.astype(jnp.float32), k.astype(jnp.float32), 3, 1, implementation=choice
+    ).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(expected, np.float32))
+
+
+def test_cache_file_keeps_choices_across_processes(monkeypatch, tmp_path):
+    path = tmp_path / "sub" / "autotune.json"
+    autotune.set_cache_file(path)
+    times = {n: (1.0, 1.0, 0) for n in IMPLEMENTATIONS} | {"tiles": (0.1, 0.1, 0)}
+    monkeypatch.setattr(autotune, "_measure", _fake(times, []))
+    x, k = _operands()
+    jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
+    stored = json.loads(path.read_text())["choices"]
+    assert list(stored.values()) == ["tiles"]
+    autotune.clear()  # a new process: nothing in memory, the file remains
+
+    def refuse(*args):
+        raise AssertionError("measured although the cache file has the choice")
+
+    monkeypatch.setattr(autotune, "_measure", refuse)
+    jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
+    assert list(autotune.choices().values()) == ["tiles"]
+
+
+def test_cache_file_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setattr(autotune, "_cache_file_set", False)
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "env.json"))
+    monkeypatch.setattr(autotune, "_measure", _fake({n: (1, 1, 0) for n in IMPLEMENTATIONS}, []))
+    x, k = _operands()
+    jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
+    assert (tmp_path / "env.json").exists()
+
+
+def test_a_corrupt_cache_file_is_named_in_the_error(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    autotune.set_cache_file(path)
+    x, k = _operands()
+    with pytest.raises(ValueError, match=r"bad\.json.*not a jlocalconv autotune cache"):
+        jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
+
+
+def test_set_cache_file_checks_its_argument():
+    with pytest.raises(TypeError, match="path"):
+        autotune.set_cache_file(3)
+
+
+def test_pick_takes_shape_dtype_structs():
+    geom = make_geometry((2, 6, 3), 3)
+    x = jax.ShapeDtypeStruct((2, 6, 3), jnp.float32)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(4), jnp.float32)
+    assert autotune.pick(geom, x, k) in IMPLEMENTATIONS
