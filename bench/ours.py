@@ -11,14 +11,16 @@ import jlocalconv
 from bench import jax_measure
 from bench.candidate import Built, Candidate, Problem
 from bench.suite import Shape
-from jlocalconv import implementations
+from jlocalconv import autotune, implementations
 
 
-def candidates() -> list[Candidate]:
-    """One candidate per name in ``jlocalconv.implementations.names()`` (discovered now)."""
+def candidates(autotuned: bool = False) -> list[Candidate]:
+    """One candidate per name in ``jlocalconv.implementations.names()`` (discovered now),
+    and ``"autotune"`` if ``autotuned``."""
+    extra = ("autotune",) if autotuned else ()
     return [
         Candidate(f"jlocalconv:{name}", "jlocalconv", functools.partial(_build, name))
-        for name in implementations.names()
+        for name in (*implementations.names(), *extra)
     ]
 
 
@@ -32,10 +34,27 @@ def auto_choice(shape: Shape) -> str | None:
         return None
 
 
+def autotune_choice(shape: Shape) -> str:
+    """The implementation ``implementation="autotune"`` runs for ``shape`` (measured once).
+
+    The same problem key as :func:`_build`'s calls (bf16 accumulates in float32), so the
+    candidate built with ``"autotune"`` afterwards reuses this choice.
+    """
+    dtype = jnp.dtype(shape.dtype)
+    geom = shape.geometry()
+    x = jax.ShapeDtypeStruct(shape.input_shape, dtype)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(shape.filters), dtype)
+    return autotune.pick(geom, x, k, None, _accumulation(shape))
+
+
+def _accumulation(shape: Shape) -> jnp.dtype | None:
+    """bf16 operands accumulate (and return) in float32, the library's mixed precision."""
+    return jnp.dtype(jnp.float32) if shape.dtype != "float32" else None
+
+
 def _build(name: str, problem: Problem) -> Built:
     s = problem.shape
-    # bf16 operands accumulate (and return) in float32, the library's mixed-precision path.
-    accumulate = jnp.float32 if s.dtype != "float32" else None
+    accumulate = _accumulation(s)
 
     def fn(x, k):
         return jlocalconv.local_conv(

@@ -54,7 +54,8 @@ SKIPPED = ("jlocalconv:patches",)
 SHIFTS_MAX_CHANNELS = implementations.SHIFTS_MAX_CHANNELS
 SMOKE_SCALE = 1 / 64  # --smoke: every size bound this much smaller
 SLOW_CALL_S = 5.0
-AUTO, LAX = "jlocalconv:auto", "jax.lax"
+AUTO, AUTOTUNE, LAX = "jlocalconv:auto", "jlocalconv:autotune", "jax.lax"
+CHOOSERS = {"auto": AUTO, "autotune": AUTOTUNE}  # report key prefix -> candidate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,8 +145,8 @@ def _draw(rng: np.random.Generator, bounds: Bounds) -> Shape | None:
 
 
 def candidates() -> list[Candidate]:
-    """Every jlocalconv implementation (auto included) and ``jax.lax``."""
-    return ours.candidates() + lax_local.candidates(None)
+    """Every jlocalconv implementation (auto and autotune included) and ``jax.lax``."""
+    return ours.candidates(autotuned=True) + lax_local.candidates(None)
 
 
 def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
@@ -157,17 +158,22 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
       budget_s: more rounds, up to ``4 * rounds``, while less than this has been spent.
 
     Returns:
-      ``{"shape", "label", "choice", "rows": {name: row}, "skipped": {name: why}}``.
+      ``{"shape", "label", "choice", "autotune_choice", "autotune_s", "rows": {name: row},
+      "skipped": {name: why}}``.
     """
     problem, choice = Problem.make(shape), ours.auto_choice(shape)
+    start = time.perf_counter()
+    tuned = ours.autotune_choice(shape)  # measured here, once; the timing below is the judge
+    tune_s = time.perf_counter() - start
+    chosen = {f"jlocalconv:{choice}", f"jlocalconv:{tuned}"}
     built, skipped, rows = {}, {}, {}
     for cand in candidates():
-        if cand.name in SKIPPED:
-            continue
         short = cand.name.split(":", 1)[-1]
-        if short == "auto" and shape.dtype == "float32":
+        if cand.name in SKIPPED and cand.name not in chosen:
+            continue
+        if short in CHOOSERS and shape.dtype == "float32":
             continue  # the same program as IMPLEMENTATIONS[choice], timed under that name
-        if short == "shifts" and shape.channels > SHIFTS_MAX_CHANNELS:
+        if short == "shifts" and shape.channels > SHIFTS_MAX_CHANNELS and cand.name not in chosen:
             skipped[cand.name] = f"over {SHIFTS_MAX_CHANNELS} channels"
             continue
         try:
@@ -177,14 +183,17 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
     times = _alternate(built, rounds, budget_s)
     for name, b in built.items():
         rows[name] = _row(b, times[name])
-    if AUTO not in rows and f"jlocalconv:{choice}" in rows:
-        rows[AUTO] = rows[f"jlocalconv:{choice}"]
+    for chooser, name in ((AUTO, choice), (AUTOTUNE, tuned)):
+        if chooser not in rows and f"jlocalconv:{name}" in rows:
+            rows[chooser] = rows[f"jlocalconv:{name}"]
     del built
     gc.collect()
     return {
         "shape": dataclasses.asdict(shape),
         "label": shape.label(),
         "choice": choice,
+        "autotune_choice": tuned,
+        "autotune_s": tune_s,
         "rows": rows,
         "skipped": skipped,
     }
@@ -216,17 +225,25 @@ def _row(b: Built, times: dict[str, list[float]]) -> dict:
 
 
 def summarize(entry: dict) -> dict:
-    """Speed-up of auto over lax and regret of auto, forward and forward+backward."""
+    """Speed-up over lax and regret of auto (and of autotune: keys prefixed ``autotune_``),
+    forward and forward+backward."""
     rows = entry["rows"]
-    impls = {n: r for n, r in rows.items() if n.startswith("jlocalconv:") and n != AUTO}
+    impls = {
+        n: r for n, r in rows.items() if n.startswith("jlocalconv:") and n not in (AUTO, AUTOTUNE)
+    }
     out = {}
-    for phase in ("fwd", "fwd_bwd"):
-        auto = rows[AUTO][f"{phase}_ms"]
-        best = min(impls, key=lambda n: impls[n][f"{phase}_ms"])
-        out[f"regret_{phase}"] = auto / impls[best][f"{phase}_ms"]
-        out[f"best_{phase}"] = best.split(":", 1)[1]
-        out[f"speedup_{phase}"] = rows[LAX][f"{phase}_ms"] / auto if LAX in rows else None
-    temp_auto, temp_lax = (rows.get(n, {}).get("temp_fwd_bwd_bytes") for n in (AUTO, LAX))
-    out["temp_auto_mib"] = None if temp_auto is None else temp_auto / 2**20
+    for prefix, chooser in (("", AUTO), ("autotune_", AUTOTUNE)):
+        if chooser not in rows:
+            continue
+        for phase in ("fwd", "fwd_bwd"):
+            mine = rows[chooser][f"{phase}_ms"]
+            best = min(impls, key=lambda n: impls[n][f"{phase}_ms"])
+            out[f"{prefix}regret_{phase}"] = mine / impls[best][f"{phase}_ms"]
+            out[f"best_{phase}"] = best.split(":", 1)[1]
+            speedup = rows[LAX][f"{phase}_ms"] / mine if LAX in rows else None
+            out[f"{prefix}speedup_{phase}"] = speedup
+        temp = rows[chooser].get("temp_fwd_bwd_bytes")
+        out[f"temp_{prefix or 'auto_'}mib"] = None if temp is None else temp / 2**20
+    temp_lax = rows.get(LAX, {}).get("temp_fwd_bwd_bytes")
     out["temp_lax_mib"] = None if temp_lax is None else temp_lax / 2**20
     return out

@@ -66,19 +66,27 @@ def _geomean(values: list[float]) -> float:
 
 
 def targets(entries: list[dict]) -> list[dict]:
-    """Each acceptance point of the sweep: its figure and whether it holds."""
+    """Each acceptance point of the sweep, for auto and (where measured) autotune."""
+    rows = _targets(entries, "")
+    tuned = [e for e in entries if "autotune_regret_fwd" in e]
+    return rows + (_targets(tuned, "autotune_") if tuned else [])
+
+
+def _targets(entries: list[dict], prefix: str) -> list[dict]:
+    who = prefix.rstrip("_") + ": " if prefix else ""
     rows = []
     for phase in ("fwd", "fwd_bwd"):
-        regrets = [e[f"regret_{phase}"] for e in entries]
+        regrets = [e[f"{prefix}regret_{phase}"] for e in entries]
         g, worst = _geomean(regrets), max(regrets, default=math.nan)
-        rows.append(_target(f"regret geomean {phase}", g, g <= REGRET_GEOMEAN))
-        rows.append(_target(f"regret worst {phase}", worst, worst <= REGRET_WORST))
-        speedups = [e[f"speedup_{phase}"] for e in entries if e[f"speedup_{phase}"]]
-        share = sum(s > 1 for s in speedups) / max(len(speedups), 1)
-        rows.append(_target(f"share faster than lax {phase}", share, share >= FASTER_SHARE))
-        rows.append(_target(f"speed-up over lax geomean {phase}", _geomean(speedups), None))
-    over = [e["shape"]["key"] for e in entries if not _temp_ok(e)]
-    rows.append(_target("temp within lax bounds (problems over)", len(over), not over, over))
+        rows.append(_target(f"{who}regret geomean {phase}", g, g <= REGRET_GEOMEAN))
+        rows.append(_target(f"{who}regret worst {phase}", worst, worst <= REGRET_WORST))
+        speedups = [e[f"{prefix}speedup_{phase}"] for e in entries if e[f"{prefix}speedup_{phase}"]]
+        share = sum(x > 1 for x in speedups) / max(len(speedups), 1)
+        rows.append(_target(f"{who}share faster than lax {phase}", share, share >= FASTER_SHARE))
+        rows.append(_target(f"{who}speed-up over lax geomean {phase}", _geomean(speedups), None))
+    temp = f"temp_{prefix or 'auto_'}mib"
+    over = [e["shape"]["key"] for e in entries if not _temp_ok(e, temp)]
+    rows.append(_target(f"{who}temp within lax bounds (problems over)", len(over), not over, over))
     return rows
 
 
@@ -86,8 +94,8 @@ def _target(name: str, value: float, met: bool | None, detail=None) -> dict:
     return {"target": name, "value": value, "met": met, "detail": detail}
 
 
-def _temp_ok(entry: dict) -> bool:
-    auto, lax = entry["temp_auto_mib"], entry["temp_lax_mib"]
+def _temp_ok(entry: dict, key: str = "temp_auto_mib") -> bool:
+    auto, lax = entry[key], entry["temp_lax_mib"]
     if auto is None or lax is None:
         return True
     ok = auto <= lax + TEMP_SLACK_MIB
@@ -114,9 +122,10 @@ def markdown(report: dict) -> str:
         f"# jlocalconv sweep: {m['backend']}, seed {m['seed']}, {len(report['problems'])} problems",
         "",
         f"- command: `{m['command']}`; date {m['date']}; machine: {m['cpu']}, {m['cores']} cores "
-        "(shared with other jobs: candidates timed in alternation, ratios within one process)",
-        "- problems drawn by `bench.sweep.problems` (ranges in its docstring); f32 auto is "
-        "the chosen implementation's own program and time",
+        "(candidates timed in alternation, ratios within one process)",
+        "- problems drawn by `bench.sweep.problems` (ranges in its docstring); f32 auto and "
+        "autotune are the chosen implementation's own program and time (autotune's choice "
+        "is measured first by `jlocalconv.autotune`, then timed here with the others)",
         "",
         "| target | value | met |",
         "|---|---|---|",
@@ -127,16 +136,19 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         "| problem | shape | auto | best fwd / fwd+bwd | regret fwd / fwd+bwd "
-        "| x lax fwd / fwd+bwd | temp auto / lax MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| x lax fwd / fwd+bwd | temp auto / lax MiB | autotune (s to tune) "
+        "| autotune regret fwd / fwd+bwd |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in report["problems"]:
+        tuned = f"{e['autotune_choice']} ({e['autotune_s']:.1f})" if "autotune_s" in e else "-"
         lines.append(
             f"| {e['shape']['key']} | {e['label']} | {e['choice']} "
             f"| {e['best_fwd']} / {e['best_fwd_bwd']} "
             f"| {_num(e['regret_fwd'])} / {_num(e['regret_fwd_bwd'])} "
             f"| {_num(e['speedup_fwd'])} / {_num(e['speedup_fwd_bwd'])} "
-            f"| {_num(e['temp_auto_mib'])} / {_num(e['temp_lax_mib'])} |"
+            f"| {_num(e['temp_auto_mib'])} / {_num(e['temp_lax_mib'])} | {tuned} "
+            f"| {_num(e.get('autotune_regret_fwd'))} / {_num(e.get('autotune_regret_fwd_bwd'))} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -157,11 +169,14 @@ def chart(report: dict, path: Path) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for phase in ("fwd", "fwd_bwd"):
-        values = [e[f"regret_{phase}"] for e in report["problems"]]
-        ax.hist(values, bins=20, alpha=0.6, label=phase.replace("_", "+"))
+    for prefix in ("", "autotune_"):
+        for phase in ("fwd", "fwd_bwd"):
+            values = [e[k] for e in report["problems"] if (k := f"{prefix}regret_{phase}") in e]
+            name = f"{prefix.rstrip('_') or 'auto'} {phase.replace('_', '+')}"
+            if values:
+                ax.hist(values, bins=20, alpha=0.5, label=name)
     ax.axvline(REGRET_WORST, color="black", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("regret = auto time / fastest implementation's time")
+    ax.set_xlabel("regret = chooser's time / fastest implementation's time")
     ax.set_ylabel("problems")
     m = report["meta"]
     ax.set_title(f"sweep seed {m['seed']}, {len(report['problems'])} problems, {m['backend']}")

@@ -43,7 +43,12 @@ import numpy as np
 
 from jlocalconv._errors import fail
 from jlocalconv.geometry import Geometry
-from jlocalconv.implementations import IMPLEMENTATIONS, widened, widens
+from jlocalconv.implementations import (
+    IMPLEMENTATIONS,
+    SHIFTS_MAX_CHANNELS,
+    widened,
+    widens,
+)
 
 # A candidate may use this many times the leanest candidate's temp memory, plus the slack.
 MEMORY_FACTOR = 2.0
@@ -163,11 +168,26 @@ def choose(problem: Problem) -> str:
             _choices.update(_read_cache_file())
         if key not in _choices:
             measured: dict[str, Measurement] = {}
-            for name in IMPLEMENTATIONS:
+            for name in candidates(problem.geom):
                 measured[name] = _measure(name, problem, _limits(measured.values()))
             _choices[key] = decide(measured)
             _write_cache_file(key, _choices[key])
         return _choices[key]
+
+
+def candidates(geom: Geometry) -> tuple[str, ...]:
+    """The implementations autotune times for ``geom``.
+
+    All of them, but "shifts" only up to ``SHIFTS_MAX_CHANNELS`` input channels: it
+    unrolls one term per window offset and channel, so beyond a few channels it compiles
+    for many seconds and is slower than the contractions it competes with.
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> candidates(make_geometry((1, 8, 8, 16), 3))
+    ('patches', 'slices', 'tiles')
+    """
+    few = geom.channels <= SHIFTS_MAX_CHANNELS
+    return tuple(n for n in IMPLEMENTATIONS if n != "shifts" or few)
 
 
 def decide(measured: dict[str, Measurement]) -> str:
@@ -318,6 +338,7 @@ def _seconds(call: Callable, args: tuple, limit: float) -> float:
 __all__ = [
     "Measurement",
     "Problem",
+    "candidates",
     "choices",
     "choose",
     "clear",

@@ -77,7 +77,7 @@ def test_fake_timings_decide_and_the_choice_is_measured_once(monkeypatch):
     x, k = _operands()
     f = jax.jit(lambda x, k: jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune"))
     y = f(x, k)
-    assert sorted(calls) == sorted(IMPLEMENTATIONS)
+    assert sorted(calls) == sorted(IMPLEMENTATIONS)  # 2 channels: "shifts" is a candidate
     assert list(autotune.choices().values()) == ["shifts"]
     # the chosen implementation ran: its result, bit for bit
     expected = jlocalconv.local_conv2d(x, k, 3, 1, implementation="shifts")
@@ -86,6 +86,14 @@ def test_fake_timings_decide_and_the_choice_is_measured_once(monkeypatch):
     jax.grad(lambda x: jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune").sum())(x)
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
     assert len(calls) == len(IMPLEMENTATIONS)
+
+
+def test_shifts_is_not_timed_beyond_a_few_channels(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(autotune, "_measure", _fake({n: (1, 1, 0) for n in IMPLEMENTATIONS}, calls))
+    x, k = _operands(shape=(2, 6, 6, autotune.SHIFTS_MAX_CHANNELS + 1))
+    jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
+    assert sorted(calls) == sorted(set(IMPLEMENTATIONS) - {"shifts"})
 
 
 def test_another_problem_is_measured_again(monkeypatch):
