@@ -1,9 +1,10 @@
 """DeepFace in Keras 3 (jlocalconv's layers, JAX) against DeepFace in tf_keras (TensorFlow).
 
-``python -m bench.keras3_deepface`` builds DeepFace (Taigman et al., CVPR 2014, as the
-``deepface`` package builds it: C1 conv 11x11x32, M2 max-pool 3/2, C3 conv 9x9x16, the
-locally connected L4 9x9x16 on 63x63x16, L5 7x7x16 stride 2 on 55x55x16 and L6 5x5x16 on
-25x25x16, F7 dense 4096, F8 softmax over 8631 identities; 152x152x3 input) twice:
+``python -m bench --keras3-deepface`` (or ``python -m bench.keras3_deepface``) builds
+DeepFace (Taigman et al., CVPR 2014, as the ``deepface`` package builds it: C1 conv
+11x11x32, M2 max-pool 3/2, C3 conv 9x9x16, the locally connected L4 9x9x16 on 63x63x16, L5
+7x7x16 stride 2 on 55x55x16 and L6 5x5x16 on 25x25x16, F7 dense 4096, F8 softmax over 8631
+identities; 152x152x3 input) twice:
 
 * in tf_keras, in a worker subprocess run with ``--tf-python`` (a Python with TensorFlow and
   tf_keras; the main process never imports TensorFlow), which draws the weights and writes
@@ -363,7 +364,7 @@ def markdown(result: dict, args: argparse.Namespace) -> str:
 
 def _command(args: argparse.Namespace, xla_flags: str) -> str:
     env = f"XLA_FLAGS={xla_flags} " if xla_flags else ""
-    return f"{env}python -m bench.keras3_deepface{' --smoke' if args.smoke else ''}"
+    return f"{env}python -m bench --keras3-deepface{' --smoke' if args.smoke else ''}"
 
 
 def main(argv: list[str] | None = None) -> None:

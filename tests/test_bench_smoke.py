@@ -116,3 +116,11 @@ def test_batched_dot_ceiling_script_runs(capsys):
     for name in [*names, "jlocalconv tiles (windows included)", "matmul 256^3"]:
         (line,) = [line for line in lines if line.startswith(name)]
         assert float(line.split()[-4]) > 0 and line.endswith("GFLOP/s")  # a time and a rate
+
+
+def test_keras3_deepface_is_reached_from_python_m_bench():
+    """``python -m bench --keras3-deepface`` dispatches to bench.keras3_deepface (its help)."""
+    cmd = [sys.executable, "-m", "bench", "--keras3-deepface", "--help"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DeepFace in Keras 3" in proc.stdout and "--tf-python" in proc.stdout
