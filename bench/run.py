@@ -134,7 +134,7 @@ def _shapes(args) -> tuple[suite.Shape, ...]:
 
 
 def _candidates(args, notes: list[str]) -> list[Candidate]:
-    found = ours.candidates()
+    found = ours.candidates(autotuned=True)
     if args.no_peers:
         notes.append("peers not run (--no-peers)")
         return found

@@ -10,8 +10,9 @@ keeps one; later traces of the same problem reuse the choice without measuring.
 The choice minimises the worse of the two regrets, ``max(t_fwd / best_fwd,
 t_grad / best_grad)``, so a training step and an inference call both run near the fastest,
 among the candidates whose ``value_and_grad`` temp memory (XLA's own memory analysis)
-is at most ``MEMORY_FACTOR`` times the leanest candidate's plus ``MEMORY_SLACK_BYTES``:
-autotune does not buy speed with a window tensor many times the layer's working set.
+is at most ``MEMORY_FACTOR`` times the leanest candidate's plus ``MEMORY_SLACK_BYTES``, or
+at most ``MEMORY_FLOOR_BYTES``: autotune does not buy speed with a window tensor many
+times the layer's working set, unless that is small in absolute terms.
 
 Measuring costs a few compilations and timed calls per candidate (a second on small
 layers, up to a minute on the largest real layers): pay it once per process, or once per
@@ -50,9 +51,12 @@ from jlocalconv.implementations import (
     widens,
 )
 
-# A candidate may use this many times the leanest candidate's temp memory, plus the slack.
+# A candidate may use this many times the leanest candidate's temp memory, plus the slack,
+# or up to the floor: below it, memory does not decide (32 MiB is where the performance
+# issue starts asking for half of lax's memory; below it, lax's own amount is accepted).
 MEMORY_FACTOR = 2.0
 MEMORY_SLACK_BYTES = 1 << 20
+MEMORY_FLOOR_BYTES = 32 << 20
 # Timing stops after this many seconds per candidate and call (at least one timed call),
 # and a candidate whose first call is this many times slower than the best so far is
 # dropped without more calls: it cannot win.
@@ -202,7 +206,7 @@ def decide(measured: dict[str, Measurement]) -> str:
     if not measured:
         fail("autotune", "measured", "at least one candidate", "none")
     leanest = min(m.temp_bytes for m in measured.values())
-    limit = MEMORY_FACTOR * leanest + MEMORY_SLACK_BYTES
+    limit = max(MEMORY_FACTOR * leanest + MEMORY_SLACK_BYTES, MEMORY_FLOOR_BYTES)
     lean = {k: m for k, m in measured.items() if m.temp_bytes <= limit}
     best_fwd = min(m.forward_s for m in lean.values())
     best_grad = min(m.grad_s for m in lean.values())

@@ -50,12 +50,16 @@ def test_decide_balances_forward_and_gradient_regret():
 
 
 def test_decide_leaves_out_memory_hungry_candidates():
-    lean, hungry = 10 << 20, 100 << 20
+    lean, hungry = 20 << 20, 100 << 20
     measured = {"lean": M(2.0, 2.0, lean), "hungry": M(1.0, 1.0, hungry)}
     assert autotune.decide(measured) == "lean"
     # within MEMORY_FACTOR * leanest + slack, speed decides
     close = int(autotune.MEMORY_FACTOR * lean)
     assert autotune.decide({"lean": M(2.0, 2.0, lean), "close": M(1.0, 1.0, close)}) == "close"
+    # and below the floor, whatever the ratio
+    tiny, small = 1 << 20, autotune.MEMORY_FLOOR_BYTES
+    assert autotune.decide({"tiny": M(2.0, 2.0, tiny), "small": M(1.0, 1.0, small)}) == "small"
+    assert autotune.decide({"tiny": M(2.0, 2.0, tiny), "big": M(1, 1, small + 1)}) == "tiny"
 
 
 def test_decide_refuses_an_empty_measurement():

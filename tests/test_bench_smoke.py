@@ -43,7 +43,8 @@ def test_smoke_measures_every_implementation(smoke):
 
     run = smoke["json"]
     measured = {r["candidate"] for r in run["results"]}
-    expected = {f"jlocalconv:{n}" for n in jlocalconv.implementations.names()} | {"jax.lax"}
+    names = (*jlocalconv.implementations.names(), "autotune")
+    expected = {f"jlocalconv:{n}" for n in names} | {"jax.lax"}
     assert expected <= measured
     for row in run["results"]:
         if row["family"] in ("jlocalconv", "jax"):
