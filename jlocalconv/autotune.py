@@ -35,7 +35,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -274,12 +274,13 @@ def _write_cache_file(key: str, name: str) -> None:
     os.replace(f.name, path)
 
 
-def _operands(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _operands(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Random inputs, kernel and output cotangent (float32 draws: no float64 kernel copy)."""
     geom = problem.geom
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(geom.input_shape(problem.batch))
-    k = rng.standard_normal((geom.output_items, geom.feature_dim, problem.filters))
-    g = rng.standard_normal(geom.result_shape(problem.batch, problem.filters))
+    x = rng.standard_normal(geom.input_shape(problem.batch), np.float32)
+    k = rng.standard_normal(geom.kernel_shape(problem.filters), np.float32)
+    g = rng.standard_normal(geom.result_shape(problem.batch, problem.filters), np.float32)
     return (
         jnp.asarray(x, problem.dtype),
         jnp.asarray(k, problem.kernel_dtype),
@@ -287,9 +288,9 @@ def _operands(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def _limits(done: Any) -> tuple[float, float]:
+def _limits(measured: Iterable[Measurement]) -> tuple[float, float]:
     """Seconds above which a forward or a value_and_grad call cannot win."""
-    done = list(done)
+    done = list(measured)
     if not done:
         return (float("inf"), float("inf"))
     best = (min(m.forward_s for m in done), min(m.grad_s for m in done))
@@ -318,7 +319,8 @@ def _measure(name: str, problem: Problem, limits: tuple[float, float]) -> Measur
 
         fwd = jax.jit(forward).lower(x, k).compile()
         grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
-        temp = grad.memory_analysis().temp_size_in_bytes
+        memory = grad.memory_analysis()  # None where a backend does not report it
+        temp = 0 if memory is None else memory.temp_size_in_bytes
         fwd_s, grad_s = _seconds(fwd, (x, k), limits[0]), _seconds(grad, (x, k), limits[1])
         return Measurement(fwd_s, grad_s, int(temp))
 
