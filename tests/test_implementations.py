@@ -180,12 +180,12 @@ SUITE = [  # (input shape, kernel_size, strides, padding, filters): the benchmar
 def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     geom = make_geometry(shape, ks, st, pad)
     batch = shape[0]
-    # Every suite shape has more than SMALL_PATCH_BYTES of windows: CPU loops over
-    # tiles, for values too unless there are few channels, except where the kernel
-    # dominates (one contraction then reads it once).
+    # CPU loops over tiles unless there are few channels ("shifts"), the kernel dominates
+    # or windows have many offsets and a small window tensor (one contraction, "slices").
     few = geom.channels <= SHIFTS_MAX_CHANNELS
     kernel_bound = batch > 1 and batch * tiles_module.MIN_TILES < filters
-    want = "shifts" if few else "slices" if kernel_bound else "tiles"
+    sliced = kernel_bound or tiles_module.derivatives_by_slices(geom, batch, 4)
+    want = "shifts" if few else "slices" if sliced else "tiles"
     assert choose(geom, batch, filters, jnp.float32, "cpu") == want
     for backend in ("gpu", "tpu"):
         assert choose(geom, batch, filters, jnp.float32, backend) == "slices"
@@ -221,8 +221,15 @@ def test_auto_specific_choices():
     yolo = make_geometry((8, 7, 7, 1024), 3, padding="same")  # a 441 MiB kernel
     assert choose(yolo, 8, 256, jnp.float32, "cpu") == "slices"
     assert choose(d, 1, 64, jnp.float32, "cpu") == "tiles"  # one row: see choose
-    tiny = make_geometry((2, 6, 6, 3), 3)
-    assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices"
+    tiny = make_geometry((2, 6, 6, 8), 3)  # one tile: the loop is one contraction
+    assert choose(tiny, 2, 4, jnp.float32, "cpu") == "tiles"
+    assert choose(make_geometry((2, 6, 6, 3), 3), 2, 4, jnp.float32, "cpu") == "shifts"
+    # 6x6 = 36 window offsets: "slices" while three window tensors fit in 32 MiB
+    many = make_geometry((2, 12, 12, 8), 6)
+    assert choose(many, 2, 8, jnp.float32, "cpu") == "slices"
+    assert choose(many, 2, 8, jnp.bfloat16, "cpu") == "slices"  # computed in float32
+    big = make_geometry((64, 40, 40, 8), 6)  # 64 x 35x35 x 288 x 4 B = 90 MiB of windows
+    assert choose(big, 64, 8, jnp.float32, "cpu") == "tiles"
     mnist = make_geometry((32, 28, 28, 1), 5)
     assert choose(mnist, 32, 8, jnp.float32, "cpu") == "shifts"
     assert choose(mnist, 32, 8, jnp.float32, "gpu") == "slices"

@@ -26,7 +26,7 @@ from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.shifts import local_conv_shifts
 from jlocalconv.implementations.slices import local_conv_slices
-from jlocalconv.implementations.tiles import MIN_TILES, local_conv_tiles
+from jlocalconv.implementations.tiles import MIN_TILES, derivatives_by_slices, local_conv_tiles
 
 Implementation = Callable[..., jax.Array]
 
@@ -37,10 +37,6 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "shifts": local_conv_shifts,
 }
 
-
-# Below this many bytes of patch tensor the whole problem fits in cache and one
-# contraction beats a loop whose per-iteration dispatch would dominate.
-SMALL_PATCH_BYTES = 256 << 10
 # Up to this many input channels a position's contraction is too thin for a matmul
 # kernel, and "shifts" (prod(kernel_size) * channels fused multiply-adds) computes
 # values 3-4x faster than "tiles" (measured on the suite's 1- and 4-channel shapes).
@@ -58,22 +54,26 @@ def choose(
 ) -> str:
     """The implementation "auto" picks, from static shapes, dtype and backend only.
 
-    The cost model (deterministic: no timing, the same arguments give the same name):
+    The cost model (deterministic: no timing, the same arguments give the same name;
+    constants tuned on the bench suite and sweep seeds 1 and 2, evaluated on seed 5):
 
     * ``backend == "cpu"``, with ``patch_bytes = itemsize * batch * output_items *
       feature_dim`` (the whole window tensor):
 
-      1. "shifts" if ``patch_bytes > SMALL_PATCH_BYTES`` and the input has at most
-         ``SHIFTS_MAX_CHANNELS`` channels: values with no window tensor at all;
-      2. "slices" if ``patch_bytes <= SMALL_PATCH_BYTES`` (one contraction, no loop) or
-         the kernel dominates, ``1 < batch`` and ``batch * MIN_TILES < filters``: the
-         windows are then under ``1 / MIN_TILES`` of the kernel the caller already holds, and one
-         contraction reads the kernel once and writes its gradient once, with no filter
-         blocks sliced in a loop (YOLOv1's local layer, 8 x 7x7x1024 -> 256: value_and_grad
-         1.6x faster than "tiles" at the same temp memory);
-      3. "tiles" otherwise (see :mod:`jlocalconv.implementations.tiles` for how it sizes
-         its tiles; "shifts" differentiates through the same loop, or through "slices"
-         where the kernel dominates).
+      1. "shifts" if the input has at most ``SHIFTS_MAX_CHANNELS`` channels: values with
+         no window tensor at all (its derivatives: see
+         :mod:`jlocalconv.implementations.shifts`);
+      2. "slices" if the kernel dominates, ``1 < batch`` and ``batch * MIN_TILES <
+         filters``: the windows are then under ``1 / MIN_TILES`` of the kernel the caller
+         already holds, and one contraction reads the kernel once and writes its gradient
+         once, with no filter blocks sliced in a loop (YOLOv1's local layer, 8 x
+         7x7x1024 -> 256: value_and_grad 1.6x faster than "tiles" at the same temp memory);
+      3. "slices" if windows have many offsets and the window tensor is small
+         (:func:`~jlocalconv.implementations.tiles.derivatives_by_slices`): the tile loop
+         differentiates those 2.5-12x slower;
+      4. "tiles" otherwise (see :mod:`jlocalconv.implementations.tiles` for how it sizes
+         its tiles), small problems included: one tile is then one contraction, and
+         "slices" ran some small strided problems 10-30x slower.
 
       16-bit float operands are computed in float32 and the result rounded once
       (:func:`widens`).
@@ -96,23 +96,25 @@ def choose(
       >>> geom = make_geometry((32, 32, 32, 16), 3)
       >>> choose(geom, 32, 16, "float32", "cpu"), choose(geom, 32, 16, "float32", "gpu")
       ('tiles', 'slices')
-      >>> choose(make_geometry((1, 8, 8, 4), 3), 1, 8, "float32", "cpu")  # tiny
-      'slices'
+      >>> choose(make_geometry((1, 8, 8, 8), 3), 1, 8, "float32", "cpu")  # tiny
+      'tiles'
       >>> choose(make_geometry((32, 28, 28, 1), 5), 32, 8, "float32", "cpu")  # 1 channel
       'shifts'
       >>> choose(make_geometry((8, 7, 7, 1024), 3), 8, 256, "float32", "cpu")  # kernel-bound
       'slices'
+      >>> choose(make_geometry((2, 12, 12, 8), 6), 2, 8, "float32", "cpu")  # 36 offsets
+      'slices'
     """
     if backend != "cpu":
         return "slices"
-    patch_bytes = np.dtype(dtype).itemsize * batch * geom.output_items * geom.feature_dim
-    if patch_bytes > SMALL_PATCH_BYTES and geom.channels <= SHIFTS_MAX_CHANNELS:
-        return "shifts"  # values without windows; kernel-bound derivatives by "slices"
+    if geom.channels <= SHIFTS_MAX_CHANNELS:
+        return "shifts"  # values without windows; its derivatives pick their own route
     # batch 1 stays in tiles: XLA's CPU backend turns a one-row dot into a multiply and a
     # reduction, which in the backward pass materialised a kernel-sized product (1, 32x32,
     # 64->64: 127 MiB of value_and_grad temp with "slices", 13 MiB with "tiles").
     kernel_bound = batch * MIN_TILES < filters and batch > 1
-    return "slices" if patch_bytes <= SMALL_PATCH_BYTES or kernel_bound else "tiles"
+    itemsize = max(np.dtype(dtype).itemsize, 4)  # 16-bit floats are computed in float32
+    return "slices" if kernel_bound or derivatives_by_slices(geom, batch, itemsize) else "tiles"
 
 
 def widens(

@@ -31,7 +31,11 @@ from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._windows import pad_spatial, padded, window_slice
 from jlocalconv.implementations.slices import local_conv_slices
-from jlocalconv.implementations.tiles import local_conv_tiles, plan_tiles
+from jlocalconv.implementations.tiles import (
+    derivatives_by_slices,
+    local_conv_tiles,
+    plan_tiles,
+)
 
 
 def local_conv_shifts(
@@ -46,7 +50,9 @@ def local_conv_shifts(
 
     Where the kernel dominates (``tiles.plan_tiles`` plans a one-shot forward: the patch
     tensor is under ``1 / MIN_TILES`` of the kernel) derivatives come from "slices"
-    instead, one contraction that reads the kernel once and writes its gradient once.
+    instead, one contraction that reads the kernel once and writes its gradient once; and
+    so they do where windows have many offsets and a small window tensor
+    (``tiles.derivatives_by_slices``), whose backward pass the tile loop runs slowly.
     ``precision`` applies to the derivatives' contractions; values are elementwise
     products accumulated in float32 (or ``preferred_element_type``, if wider).
     """
@@ -54,7 +60,8 @@ def local_conv_shifts(
     options: dict[str, Any] = dict(
         geom=geom, precision=precision, preferred_element_type=preferred_element_type
     )
-    if plan.one_shot_forward:
+    itemsize = inputs.dtype.itemsize
+    if plan.one_shot_forward or derivatives_by_slices(geom, inputs.shape[0], itemsize):
         tangent = functools.partial(local_conv_slices, **options)
     else:
         tangent = functools.partial(local_conv_tiles, plan=plan, **options)
