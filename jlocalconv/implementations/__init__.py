@@ -68,9 +68,9 @@ def choose(
          already holds, and one contraction reads the kernel once and writes its gradient
          once, with no filter blocks sliced in a loop (YOLOv1's local layer, 8 x
          7x7x1024 -> 256: value_and_grad 1.6x faster than "tiles" at the same temp memory);
-      3. "slices" if windows have many offsets and the window tensor is small
-         (:func:`~jlocalconv.implementations.tiles.derivatives_by_slices`): the tile loop
-         differentiates those 2.5-12x slower;
+      3. "slices" if windows have many offsets and the window tensor is small, or are
+         disjoint (:func:`~jlocalconv.implementations.tiles.derivatives_by_slices`): the
+         tile loop differentiates those 1.6-12x slower;
       4. "tiles" otherwise (see :mod:`jlocalconv.implementations.tiles` for how it sizes
          its tiles), small problems included: one tile is then one contraction, and
          "slices" ran some small strided problems 10-30x slower.

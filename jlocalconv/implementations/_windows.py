@@ -81,6 +81,19 @@ def window_slice(inputs: jax.Array, geom: Geometry, offset: tuple[int, ...]) -> 
     return lax.slice(inputs, start, limit, strides)
 
 
+def disjoint(geom: Geometry) -> bool:
+    """Whether ``geom``'s windows (after padding) are disjoint and cover the padded input.
+
+    Their tensor is then a reshape of the input, no larger than it, and its derivative a
+    transpose (see :func:`windows`).
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> disjoint(make_geometry((32, 20000, 1), 10, 10)), disjoint(make_geometry((1, 9, 1), 3))
+    (True, False)
+    """
+    return _tiles_input(padded(geom))
+
+
 def _tiles_input(geom: Geometry) -> bool:
     """Whether the windows are disjoint and cover the input: stride == window, no dilation."""
     return all(
