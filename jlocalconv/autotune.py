@@ -58,8 +58,8 @@ MEMORY_FACTOR = 2.0
 MEMORY_SLACK_BYTES = 1 << 20
 MEMORY_FLOOR_BYTES = 32 << 20
 # Timing stops after this many seconds per candidate and call (at least one timed call),
-# and a candidate whose first call is this many times slower than the best so far is
-# dropped without more calls: it cannot win.
+# and a candidate whose warm-up call is this many times slower than the best so far keeps
+# that one time: it cannot win, and a minutes-long candidate is not run again.
 BUDGET_S = 0.3
 MAX_CALLS = 5
 PRUNE_FACTOR = 3.0
