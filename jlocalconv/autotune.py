@@ -31,11 +31,10 @@ import importlib.metadata
 import json
 import os
 import pathlib
-import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -57,11 +56,13 @@ from jlocalconv.implementations import (
 MEMORY_FACTOR = 2.0
 MEMORY_SLACK_BYTES = 1 << 20
 MEMORY_FLOOR_BYTES = 32 << 20
-# Timing stops after this many seconds per candidate and call (at least one timed call),
-# and a candidate whose warm-up call is this many times slower than the best so far keeps
-# that one time: it cannot win, and a minutes-long candidate is not run again.
+# Candidates are timed in rounds (each compiled call once per round): MIN_ROUNDS, then
+# more while BUDGET_S per call lasts, up to MAX_ROUNDS (sub-millisecond problems need
+# many samples to see through noise). A call whose warm-up is PRUNE_FACTOR times slower
+# than the fastest keeps that one time: it cannot win, and is not run again.
 BUDGET_S = 0.3
-MAX_CALLS = 5
+MIN_ROUNDS = 3
+MAX_ROUNDS = 25
 PRUNE_FACTOR = 3.0
 CACHE_ENV = "JLOCALCONV_AUTOTUNE_CACHE"
 
@@ -171,10 +172,7 @@ def choose(problem: Problem) -> str:
         if key not in _choices:
             _choices.update(_read_cache_file())
         if key not in _choices:
-            measured: dict[str, Measurement] = {}
-            for name in candidates(problem.geom):
-                measured[name] = _measure(name, problem, _limits(measured.values()))
-            _choices[key] = decide(measured)
+            _choices[key] = decide(_measure_all(problem))
             _write_cache_file(key, _choices[key])
         return _choices[key]
 
@@ -288,57 +286,68 @@ def _operands(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
     )
 
 
-def _limits(measured: Iterable[Measurement]) -> tuple[float, float]:
-    """Seconds above which a forward or a value_and_grad call cannot win."""
-    done = list(measured)
-    if not done:
-        return (float("inf"), float("inf"))
-    best = (min(m.forward_s for m in done), min(m.grad_s for m in done))
-    return (PRUNE_FACTOR * best[0], PRUNE_FACTOR * best[1])
+def _measure_all(problem: Problem) -> dict[str, Measurement]:
+    """Compiles every candidate, then times them in alternation (drift hits all alike).
 
-
-def _measure(name: str, problem: Problem, limits: tuple[float, float]) -> Measurement:
-    """Compile and time one candidate (one call only past ``limits``: it cannot win)."""
+    Each compiled call is run once (warm-up); one more than ``PRUNE_FACTOR`` times slower
+    than the fastest warm-up of its kind keeps that time. The others are called in
+    rounds, ``MIN_ROUNDS`` at least and then while ``BUDGET_S`` per call lasts, up to
+    ``MAX_ROUNDS``, and keep their fastest call: noise only ever adds time.
+    """
     with jax.ensure_compile_time_eval():  # run now, even while an outer jit traces
         x, k, g = _operands(problem)
-        impl = IMPLEMENTATIONS[name]
-        if widens(x, k, problem.preferred_element_type, jax.default_backend()):
-            impl = widened(impl)
-
-        def forward(x, k):
-            return impl(
-                x,
-                k,
-                problem.geom,
-                precision=problem.precision,
-                preferred_element_type=problem.preferred_element_type,
-            )
-
-        def loss(x, k):
-            return jnp.vdot(forward(x, k).astype(g.dtype), g).real
-
-        fwd = jax.jit(forward).lower(x, k).compile()
-        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
-        memory = grad.memory_analysis()  # None where a backend does not report it
-        temp = 0 if memory is None else memory.temp_size_in_bytes
-        fwd_s, grad_s = _seconds(fwd, (x, k), limits[0]), _seconds(grad, (x, k), limits[1])
-        return Measurement(fwd_s, grad_s, int(temp))
+        compiled = {name: _compile(name, problem, x, k, g) for name in candidates(problem.geom)}
+        calls: dict[tuple[str, int], Callable] = {}
+        for name, (fwd, grad, _) in compiled.items():
+            calls[(name, 0)], calls[(name, 1)] = fwd, grad
+        times = {key: [_seconds(call, x, k)] for key, call in calls.items()}
+        best = [min(t[0] for (_, phase), t in times.items() if phase == p) for p in (0, 1)]
+        live = [key for key, t in times.items() if t[0] <= PRUNE_FACTOR * best[key[1]]]
+        deadline = time.perf_counter() + BUDGET_S * len(live)
+        for key in live:
+            times[key] = []  # the warm-up paid for first-call work: not a sample
+        rounds = 0
+        while rounds < MIN_ROUNDS or (rounds < MAX_ROUNDS and time.perf_counter() < deadline):
+            for key in live:
+                times[key].append(_seconds(calls[key], x, k))
+            rounds += 1
+        return {
+            name: Measurement(min(times[(name, 0)]), min(times[(name, 1)]), c[2])
+            for name, c in compiled.items()
+        }
 
 
-def _seconds(call: Callable, args: tuple, limit: float) -> float:
-    """Median wall seconds of ``call(*args)``; the first call's alone if over ``limit``."""
+def _compile(
+    name: str, problem: Problem, x: jax.Array, k: jax.Array, g: jax.Array
+) -> tuple[Callable, Callable, int]:
+    """One candidate's compiled forward and value_and_grad, and the latter's temp bytes."""
+    impl = IMPLEMENTATIONS[name]
+    if widens(x, k, problem.preferred_element_type, jax.default_backend()):
+        impl = widened(impl)
+
+    def forward(x, k):
+        return impl(
+            x,
+            k,
+            problem.geom,
+            precision=problem.precision,
+            preferred_element_type=problem.preferred_element_type,
+        )
+
+    def loss(x, k):
+        return jnp.vdot(forward(x, k).astype(g.dtype), g).real
+
+    fwd = jax.jit(forward).lower(x, k).compile()
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
+    memory = grad.memory_analysis()  # None where a backend does not report it
+    return fwd, grad, 0 if memory is None else int(memory.temp_size_in_bytes)
+
+
+def _seconds(call: Callable, *args: Any) -> float:
+    """Wall seconds of one ``call(*args)``, results ready."""
     start = time.perf_counter()
-    jax.block_until_ready(call(*args))  # warm-up, timed to prune a hopeless candidate
-    first = time.perf_counter() - start
-    if first > limit:
-        return first
-    times: list[float] = []
-    deadline = time.perf_counter() + BUDGET_S
-    while not times or (len(times) < MAX_CALLS and time.perf_counter() < deadline):
-        start = time.perf_counter()
-        jax.block_until_ready(call(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    jax.block_until_ready(call(*args))
+    return time.perf_counter() - start
 
 
 __all__ = [

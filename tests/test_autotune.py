@@ -16,6 +16,7 @@ from jlocalconv.implementations import IMPLEMENTATIONS
 from tests.reference import local_conv_ref
 
 M = autotune.Measurement
+EVEN = {n: (1.0, 1.0, 0) for n in IMPLEMENTATIONS}  # fake times: every candidate alike
 
 
 @pytest.fixture(autouse=True)
@@ -30,11 +31,14 @@ def _fresh(monkeypatch):
 
 
 def _fake(times: dict[str, tuple[float, float, int]], calls: list[str]):
-    def measure(name, problem, limits):
-        calls.append(name)
-        return M(*times[name])
+    """A stand-in for the measurement: the given times for autotune's candidates."""
 
-    return measure
+    def measure_all(problem):
+        names = autotune.candidates(problem.geom)
+        calls.extend(names)
+        return {name: M(*times[name]) for name in names}
+
+    return measure_all
 
 
 def _operands(shape=(3, 9, 8, 2), filters=4, window=3, dtype=np.float32):
@@ -77,7 +81,7 @@ def test_spec_accepts_autotune_and_lists_it_in_errors():
 def test_fake_timings_decide_and_the_choice_is_measured_once(monkeypatch):
     calls: list[str] = []
     times = {n: (1.0, 1.0, 0) for n in IMPLEMENTATIONS} | {"shifts": (0.5, 0.5, 0)}
-    monkeypatch.setattr(autotune, "_measure", _fake(times, calls))
+    monkeypatch.setattr(autotune, "_measure_all", _fake(times, calls))
     x, k = _operands()
     f = jax.jit(lambda x, k: jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune"))
     y = f(x, k)
@@ -94,7 +98,7 @@ def test_fake_timings_decide_and_the_choice_is_measured_once(monkeypatch):
 
 def test_shifts_is_not_timed_beyond_a_few_channels(monkeypatch):
     calls: list[str] = []
-    monkeypatch.setattr(autotune, "_measure", _fake({n: (1, 1, 0) for n in IMPLEMENTATIONS}, calls))
+    monkeypatch.setattr(autotune, "_measure_all", _fake(EVEN, calls))
     x, k = _operands(shape=(2, 6, 6, autotune.SHIFTS_MAX_CHANNELS + 1))
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
     assert sorted(calls) == sorted(set(IMPLEMENTATIONS) - {"shifts"})
@@ -102,7 +106,7 @@ def test_shifts_is_not_timed_beyond_a_few_channels(monkeypatch):
 
 def test_another_problem_is_measured_again(monkeypatch):
     calls: list[str] = []
-    monkeypatch.setattr(autotune, "_measure", _fake({n: (1, 1, 0) for n in IMPLEMENTATIONS}, calls))
+    monkeypatch.setattr(autotune, "_measure_all", _fake(EVEN, calls))
     x, k = _operands()
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
     jlocalconv.local_conv2d(x[:2], k, 3, 1, implementation="autotune")  # another batch
@@ -128,7 +132,7 @@ def test_real_measurement_matches_the_numpy_reference_under_jit_grad_and_vmap():
 
 
 def test_bfloat16_is_widened_as_auto_does(monkeypatch):
-    monkeypatch.setattr(autotune, "_measure", _fake({n: (1, 1, 0) for n in IMPLEMENTATIONS}, []))
+    monkeypatch.setattr(autotune, "_measure_all", _fake(EVEN, []))
     x, k = (jnp.asarray(a, jnp.bfloat16) for a in _operands())
     y = jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
     assert y.dtype == jnp.bfloat16
@@ -143,7 +147,7 @@ def test_cache_file_keeps_choices_across_processes(monkeypatch, tmp_path):
     path = tmp_path / "sub" / "autotune.json"
     autotune.set_cache_file(path)
     times = {n: (1.0, 1.0, 0) for n in IMPLEMENTATIONS} | {"tiles": (0.1, 0.1, 0)}
-    monkeypatch.setattr(autotune, "_measure", _fake(times, []))
+    monkeypatch.setattr(autotune, "_measure_all", _fake(times, []))
     x, k = _operands()
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
     stored = json.loads(path.read_text())["choices"]
@@ -153,7 +157,7 @@ def test_cache_file_keeps_choices_across_processes(monkeypatch, tmp_path):
     def refuse(*args):
         raise AssertionError("measured although the cache file has the choice")
 
-    monkeypatch.setattr(autotune, "_measure", refuse)
+    monkeypatch.setattr(autotune, "_measure_all", refuse)
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
     assert list(autotune.choices().values()) == ["tiles"]
 
@@ -161,7 +165,7 @@ def test_cache_file_keeps_choices_across_processes(monkeypatch, tmp_path):
 def test_cache_file_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setattr(autotune, "_cache_file_set", False)
     monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "env.json"))
-    monkeypatch.setattr(autotune, "_measure", _fake({n: (1, 1, 0) for n in IMPLEMENTATIONS}, []))
+    monkeypatch.setattr(autotune, "_measure_all", _fake(EVEN, []))
     x, k = _operands()
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
     assert (tmp_path / "env.json").exists()
@@ -186,3 +190,35 @@ def test_pick_takes_shape_dtype_structs():
     x = jax.ShapeDtypeStruct((2, 6, 3), jnp.float32)
     k = jax.ShapeDtypeStruct(geom.kernel_shape(4), jnp.float32)
     assert autotune.pick(geom, x, k) in IMPLEMENTATIONS
+
+
+def test_measurement_alternates_candidates_prunes_the_hopeless_and_keeps_the_fastest_call(
+    monkeypatch,
+):
+    """The timing loop, with a fake clock: no real timing asserted."""
+    speeds = {"patches": 1.0, "slices": 1.1, "tiles": 10.0}  # tiles: beyond PRUNE_FACTOR
+    monkeypatch.setattr(autotune, "candidates", lambda geom: tuple(speeds))
+    monkeypatch.setattr(
+        autotune, "_compile", lambda name, *a: (("fwd", name), ("grad", name), len(name))
+    )
+    order: list[tuple[str, str]] = []
+
+    def fake_seconds(call, *args):
+        order.append(call)
+        jitter = 0.5 if order.count(call) == 3 else 0.0  # one noisy sample, added time
+        return speeds[call[1]] * (2 if call[0] == "grad" else 1) + jitter
+
+    monkeypatch.setattr(autotune, "_seconds", fake_seconds)
+    monkeypatch.setattr(autotune, "BUDGET_S", 0.0)  # MIN_ROUNDS rounds exactly
+    geom = make_geometry((2, 6, 6, 8), 3)
+    problem = autotune.Problem(geom, 2, 4, "float32", "float32", None, None)
+    measured = autotune._measure_all(problem)
+    assert measured["patches"] == M(1.0, 2.0, len("patches"))  # the fastest call, not noise
+    assert measured["tiles"] == M(10.0, 20.0, len("tiles"))  # its warm-up time, kept
+    assert order.count(("fwd", "tiles")) == 1 and order.count(("grad", "tiles")) == 1
+    assert order.count(("fwd", "slices")) == 1 + autotune.MIN_ROUNDS
+    # after the warm-ups, rounds alternate the live calls
+    rounds = order[2 * len(speeds) :]
+    live = [("fwd", "patches"), ("grad", "patches"), ("fwd", "slices"), ("grad", "slices")]
+    assert rounds == live * autotune.MIN_ROUNDS
+    assert autotune.decide(measured) == "patches"
