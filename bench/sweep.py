@@ -55,7 +55,7 @@ SHIFTS_MAX_CHANNELS = implementations.SHIFTS_MAX_CHANNELS
 SMOKE_SCALE = 1 / 64  # --smoke: every size bound this much smaller
 SLOW_CALL_S = 5.0
 AUTO, AUTOTUNE, LAX = "jlocalconv:auto", "jlocalconv:autotune", "jax.lax"
-CHOOSERS = {"auto": AUTO, "autotune": AUTOTUNE}  # report key prefix -> candidate
+CHOOSERS = (AUTO, AUTOTUNE)  # timed as the implementation they pick (float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +171,7 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
         short = cand.name.split(":", 1)[-1]
         if cand.name in SKIPPED and cand.name not in chosen:
             continue
-        if short in CHOOSERS and shape.dtype == "float32":
+        if cand.name in CHOOSERS and shape.dtype == "float32":
             continue  # the same program as IMPLEMENTATIONS[choice], timed under that name
         if short == "shifts" and shape.channels > SHIFTS_MAX_CHANNELS and cand.name not in chosen:
             skipped[cand.name] = f"over {SHIFTS_MAX_CHANNELS} channels"
@@ -231,15 +231,14 @@ def summarize(entry: dict) -> dict:
     impls = {
         n: r for n, r in rows.items() if n.startswith("jlocalconv:") and n not in (AUTO, AUTOTUNE)
     }
-    out = {}
-    for prefix, chooser in (("", AUTO), ("autotune_", AUTOTUNE)):
+    best = {ph: min(impls, key=lambda n: impls[n][f"{ph}_ms"]) for ph in ("fwd", "fwd_bwd")}
+    out = {f"best_{ph}": name.split(":", 1)[1] for ph, name in best.items()}
+    for prefix, chooser in zip(("", "autotune_"), CHOOSERS):
         if chooser not in rows:
             continue
-        for phase in ("fwd", "fwd_bwd"):
+        for phase, name in best.items():
             mine = rows[chooser][f"{phase}_ms"]
-            best = min(impls, key=lambda n: impls[n][f"{phase}_ms"])
-            out[f"{prefix}regret_{phase}"] = mine / impls[best][f"{phase}_ms"]
-            out[f"best_{phase}"] = best.split(":", 1)[1]
+            out[f"{prefix}regret_{phase}"] = mine / impls[name][f"{phase}_ms"]
             speedup = rows[LAX][f"{phase}_ms"] / mine if LAX in rows else None
             out[f"{prefix}speedup_{phase}"] = speedup
         temp = rows[chooser].get("temp_fwd_bwd_bytes")

@@ -27,6 +27,7 @@ May import: ``_errors``, ``geometry``, ``implementations``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import os
@@ -43,12 +44,7 @@ import numpy as np
 
 from jlocalconv._errors import fail
 from jlocalconv.geometry import Geometry
-from jlocalconv.implementations import (
-    IMPLEMENTATIONS,
-    SHIFTS_MAX_CHANNELS,
-    widened,
-    widens,
-)
+from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, resolve
 
 # A candidate may use this many times the leanest candidate's temp memory, plus the slack,
 # or up to the floor: below it, memory does not decide (32 MiB is where the performance
@@ -85,14 +81,11 @@ class Problem:
     preferred_element_type: str | None
 
     def key(self) -> str:
-        device = jax.devices()[0]
         return " | ".join(
             map(
                 str,
                 (
-                    f"{device.platform}:{device.device_kind}",
-                    f"jax {jax.__version__}",
-                    f"jlocalconv {_version()}",
+                    _environment(),
                     self.geom,
                     f"batch {self.batch}",
                     f"filters {self.filters}",
@@ -105,11 +98,15 @@ class Problem:
         )
 
 
-def _version() -> str:
+@functools.cache  # fixed for the process; key() runs at every trace of an autotuned call
+def _environment() -> str:
+    """The device kind and the jax and jlocalconv versions a choice was measured with."""
+    device = jax.devices()[0]
     try:
-        return importlib.metadata.version("jlocalconv")
+        version = importlib.metadata.version("jlocalconv")
     except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
-        return "unknown"
+        version = "unknown"
+    return f"{device.platform}:{device.device_kind} | jax {jax.__version__} | jlocalconv {version}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,9 +318,7 @@ def _compile(
     name: str, problem: Problem, x: jax.Array, k: jax.Array, g: jax.Array
 ) -> tuple[Callable, Callable, int]:
     """One candidate's compiled forward and value_and_grad, and the latter's temp bytes."""
-    impl = IMPLEMENTATIONS[name]
-    if widens(x, k, problem.preferred_element_type, jax.default_backend()):
-        impl = widened(impl)
+    impl = resolve(name, x, k, problem.preferred_element_type, jax.default_backend())
 
     def forward(x, k):
         return impl(

@@ -21,7 +21,7 @@ import numpy as np
 
 from jlocalconv import _checks, autotune
 from jlocalconv.geometry import Geometry, IntOrTuple
-from jlocalconv.implementations import IMPLEMENTATIONS, Implementation, choose, widened, widens
+from jlocalconv.implementations import IMPLEMENTATIONS, Implementation, choose, resolve
 from jlocalconv.spec import ConvOptions, LocalConvSpec, Unpack, with_options
 
 # What the operands may be: JAX arrays (tracers included) or NumPy arrays.
@@ -302,9 +302,7 @@ def _implementation(
         name = choose(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype, backend)
     else:
         name = autotune.pick(geom, inputs, kernel, spec.precision, spec.preferred_element_type)
-    impl = IMPLEMENTATIONS[name]
-    widen = widens(inputs, kernel, spec.preferred_element_type, backend)
-    return widened(impl) if widen else impl
+    return resolve(name, inputs, kernel, spec.preferred_element_type, backend)
 
 
 @functools.cache

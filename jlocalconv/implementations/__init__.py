@@ -152,6 +152,19 @@ def widened(impl: Implementation) -> Implementation:
     return run
 
 
+def resolve(
+    name: str,
+    inputs: jax.Array | np.ndarray,
+    kernel: jax.Array | np.ndarray,
+    preferred_element_type: jax.typing.DTypeLike | None,
+    backend: str,
+) -> Implementation:
+    """``IMPLEMENTATIONS[name]`` as "auto" and "autotune" run it: widened where
+    :func:`widens` says so."""
+    impl = IMPLEMENTATIONS[name]
+    return widened(impl) if widens(inputs, kernel, preferred_element_type, backend) else impl
+
+
 def names() -> tuple[str, ...]:
     """ "auto" and every implementation: what tests and benchmarks iterate over."""
     return ("auto", *IMPLEMENTATIONS)
