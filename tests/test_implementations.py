@@ -63,10 +63,12 @@ def test_gradients_match_reference_and_patches(case, name):
 
 def _some_plans(geom):
     """The first, a middle and the last tiling (whole rows, a box, single positions),
-    the middle one also with values in one shot and only derivatives tiled."""
+    the middle one also with values in one shot or position by position and only
+    derivatives tiled and batched."""
     plans = _every_plan(geom)
     some = sorted({plans[0], plans[len(plans) // 2], plans[-1]}, key=plans.index)
-    return [*some, dataclasses.replace(plans[len(plans) // 2], one_shot_forward=True)]
+    middle = plans[len(plans) // 2]
+    return [*some, *(dataclasses.replace(middle, **{flag: True}) for flag in VALUE_ROUTES)]
 
 
 def _every_plan(geom):
@@ -76,6 +78,7 @@ def _every_plan(geom):
 
 
 TILED = [CASES[3], CASES[10], CASES[15]]  # 1-D same, 2-D dilated, 3-D strided
+VALUE_ROUTES = ("one_shot_forward", "per_position_values")  # TilePlan flags
 
 
 @pytest.mark.parametrize("case", TILED, ids=str)
@@ -94,12 +97,13 @@ def test_tilings_match_reference(case):
         np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-5, err_msg=str(plan))
 
 
-def test_one_shot_forward_keeps_every_derivative():
-    """Values by "slices", derivatives by the loop (custom_jvp): forward mode, second
-    order and linear_transpose must still work."""
+@pytest.mark.parametrize("flag", VALUE_ROUTES)
+def test_separate_value_route_keeps_every_derivative(flag):
+    """Values by "slices" or by one dot per position, derivatives by the batched loop
+    (custom_jvp): forward mode, second order and linear_transpose must still work."""
     case = CASES[15]
     geom = _geom(case)
-    plan = dataclasses.replace(_every_plan(geom)[1], one_shot_forward=True)
+    plan = dataclasses.replace(_every_plan(geom)[1], **{flag: True})
     x, k, _ = case.arrays(dtype=np.float64)
     dx, dk, _ = case.arrays(seed=7, dtype=np.float64)
     with jax.enable_x64(True):
@@ -209,13 +213,19 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
                 // per_position, geom.output_items // tiles_module.MIN_TILES)  # fmt: skip
     between = [n for n in sizes if lower <= n <= upper]
     assert positions == (max(between) if between else min(n for n in sizes if n >= lower))
+    few = positions <= tiles_module.PER_POSITION_MAX_POSITIONS
+    few = few and batch <= tiles_module.PER_POSITION_MAX_BATCH
+    heavy = positions * geom.feature_dim * filters * 4 >= tiles_module.MIN_TILE_BYTES
+    assert plan.per_position_values == (few and heavy)
 
 
 def test_auto_specific_choices():
     a = make_geometry((32, 32, 32, 16), 3)
     assert plan_tiles(a, 32, 16, 4) == TilePlan(0, 3)  # 10 tiles of 3 rows
     g = make_geometry((8, 24, 24, 32), 3, padding="same")  # 64 filters: big filter blocks
-    assert plan_tiles(g, 8, 64, 4) == TilePlan(1, 12)  # 48 tiles of half a row
+    assert plan_tiles(g, 8, 64, 4) == TilePlan(1, 12, per_position_values=True)  # 48 half rows
+    small = make_geometry((2, 9, 9, 4), 3)  # a 1.3 KiB filter block: one dot
+    assert not plan_tiles(small, 2, 4, 4).per_position_values
     d = make_geometry((1, 32, 32, 64), 3)  # batch 1: the kernel is all that matters
     assert plan_tiles(d, 1, 64, 4) == TilePlan(0, 3, one_shot_forward=True)
     yolo = make_geometry((8, 7, 7, 1024), 3, padding="same")  # a 441 MiB kernel

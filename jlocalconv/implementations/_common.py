@@ -87,6 +87,26 @@ def contract(
     )
 
 
+def contract_per_position(
+    patches: jax.Array,
+    kernel: jax.Array,
+    precision: lax.PrecisionLike,
+    preferred_element_type: jax.typing.DTypeLike | None,
+) -> jax.Array:
+    """:func:`contract` as one ``(B, features) x (features, F)`` dot per position.
+
+    For a few positions (the program holds one dot per position) of a few batch rows:
+    XLA's CPU backend runs a batched dot of such thin matrices on one core, while
+    independent dots run concurrently (see ``tiles.PER_POSITION_MAX_BATCH``).
+    """
+    dots = [
+        lax.dot(patches[p], kernel[p], precision=precision,
+                preferred_element_type=preferred_element_type)
+        for p in range(patches.shape[0])
+    ]  # fmt: skip
+    return jnp.stack(dots)
+
+
 def result_dtype(
     inputs: jax.Array | np.ndarray, preferred_element_type: jax.typing.DTypeLike | None
 ) -> np.dtype:

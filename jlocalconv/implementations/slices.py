@@ -5,16 +5,21 @@ feature order, form the ``(positions, batch, features)`` patch tensor directly (
 one-hot convolution as in "patches", no kernel reordering), and one ``dot_general``
 with positions as its batch dimension multiplies every window by its own filters.
 One large contraction suits accelerators; on CPU "tiles" bounds the working set.
+Derivatives of windows with many offsets stack them axis by axis
+(:func:`~jlocalconv.implementations._windows.by_axis_derivatives`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 from jax import lax
 
 from jlocalconv.geometry import Geometry
+from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import contract, positions_to_result
-from jlocalconv.implementations._windows import pad_spatial, padded, windows
+from jlocalconv.implementations._windows import by_axis_derivatives, pad_spatial, padded, windows
 
 
 def local_conv_slices(
@@ -26,6 +31,15 @@ def local_conv_slices(
     preferred_element_type: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
     """Local convolution via strided-slice windows + one ``dot_general``."""
-    patches = windows(pad_spatial(inputs, geom), padded(geom))
+    sliced = functools.partial(
+        _sliced, geom=geom, precision=precision, preferred_element_type=preferred_element_type
+    )
+    if not by_axis_derivatives(geom):
+        return sliced(inputs, kernel)
+    return split_bilinear(sliced, functools.partial(sliced, by_axis=True))(inputs, kernel)
+
+
+def _sliced(inputs, kernel, *, geom, precision, preferred_element_type, by_axis=False):
+    patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis)
     out = contract(patches, kernel, precision, preferred_element_type)
     return positions_to_result(out, geom)
