@@ -22,6 +22,7 @@ import jlocalconv
 from jlocalconv.geometry import make_geometry
 from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, choose
 from jlocalconv.implementations import tiles as tiles_module
+from jlocalconv.implementations.shifts import local_conv_shifts
 from jlocalconv.implementations.tiles import TilePlan, local_conv_tiles, plan_tiles
 
 FAST = ("slices", "tiles", "shifts")
@@ -115,6 +116,33 @@ def test_separate_value_route_keeps_every_derivative(flag):
         y = jnp.asarray(np.random.default_rng(1).standard_normal(f(x, k).shape))
         (xt,) = jax.linear_transpose(lambda x: f(x, k), x)(y)
         np.testing.assert_allclose(jnp.vdot(x, xt), jnp.vdot(f(x, k), y), rtol=1e-9)
+
+
+def _dots(jaxpr) -> int:
+    """dot_general equations in ``jaxpr`` and every sub-jaxpr (loop bodies, custom rules)."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == "dot_general"
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                count += _dots(sub) if hasattr(sub, "eqns") else 0
+    return count
+
+
+def test_derivatives_of_shifts_never_transpose_the_per_position_values():
+    """ "shifts" is differentiated through the tile loop; were that tangent a custom_jvp
+    (as "tiles" is when its values go position by position), reverse mode would transpose
+    its value route: 64 dots per tile instead of a batched one."""
+    geom = make_geometry((2, 12, 12, 4), 5)  # 4 channels: "shifts", derivatives by tiles
+    plan = plan_tiles(geom, 2, 16, 4)
+    assert plan.per_position_values and plan.tile_positions(geom) == 64
+    assert not tiles_module.derivatives_by_slices(geom, 2, 4)
+    x = jnp.ones(geom.input_shape(2))
+    k = jnp.ones((geom.output_items, geom.feature_dim, 16))
+    for impl in (local_conv_shifts, local_conv_tiles):
+        loss = lambda x, k, impl=impl: jnp.sum(impl(x, k, geom))
+        assert _dots(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, k).jaxpr) <= 8, impl.__name__
 
 
 @pytest.mark.parametrize("name", FAST)

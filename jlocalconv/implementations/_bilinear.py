@@ -28,7 +28,9 @@ def split_bilinear(value: Bilinear, tangent: Bilinear) -> Bilinear:
 
     Args:
       value: ``(x, k) -> y``, bilinear.
-      tangent: the same bilinear map by another route (differentiable, transposable).
+      tangent: the same bilinear map by another route (differentiable, transposable),
+        written in plain ``lax``: not itself a ``custom_jvp`` function, which reverse
+        mode would transpose through its value route.
 
     Returns:
       A function equal to both, differentiable to any order in either argument.

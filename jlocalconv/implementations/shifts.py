@@ -30,12 +30,8 @@ from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._windows import pad_spatial, padded, window_slice
-from jlocalconv.implementations.slices import local_conv_slices
-from jlocalconv.implementations.tiles import (
-    derivatives_by_slices,
-    local_conv_tiles,
-    plan_tiles,
-)
+from jlocalconv.implementations.slices import slices_tangent
+from jlocalconv.implementations.tiles import derivatives_by_slices, plan_tiles, tiles_tangent
 
 
 def local_conv_shifts(
@@ -62,9 +58,9 @@ def local_conv_shifts(
     )
     itemsize = inputs.dtype.itemsize
     if plan.one_shot_forward or derivatives_by_slices(geom, inputs.shape[0], itemsize):
-        tangent = functools.partial(local_conv_slices, **options)
+        tangent = functools.partial(slices_tangent, **options)
     else:
-        tangent = functools.partial(local_conv_tiles, plan=plan, **options)
+        tangent = functools.partial(tiles_tangent, plan=plan, **options)
     values = functools.partial(
         _shift_accumulate, geom=geom, out_dtype=result_dtype(inputs, preferred_element_type)
     )

@@ -39,6 +39,26 @@ def local_conv_slices(
     return split_bilinear(sliced, functools.partial(sliced, by_axis=True))(inputs, kernel)
 
 
+def slices_tangent(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    geom: Geometry,
+    *,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: jax.typing.DTypeLike | None = None,
+) -> jax.Array:
+    """The "slices" route as it is differentiated: plain ``lax`` (a ``split_bilinear``
+    tangent)."""
+    return _sliced(
+        inputs,
+        kernel,
+        geom=geom,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        by_axis=by_axis_derivatives(geom),
+    )
+
+
 def _sliced(inputs, kernel, *, geom, precision, preferred_element_type, by_axis=False):
     patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis)
     out = contract(patches, kernel, precision, preferred_element_type)

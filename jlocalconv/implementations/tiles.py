@@ -208,17 +208,41 @@ def local_conv_tiles(
     loop = functools.partial(
         _tile_loop, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
     )
-    by_axis = by_axis_derivatives(geom)
     values: Callable[[jax.Array, jax.Array], jax.Array]
     if plan.one_shot_forward:
         values = functools.partial(
             local_conv_slices, geom=geom, precision=precision, preferred_element_type=pet
         )
-    elif plan.per_position_values or by_axis:
+    elif plan.per_position_values or by_axis_derivatives(geom):
         values = functools.partial(loop, per_position=plan.per_position_values)
     else:
         return loop(inputs, kernel)
-    return split_bilinear(values, functools.partial(loop, by_axis=by_axis))(inputs, kernel)
+    tangent = functools.partial(
+        tiles_tangent, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
+    )
+    return split_bilinear(values, tangent)(inputs, kernel)
+
+
+def tiles_tangent(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    geom: Geometry,
+    *,
+    plan: TilePlan,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: jax.typing.DTypeLike | None = None,
+) -> jax.Array:
+    """The "tiles" route as it is differentiated: plain ``lax`` (a ``split_bilinear``
+    tangent), windows by axis where :func:`by_axis_derivatives` says so."""
+    return _tile_loop(
+        inputs,
+        kernel,
+        geom=geom,
+        plan=plan,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        by_axis=by_axis_derivatives(geom),
+    )
 
 
 def _tile_loop(
