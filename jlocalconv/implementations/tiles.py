@@ -168,10 +168,10 @@ def plan_tiles(
     upper = min(min(tile_bytes, 2 * patch_bytes // MIN_TILES) // per_position,
                 geom.output_items // MIN_TILES)  # fmt: skip
     fitting = [p for p in plans if lower <= p.tile_positions(geom) <= upper]
-    above = [p for p in plans if p.tile_positions(geom) >= lower]
     if fitting:
         plan = fitting[-1]
     else:
+        above = [p for p in plans if p.tile_positions(geom) >= lower]
         plan = min(above, key=lambda p: (p.tile_positions(geom), p.level)) if above else plans[-1]
     positions = plan.tile_positions(geom)
     few = batch <= PER_POSITION_MAX_BATCH and positions <= PER_POSITION_MAX_POSITIONS
