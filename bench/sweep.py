@@ -19,7 +19,8 @@ For each problem every jlocalconv implementation but "patches" (``SKIPPED``; and
 value_and_grad temp memory and compile time recorded) and timed in alternation
 (round-robin calls, median per candidate), forward and forward+backward. "auto" on
 float32 compiles the very program of the implementation it chooses, so its time is that
-implementation's; on bfloat16 it widens and is timed on its own. Per problem the report
+implementation's; on bfloat16 (it widens), or where it computes values and derivatives by
+different routes (``"tiles/slices"``), it is timed on its own. Per problem the report
 gives the speed-up of auto over lax and the *regret* = auto's time / the fastest
 implementation's time.
 """
@@ -171,8 +172,13 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
         short = cand.name.split(":", 1)[-1]
         if cand.name in SKIPPED and cand.name not in chosen:
             continue
-        if cand.name in CHOOSERS and shape.dtype == "float32":
-            continue  # the same program as IMPLEMENTATIONS[choice], timed under that name
+        pick = choice if cand.name == AUTO else tuned
+        if (
+            cand.name in CHOOSERS
+            and shape.dtype == "float32"
+            and pick in implementations.IMPLEMENTATIONS
+        ):
+            continue  # the same program as IMPLEMENTATIONS[pick], timed under that name
         if short == "shifts" and shape.channels > SHIFTS_MAX_CHANNELS and cand.name not in chosen:
             skipped[cand.name] = f"over {SHIFTS_MAX_CHANNELS} channels"
             continue

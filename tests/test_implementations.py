@@ -134,12 +134,13 @@ def test_derivatives_of_shifts_never_transpose_the_per_position_values():
     """ "shifts" is differentiated through the tile loop; were that tangent a custom_jvp
     (as "tiles" is when its values go position by position), reverse mode would transpose
     its value route: 64 dots per tile instead of a batched one."""
-    geom = make_geometry((2, 12, 12, 4), 5)  # 4 channels: "shifts", derivatives by tiles
-    plan = plan_tiles(geom, 2, 16, 4)
-    assert plan.per_position_values and plan.tile_positions(geom) == 64
-    assert not tiles_module.derivatives_by_slices(geom, 2, 4)
-    x = jnp.ones(geom.input_shape(2))
-    k = jnp.ones((geom.output_items, geom.feature_dim, 16))
+    # 4 channels: "shifts"; 47 MiB of windows: derivatives by tiles, 40-position tiles
+    geom = make_geometry((8, 48, 48, 4), 9)
+    plan = plan_tiles(geom, 8, 32, 4)
+    assert plan.per_position_values and plan.tile_positions(geom) == 40
+    assert not tiles_module.derivatives_by_slices(geom, 8, 32, 4)
+    x = jax.ShapeDtypeStruct(geom.input_shape(8), jnp.float32)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(32), jnp.float32)
     for impl in (local_conv_shifts, local_conv_tiles):
         loss = lambda x, k, impl=impl: jnp.sum(impl(x, k, geom))
         assert _dots(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, k).jaxpr) <= 8, impl.__name__
@@ -212,13 +213,20 @@ SUITE = [  # (input shape, kernel_size, strides, padding, filters): the benchmar
 def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     geom = make_geometry(shape, ks, st, pad)
     batch = shape[0]
-    # CPU loops over tiles unless there are few channels ("shifts"), the kernel dominates
-    # or windows have many offsets and a small window tensor (one contraction, "slices").
+    # CPU: "shifts" for few channels; else derivatives by one contraction ("slices") where
+    # the kernel dominates or three window tensors fit the budget, else by the tile loop;
+    # values by "slices" where derivatives are and the kernel dominates or windows have
+    # few offsets, else by tiles.
     few = geom.channels <= SHIFTS_MAX_CHANNELS
     kernel_bound = batch > 1 and batch * tiles_module.MIN_TILES < filters
-    sliced = kernel_bound or tiles_module.derivatives_by_slices(geom, batch, 4)
-    want = "shifts" if few else "slices" if sliced else "tiles"
-    assert choose(geom, batch, filters, jnp.float32, "cpu") == want
+    patch_bytes = 4 * batch * geom.output_items * geom.feature_dim
+    kernel_bytes = 4 * geom.output_items * geom.feature_dim * filters
+    in_budget = 3 * patch_bytes + (kernel_bytes if batch == 1 else 0) <= (32 << 20)
+    sliced = kernel_bound or in_budget
+    assert tiles_module.derivatives_by_slices(geom, batch, filters, 4) == sliced
+    values_sliced = kernel_bound or geom.window_items <= 4
+    want = "tiles" if not sliced else "slices" if values_sliced else "tiles/slices"
+    assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else want)
     for backend in ("gpu", "tpu"):
         assert choose(geom, batch, filters, jnp.float32, backend) == "slices"
     plan = plan_tiles(geom, batch, filters, 4)
@@ -259,15 +267,22 @@ def test_auto_specific_choices():
     yolo = make_geometry((8, 7, 7, 1024), 3, padding="same")  # a 441 MiB kernel
     assert choose(yolo, 8, 256, jnp.float32, "cpu") == "slices"
     assert choose(d, 1, 64, jnp.float32, "cpu") == "tiles"  # one row: see choose
-    tiny = make_geometry((2, 6, 6, 8), 3)  # one tile: the loop is one contraction
-    assert choose(tiny, 2, 4, jnp.float32, "cpu") == "tiles"
+    tiny = make_geometry((2, 6, 6, 8), 3)  # values: one tile, one contraction
+    assert choose(tiny, 2, 4, jnp.float32, "cpu") == "tiles/slices"
     assert choose(make_geometry((2, 6, 6, 3), 3), 2, 4, jnp.float32, "cpu") == "shifts"
-    # 6x6 = 36 window offsets: "slices" while three window tensors fit in 32 MiB
+    # derivatives by "slices" while three window tensors fit in 32 MiB
     many = make_geometry((2, 12, 12, 8), 6)
-    assert choose(many, 2, 8, jnp.float32, "cpu") == "slices"
-    assert choose(many, 2, 8, jnp.bfloat16, "cpu") == "slices"  # computed in float32
+    assert choose(many, 2, 8, jnp.float32, "cpu") == "tiles/slices"
+    assert choose(many, 2, 8, jnp.bfloat16, "cpu") == "tiles/slices"  # computed in float32
     big = make_geometry((64, 40, 40, 8), 6)  # 64 x 35x35 x 288 x 4 B = 90 MiB of windows
     assert choose(big, 64, 8, jnp.float32, "cpu") == "tiles"
+    edge = make_geometry((8, 16, 16, 16), 2, 2)  # 4 offsets; 3 x 2 MiB of windows
+    assert choose(edge, 8, 16, jnp.float32, "cpu") == "slices"
+    # The budget's edge: 3 x 2 x n x 16 features x 4 B against 32 MiB (n <= 87381)
+    at, over = (make_geometry((2, n + 1, 8), 2) for n in (87381, 87382))
+    assert tiles_module.derivatives_by_slices(at, 2, 8, 4)
+    assert not tiles_module.derivatives_by_slices(over, 2, 8, 4)
+    assert not tiles_module.derivatives_by_slices(at, 1, 8, 4)  # plus a 21 MiB kernel
     mnist = make_geometry((32, 28, 28, 1), 5)
     assert choose(mnist, 32, 8, jnp.float32, "cpu") == "shifts"
     assert choose(mnist, 32, 8, jnp.float32, "gpu") == "slices"
@@ -277,13 +292,22 @@ def test_auto_specific_choices():
 
 
 def test_auto_runs_the_chosen_implementation():
-    # 64*400*45*4 B > ONE_TILE_BYTES, 5 > SHIFTS_MAX_CHANNELS, 64 * MIN_TILES > 8 filters
+    # 5 > SHIFTS_MAX_CHANNELS; 3 x 5.3 MiB of windows: values by tiles, derivatives sliced
     case = Case((24, 24), 5, 8, (3, 3), (1, 1), batch=64)
     x, k, _ = case.arrays()
     if jax.default_backend() == "cpu":
-        assert choose(_geom(case), 64, 8, x.dtype, "cpu") == "tiles"
+        assert choose(_geom(case), 64, 8, x.dtype, "cpu") == "tiles/slices"
     got = jlocalconv.local_conv(x, k, 3, 1, precision="highest")
     np.testing.assert_allclose(got, _ref(case, x, k), rtol=1e-5, atol=1e-5)
+    # Differentiated, values and tangents come from "slices": one dot per contraction,
+    # no tile loop (a scan) anywhere in the program.
+    loss = lambda x, k: jnp.sum(jlocalconv.local_conv(x, k, 3, 1) ** 2)
+    text = str(jax.make_jaxpr(jax.value_and_grad(loss, (0, 1)))(x, k))
+    if jax.default_backend() == "cpu":
+        assert "scan" not in text and text.count("dot_general") == 3
+    plain = lambda x, k: jnp.sum(local_conv_tiles(x, k, _geom(case)) ** 2)  # another route
+    for got, want in zip(jax.grad(loss, (0, 1))(x, k), jax.grad(plain, (0, 1))(x, k)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU widening policy")
@@ -292,7 +316,7 @@ def test_auto_computes_16_bit_operands_in_float32_on_cpu(dtype):
     case = Case((12, 12), 5, 8, (3, 3), (1, 1), batch=32)
     x, k, _ = case.arrays()
     x, k = x.astype(dtype), k.astype(dtype)
-    chosen = IMPLEMENTATIONS[choose(_geom(case), 32, 8, dtype, "cpu")]
+    chosen = jlocalconv.implementations.lookup(choose(_geom(case), 32, 8, dtype, "cpu"))
     wide = chosen(x.astype(jnp.float32), k.astype(jnp.float32), _geom(case),
                   precision=None, preferred_element_type=None)  # fmt: skip
     # Rounded once from float32: bit-equal to the float32 computation on the same operands.

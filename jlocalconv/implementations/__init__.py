@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jlocalconv.geometry import Geometry
+from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.shifts import local_conv_shifts
-from jlocalconv.implementations.slices import local_conv_slices
+from jlocalconv.implementations.slices import local_conv_slices, slices_tangent
 from jlocalconv.implementations.tiles import MIN_TILES, derivatives_by_slices, local_conv_tiles
 
 Implementation = Callable[..., jax.Array]
@@ -47,6 +48,12 @@ SHIFTS_MAX_CHANNELS = 4
 # float32, so widening the operands once, accumulating in float32 and rounding the
 # result once gives what a float32-accumulating 16-bit dot gives.
 CPU_WIDENED_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
+# With this few window offsets the window stack is a handful of slices and one batched
+# dot computed values faster than the tile loop (sweep seeds 2 and 5: 0.5-0.9x the
+# loop's time on 10 of 17 such problems, at most 1.35x slower on sub-millisecond ones).
+SLICED_VALUES_MAX_OFFSETS = 4
+# Tangents of the routes "auto" may differentiate by (plain lax: see split_bilinear).
+TANGENTS: dict[str, Implementation] = {"slices": slices_tangent}
 
 
 def choose(
@@ -55,25 +62,24 @@ def choose(
     """The implementation "auto" picks, from static shapes, dtype and backend only.
 
     The cost model (deterministic: no timing, the same arguments give the same name;
-    constants tuned on the bench suite and sweep seeds 1 and 2, evaluated on seed 5):
+    constants tuned on the bench suite and sweep seeds 2 and 5, evaluated on seed 6)
+    picks one route for undifferentiated values and one for derivatives; a name
+    ``"values/derivatives"`` (e.g. ``"tiles/slices"``) says they differ (:func:`composed`).
 
-    * ``backend == "cpu"``, with ``patch_bytes = itemsize * batch * output_items *
-      feature_dim`` (the whole window tensor):
+    * ``backend == "cpu"``:
 
       1. "shifts" if the input has at most ``SHIFTS_MAX_CHANNELS`` channels: values with
          no window tensor at all (its derivatives: see
          :mod:`jlocalconv.implementations.shifts`);
-      2. "slices" if the kernel dominates, ``1 < batch`` and ``batch * MIN_TILES <
-         filters``: the windows are then under ``1 / MIN_TILES`` of the kernel the caller
-         already holds, and one contraction reads the kernel once and writes its gradient
-         once, with no filter blocks sliced in a loop (YOLOv1's local layer, 8 x
-         7x7x1024 -> 256: value_and_grad 1.6x faster than "tiles" at the same temp memory);
-      3. "slices" if windows have many offsets and the window tensor is small, or are
-         disjoint (:func:`~jlocalconv.implementations.tiles.derivatives_by_slices`): the
-         tile loop differentiates those 1.6-12x slower;
-      4. "tiles" otherwise (see :mod:`jlocalconv.implementations.tiles` for how it sizes
-         its tiles), small problems included: one tile is then one contraction, and
-         "slices" ran some small strided problems 10-30x slower.
+      2. derivatives by "slices" where
+         :func:`~jlocalconv.implementations.tiles.derivatives_by_slices` says so (a
+         dominant kernel, disjoint windows, or three window tensors within
+         ``SLICED_DERIVATIVES_BYTES``), else by the "tiles" loop;
+      3. values by "slices" where derivatives are, and either the kernel dominates
+         (``1 < batch`` and ``batch * MIN_TILES < filters``: YOLOv1's local layer) or
+         windows have at most ``SLICED_VALUES_MAX_OFFSETS`` offsets; else by "tiles"
+         (see :mod:`jlocalconv.implementations.tiles` for how it sizes its tiles),
+         small problems included: one tile is then one contraction.
 
       16-bit float operands are computed in float32 and the result rounded once
       (:func:`widens`).
@@ -89,32 +95,30 @@ def choose(
       backend: ``jax.default_backend()`` (e.g. ``"cpu"``, ``"gpu"``, ``"tpu"``).
 
     Returns:
-      A key of ``IMPLEMENTATIONS``.
+      A key of ``IMPLEMENTATIONS``, or ``"tiles/slices"``.
 
     Example:
       >>> from jlocalconv.geometry import make_geometry
-      >>> geom = make_geometry((32, 32, 32, 16), 3)
+      >>> geom = make_geometry((32, 32, 32, 16), 3)  # 50 MiB of windows: the loop
       >>> choose(geom, 32, 16, "float32", "cpu"), choose(geom, 32, 16, "float32", "gpu")
       ('tiles', 'slices')
-      >>> choose(make_geometry((1, 8, 8, 8), 3), 1, 8, "float32", "cpu")  # tiny
-      'tiles'
       >>> choose(make_geometry((32, 28, 28, 1), 5), 32, 8, "float32", "cpu")  # 1 channel
       'shifts'
       >>> choose(make_geometry((8, 7, 7, 1024), 3), 8, 256, "float32", "cpu")  # kernel-bound
       'slices'
-      >>> choose(make_geometry((2, 12, 12, 8), 6), 2, 8, "float32", "cpu")  # 36 offsets
-      'slices'
+      >>> choose(make_geometry((2, 12, 12, 8), 6), 2, 8, "float32", "cpu")  # small windows
+      'tiles/slices'
     """
     if backend != "cpu":
         return "slices"
     if geom.channels <= SHIFTS_MAX_CHANNELS:
         return "shifts"  # values without windows; its derivatives pick their own route
-    # batch 1 stays in tiles: XLA's CPU backend turns a one-row dot into a multiply and a
-    # reduction, which in the backward pass materialised a kernel-sized product (1, 32x32,
-    # 64->64: 127 MiB of value_and_grad temp with "slices", 13 MiB with "tiles").
-    kernel_bound = batch * MIN_TILES < filters and batch > 1
     itemsize = max(np.dtype(dtype).itemsize, 4)  # 16-bit floats are computed in float32
-    return "slices" if kernel_bound or derivatives_by_slices(geom, batch, itemsize) else "tiles"
+    if not derivatives_by_slices(geom, batch, filters, itemsize):
+        return "tiles"
+    kernel_bound = batch > 1 and batch * MIN_TILES < filters
+    few_offsets = geom.window_items <= SLICED_VALUES_MAX_OFFSETS
+    return "slices" if kernel_bound or few_offsets else "tiles/slices"
 
 
 def widens(
@@ -159,10 +163,43 @@ def resolve(
     preferred_element_type: jax.typing.DTypeLike | None,
     backend: str,
 ) -> Implementation:
-    """``IMPLEMENTATIONS[name]`` as "auto" and "autotune" run it: widened where
-    :func:`widens` says so."""
-    impl = IMPLEMENTATIONS[name]
+    """``IMPLEMENTATIONS[name]`` (or :func:`composed` for a ``"values/derivatives"``
+    name) as "auto" and "autotune" run it: widened where :func:`widens` says so."""
+    impl = lookup(name)
     return widened(impl) if widens(inputs, kernel, preferred_element_type, backend) else impl
+
+
+def lookup(name: str) -> Implementation:
+    """The implementation a name from :func:`choose` names: ``IMPLEMENTATIONS[name]``, or
+    :func:`composed` for ``"values/derivatives"``."""
+    return composed(*name.split("/")) if "/" in name else IMPLEMENTATIONS[name]
+
+
+@functools.cache  # one function per pair: callers may cache compiled programs by it
+def composed(values: str, derivatives: str) -> Implementation:
+    """An implementation whose values come from ``IMPLEMENTATIONS[values]`` and which is
+    differentiated (values included) by ``TANGENTS[derivatives]``
+    (:func:`~jlocalconv.implementations._bilinear.split_bilinear`).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((2, 12, 12, 8), 6)
+    >>> x, k = jnp.ones(geom.input_shape(2)), jnp.ones(geom.kernel_shape(4))
+    >>> impl = composed("tiles", "slices")
+    >>> bool(jnp.allclose(impl(x, k, geom, precision=None, preferred_element_type=None),
+    ...                   local_conv_slices(x, k, geom)))
+    True
+    """
+    value_impl, tangent = IMPLEMENTATIONS[values], TANGENTS[derivatives]
+
+    def run(inputs, kernel, geom, *, precision, preferred_element_type):
+        options = dict(
+            geom=geom, precision=precision, preferred_element_type=preferred_element_type
+        )
+        value_route = functools.partial(value_impl, **options)
+        return split_bilinear(value_route, functools.partial(tangent, **options))(inputs, kernel)
+
+    return run
 
 
 def names() -> tuple[str, ...]:

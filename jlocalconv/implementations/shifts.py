@@ -8,7 +8,8 @@ that offset's filters (``(*output, filters)``) is added to the result: elementwi
 work that XLA fuses into a few loops over the output, with no patch tensor at all.
 
 The transpose of that sum would hold one product per term for the backward pass, so
-under differentiation values and derivatives come from the "tiles" loop instead (through
+under differentiation values and derivatives come from "slices" or the "tiles" loop
+instead (through
 :func:`~jlocalconv.implementations._bilinear.split_bilinear`, which keeps forward
 mode, higher orders and ``linear_transpose``): fast values, lean gradients.
 The number of fused terms is ``prod(kernel_size) * channels``, which is why "auto"
@@ -44,11 +45,9 @@ def local_conv_shifts(
 ) -> jax.Array:
     """Local convolution: shift-and-accumulate values; "tiles" when differentiated.
 
-    Where the kernel dominates (``tiles.plan_tiles`` plans a one-shot forward: the patch
-    tensor is under ``1 / MIN_TILES`` of the kernel) derivatives come from "slices"
-    instead, one contraction that reads the kernel once and writes its gradient once; and
-    so they do where windows have many offsets and a small window tensor
-    (``tiles.derivatives_by_slices``), whose backward pass the tile loop runs slowly.
+    Derivatives come from "slices" instead wherever ``tiles.derivatives_by_slices``
+    says so (a dominant kernel, disjoint windows, or a window tensor within budget):
+    one contraction, which the tile loop's backward pass is far slower than.
     ``precision`` applies to the derivatives' contractions; values are elementwise
     products accumulated in float32 (or ``preferred_element_type``, if wider).
     """
@@ -56,8 +55,7 @@ def local_conv_shifts(
     options: dict[str, Any] = dict(
         geom=geom, precision=precision, preferred_element_type=preferred_element_type
     )
-    itemsize = inputs.dtype.itemsize
-    if plan.one_shot_forward or derivatives_by_slices(geom, inputs.shape[0], itemsize):
+    if derivatives_by_slices(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize):
         tangent = functools.partial(slices_tangent, **options)
     else:
         tangent = functools.partial(tiles_tangent, plan=plan, **options)

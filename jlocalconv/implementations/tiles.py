@@ -57,14 +57,16 @@ MIN_TILES = 8
 # machine), which dominates tiles of a few positions.
 MIN_TILE_BYTES = 256 << 10
 MAX_TILES = 64
-# The tile loop's backward pass scatters each window offset's input gradient tile by tile,
-# so its cost grows with the number of offsets: from this many on, one "slices"
-# contraction differentiates 2.5-12x faster (sweep seed 2: 45-320 offsets; at 27 or fewer
-# the loop was as fast). It holds the whole window tensor, about three of them in
-# value_and_grad (as lax does), so only while that stays within SLICED_DERIVATIVES_BYTES;
-# or where the windows are disjoint (stride == window): their tensor is then a reshape of
-# the input, whose derivative is a transpose (the genomic layer: 1.6x faster than the loop).
-SLICED_DERIVATIVES_MIN_OFFSETS = 32
+# The tile loop's backward pass re-extracts every tile's windows, copies its filter block
+# and scatters each window offset's input gradient tile by tile; one "slices"
+# contraction differentiated faster on 41 of 47 sweep problems (seeds 2 and 5) whose
+# window tensors fit (by 1.2-12x; the loop won six small ones by at most 1.3x) and on
+# the suite's small-window shapes (stride2 3x, 1d 2.7x). It holds the whole window
+# tensor, about three of them in value_and_grad (as lax does), so only while that stays
+# within SLICED_DERIVATIVES_BYTES; a batch of one adds a kernel-sized product (XLA's CPU
+# backend turns a one-row dot into a multiply and a reduction). Disjoint windows
+# (stride == window) always: their tensor is then a reshape of the input, whose
+# derivative is a transpose (the genomic layer: 1.6x faster than the loop).
 SLICED_DERIVATIVES_BYTES = 32 << 20
 # Undifferentiated values of tiles of at most PER_POSITION_MAX_POSITIONS positions and
 # batches of at most PER_POSITION_MAX_BATCH rows take one dot per position: XLA's CPU
@@ -113,25 +115,28 @@ def position_bytes(geom: Geometry, batch: int, filters: int, itemsize: int) -> i
     return itemsize * geom.feature_dim * (batch + filters) + 4 * batch * filters
 
 
-def derivatives_by_slices(geom: Geometry, batch: int, itemsize: int) -> bool:
+def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
     """Whether "slices" differentiates this problem faster than the tile loop, in budget.
 
-    True for disjoint windows (:func:`~jlocalconv.implementations._windows.disjoint`),
-    and from ``SLICED_DERIVATIVES_MIN_OFFSETS`` window offsets on while three window
-    tensors (``itemsize * batch * output_items * feature_dim`` bytes each) fit in
-    ``SLICED_DERIVATIVES_BYTES``.
+    True where the kernel dominates (``batch > 1`` and ``batch * MIN_TILES < filters``:
+    one contraction reads it once and writes its gradient once), for disjoint windows
+    (:func:`~jlocalconv.implementations._windows.disjoint`), and wherever three window
+    tensors (``itemsize * batch * output_items * feature_dim`` bytes each), plus the
+    kernel for a batch of one, fit in ``SLICED_DERIVATIVES_BYTES``.
 
     >>> from jlocalconv.geometry import make_geometry
-    >>> derivatives_by_slices(make_geometry((2, 12, 12, 8), 6), batch=2, itemsize=4)
+    >>> derivatives_by_slices(make_geometry((2, 12, 12, 8), 6), 2, 8, itemsize=4)
     True
-    >>> derivatives_by_slices(make_geometry((2, 12, 12, 8), 3), batch=2, itemsize=4)
+    >>> derivatives_by_slices(make_geometry((64, 40, 40, 8), 6), 64, 8, itemsize=4)
     False
-    >>> derivatives_by_slices(make_geometry((32, 20000, 1), 10, 10), batch=32, itemsize=4)
+    >>> derivatives_by_slices(make_geometry((32, 20000, 1), 10, 10), 32, 4, itemsize=4)
     True
     """
-    patch_bytes = itemsize * batch * geom.output_items * geom.feature_dim
-    many_offsets = geom.window_items >= SLICED_DERIVATIVES_MIN_OFFSETS
-    return disjoint(geom) or (many_offsets and 3 * patch_bytes <= SLICED_DERIVATIVES_BYTES)
+    if batch > 1 and batch * MIN_TILES < filters:
+        return True
+    window_bytes = itemsize * geom.output_items * geom.feature_dim
+    one_row = window_bytes * filters if batch == 1 else 0
+    return disjoint(geom) or 3 * batch * window_bytes + one_row <= SLICED_DERIVATIVES_BYTES
 
 
 def plan_tiles(
