@@ -26,7 +26,7 @@ from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.shifts import local_conv_shifts
-from jlocalconv.implementations.slices import local_conv_slices, slices_tangent
+from jlocalconv.implementations.slices import local_conv_slices
 from jlocalconv.implementations.tiles import MIN_TILES, derivatives_by_slices, local_conv_tiles
 
 Implementation = Callable[..., jax.Array]
@@ -53,7 +53,7 @@ CPU_WIDENED_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 # loop's time on 10 of 17 such problems, at most 1.35x slower on sub-millisecond ones).
 SLICED_VALUES_MAX_OFFSETS = 4
 # Tangents of the routes "auto" may differentiate by (plain lax: see split_bilinear).
-TANGENTS: dict[str, Implementation] = {"slices": slices_tangent}
+TANGENTS: dict[str, Implementation] = {"slices": local_conv_slices}
 
 
 def choose(

@@ -27,7 +27,9 @@ from jlocalconv.geometry import Geometry
 # offsets on (DeepFace L4: 1.9 -> 1.1 s; 9x9 on 40x40x32: 7.1 -> 2.3 s) and ran 4-13%
 # faster on three of four such problems (16% slower on 7x7 x 8 channels). With 25 offsets
 # the tile loop differentiated up to 24% slower, so only derivatives of many offsets
-# take this route; values keep the one-shot stack, which was up to 50% faster.
+# take this route; values keep the one-shot stack, which was up to 50% faster. Only the
+# tile loop uses it: its stages hold more bytes than the final stack on strided and 3-D
+# windows, which a tile bounds and a whole window tensor ("slices") would not.
 BY_AXIS_MIN_OFFSETS = 32
 
 

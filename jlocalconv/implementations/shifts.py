@@ -31,7 +31,7 @@ from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._windows import pad_spatial, padded, window_slice
-from jlocalconv.implementations.slices import slices_tangent
+from jlocalconv.implementations.slices import local_conv_slices
 from jlocalconv.implementations.tiles import derivatives_by_slices, plan_tiles, tiles_tangent
 
 
@@ -56,7 +56,7 @@ def local_conv_shifts(
         geom=geom, precision=precision, preferred_element_type=preferred_element_type
     )
     if derivatives_by_slices(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize):
-        tangent = functools.partial(slices_tangent, **options)
+        tangent = functools.partial(local_conv_slices, **options)
     else:
         tangent = functools.partial(tiles_tangent, plan=plan, **options)
     values = functools.partial(
