@@ -49,8 +49,9 @@ SHIFTS_MAX_CHANNELS = 4
 # result once gives what a float32-accumulating 16-bit dot gives.
 CPU_WIDENED_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 # With this few window offsets the window stack is a handful of slices and one batched
-# dot computed values faster than the tile loop (sweep seeds 2 and 5: 0.5-0.9x the
-# loop's time on 10 of 17 such problems, at most 1.35x slower on sub-millisecond ones).
+# dot computed values faster than the tile loop: on sweep seeds 2 and 5, 0.48-0.98x the
+# loop's time on 10 of 17 such problems (under 0.8x on seven), 1.03-1.34x on the other
+# seven (all under a millisecond but one 13 ms problem, 1.16x).
 SLICED_VALUES_MAX_OFFSETS = 4
 # Tangents of the routes "auto" may differentiate by (plain lax: see split_bilinear).
 TANGENTS: dict[str, Implementation] = {"slices": local_conv_slices}
