@@ -8,8 +8,9 @@ One large contraction suits accelerators; on CPU "tiles" bounds the working set.
 Everything is plain ``lax``, so "slices" also serves as the tangent route of
 :func:`~jlocalconv.implementations._bilinear.split_bilinear` ("auto"'s ``"tiles/slices"``,
 "shifts"). Its windows are stacked all at once, also when differentiated: the
-axis-by-axis stack (which "tiles" differentiates from) held 2-8x the window tensor's
-bytes in value_and_grad on strided and 3-D problems (sweep seed 5: 33 against 8 MiB).
+axis-by-axis stack (which "tiles" differentiates from) held 4-8x the window tensor's
+bytes in value_and_grad on strided and 3-D problems, the one-shot stack 2x (sweep
+seed 5: 33 against 8 MiB).
 """
 
 from __future__ import annotations
