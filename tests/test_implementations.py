@@ -224,7 +224,7 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     in_budget = 3 * patch_bytes + (kernel_bytes if batch == 1 else 0) <= (32 << 20)
     sliced = kernel_bound or in_budget
     assert tiles_module.derivatives_by_slices(geom, batch, filters, 4) == sliced
-    values_sliced = kernel_bound or geom.window_items <= 4
+    values_sliced = kernel_bound or geom.window_items <= 4 or geom.ndim == 1
     want = "tiles" if not sliced else "slices" if values_sliced else "tiles/slices"
     assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else want)
     for backend in ("gpu", "tpu"):
@@ -278,6 +278,11 @@ def test_auto_specific_choices():
     assert choose(big, 64, 8, jnp.float32, "cpu") == "tiles"
     edge = make_geometry((8, 16, 16, 16), 2, 2)  # 4 offsets; 3 x 2 MiB of windows
     assert choose(edge, 8, 16, jnp.float32, "cpu") == "slices"
+    assert choose(make_geometry((8, 16, 16, 16), 3), 8, 16, jnp.float32, "cpu") == "tiles/slices"
+    sequence = make_geometry((8, 705, 11), 5)  # 1-D windows: slices of one sequence
+    assert choose(sequence, 8, 4, jnp.float32, "cpu") == "slices"
+    long = make_geometry((64, 8192, 16), 9)  # 1-D but 288 MiB of windows: the loop
+    assert choose(long, 64, 16, jnp.float32, "cpu") == "tiles"
     # The budget's edge: 3 x 2 x n x 16 features x 4 B against 32 MiB (n <= 87381)
     at, over = (make_geometry((2, n + 1, 8), 2) for n in (87381, 87382))
     assert tiles_module.derivatives_by_slices(at, 2, 8, 4)

@@ -51,7 +51,9 @@ CPU_WIDENED_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 # With this few window offsets the window stack is a handful of slices and one batched
 # dot computed values faster than the tile loop: on sweep seeds 2 and 5, 0.48-0.98x the
 # loop's time on 10 of 17 such problems (under 0.8x on seven), 1.03-1.34x on the other
-# seven (all under a millisecond but one 13 ms problem, 1.16x).
+# seven (all under a millisecond but one 13 ms problem, 1.16x). So it did for 1-D windows,
+# which are slices of one sequence: 0.35-0.98x the loop's time on 13 of the 17 1-D problems
+# of sweep seeds 5 and 6 that "slices" differentiates, 1.01-1.41x on the other four.
 SLICED_VALUES_MAX_OFFSETS = 4
 # Tangents of the routes "auto" may differentiate by (plain lax: see split_bilinear).
 TANGENTS: dict[str, Implementation] = {"slices": local_conv_slices}
@@ -77,8 +79,9 @@ def choose(
          dominant kernel, disjoint windows, or three window tensors within
          ``SLICED_DERIVATIVES_BYTES``), else by the "tiles" loop;
       3. values by "slices" where derivatives are, and either the kernel dominates
-         (``1 < batch`` and ``batch * MIN_TILES < filters``: YOLOv1's local layer) or
-         windows have at most ``SLICED_VALUES_MAX_OFFSETS`` offsets; else by "tiles"
+         (``1 < batch`` and ``batch * MIN_TILES < filters``: YOLOv1's local layer),
+         windows have at most ``SLICED_VALUES_MAX_OFFSETS`` offsets or one spatial
+         dimension; else by "tiles"
          (see :mod:`jlocalconv.implementations.tiles` for how it sizes its tiles),
          small problems included: one tile is then one contraction.
 
@@ -109,6 +112,8 @@ def choose(
       'slices'
       >>> choose(make_geometry((2, 12, 12, 8), 6), 2, 8, "float32", "cpu")  # small windows
       'tiles/slices'
+      >>> choose(make_geometry((8, 705, 11), 5), 8, 4, "float32", "cpu")  # 1-D
+      'slices'
     """
     if backend != "cpu":
         return "slices"
@@ -118,8 +123,8 @@ def choose(
     if not derivatives_by_slices(geom, batch, filters, itemsize):
         return "tiles"
     kernel_bound = batch > 1 and batch * MIN_TILES < filters
-    few_offsets = geom.window_items <= SLICED_VALUES_MAX_OFFSETS
-    return "slices" if kernel_bound or few_offsets else "tiles/slices"
+    cheap_windows = geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
+    return "slices" if kernel_bound or cheap_windows else "tiles/slices"
 
 
 def widens(
