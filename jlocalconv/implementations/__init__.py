@@ -27,7 +27,11 @@ from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.shifts import local_conv_shifts
 from jlocalconv.implementations.slices import local_conv_slices
-from jlocalconv.implementations.tiles import MIN_TILES, derivatives_by_slices, local_conv_tiles
+from jlocalconv.implementations.tiles import (
+    derivatives_by_slices,
+    kernel_dominates,
+    local_conv_tiles,
+)
 
 Implementation = Callable[..., jax.Array]
 
@@ -122,7 +126,7 @@ def choose(
     itemsize = max(np.dtype(dtype).itemsize, 4)  # 16-bit floats are computed in float32
     if not derivatives_by_slices(geom, batch, filters, itemsize):
         return "tiles"
-    kernel_bound = batch > 1 and batch * MIN_TILES < filters
+    kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     cheap_windows = geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
     return "slices" if kernel_bound or cheap_windows else "tiles/slices"
 

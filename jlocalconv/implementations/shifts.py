@@ -9,9 +9,8 @@ work that XLA fuses into a few loops over the output, with no patch tensor at al
 
 The transpose of that sum would hold one product per term for the backward pass, so
 under differentiation values and derivatives come from "slices" or the "tiles" loop
-instead (through
-:func:`~jlocalconv.implementations._bilinear.split_bilinear`, which keeps forward
-mode, higher orders and ``linear_transpose``): fast values, lean gradients.
+instead (through :func:`~jlocalconv.implementations._bilinear.split_bilinear`, which
+keeps forward mode, higher orders and ``linear_transpose``): fast values, lean gradients.
 The number of fused terms is ``prod(kernel_size) * channels``, which is why "auto"
 only picks this for a handful of channels.
 """
@@ -43,21 +42,23 @@ def local_conv_shifts(
     precision: lax.PrecisionLike = None,
     preferred_element_type: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
-    """Local convolution: shift-and-accumulate values; "tiles" when differentiated.
+    """Local convolution: shift-and-accumulate values; "slices" or "tiles" when
+    differentiated.
 
-    Derivatives come from "slices" instead wherever ``tiles.derivatives_by_slices``
+    Derivatives come from "slices" wherever ``tiles.derivatives_by_slices``
     says so (a dominant kernel, disjoint windows, or a window tensor within budget):
     one contraction, which the tile loop's backward pass is far slower than.
     ``precision`` applies to the derivatives' contractions; values are elementwise
     products accumulated in float32 (or ``preferred_element_type``, if wider).
     """
-    plan = plan_tiles(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
+    batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
     options: dict[str, Any] = dict(
         geom=geom, precision=precision, preferred_element_type=preferred_element_type
     )
-    if derivatives_by_slices(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize):
+    if derivatives_by_slices(geom, batch, filters, itemsize):
         tangent = functools.partial(local_conv_slices, **options)
     else:
+        plan = plan_tiles(geom, batch, filters, itemsize)
         tangent = functools.partial(tiles_tangent, plan=plan, **options)
     values = functools.partial(
         _shift_accumulate, geom=geom, out_dtype=result_dtype(inputs, preferred_element_type)

@@ -116,6 +116,16 @@ def position_bytes(geom: Geometry, batch: int, filters: int, itemsize: int) -> i
     return itemsize * geom.feature_dim * (batch + filters) + 4 * batch * filters
 
 
+def kernel_dominates(batch: int, filters: int) -> bool:
+    """Whether the kernel dwarfs the windows: ``batch * MIN_TILES < filters`` (the window
+    tensor is then under ``1 / MIN_TILES`` of the kernel).
+
+    >>> kernel_dominates(8, 256), kernel_dominates(32, 16)
+    (True, False)
+    """
+    return batch * MIN_TILES < filters
+
+
 def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
     """Whether "slices" differentiates this problem faster than the tile loop, in budget.
 
@@ -133,7 +143,7 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
     >>> derivatives_by_slices(make_geometry((32, 20000, 1), 10, 10), 32, 4, itemsize=4)
     True
     """
-    if batch > 1 and batch * MIN_TILES < filters:
+    if batch > 1 and kernel_dominates(batch, filters):
         return True
     window_bytes = itemsize * geom.output_items * geom.feature_dim
     one_row = window_bytes * filters if batch == 1 else 0
@@ -164,7 +174,7 @@ def plan_tiles(
     TilePlan(level=0, size=1, one_shot_forward=False, per_position_values=True)
     """
     plans = sorted(_all_plans(geom), key=lambda p: (p.tile_positions(geom), -p.level))
-    if batch * MIN_TILES < filters:
+    if kernel_dominates(batch, filters):
         at_most = max(1, geom.output_items // MIN_TILES)
         fitting = [p for p in plans if p.tile_positions(geom) <= at_most]
         return dataclasses.replace(fitting[-1], one_shot_forward=True)
