@@ -213,16 +213,18 @@ SUITE = [  # (input shape, kernel_size, strides, padding, filters): the benchmar
 def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     geom = make_geometry(shape, ks, st, pad)
     batch = shape[0]
-    # CPU: "shifts" for few channels; else derivatives by one contraction ("slices") where
-    # the kernel dominates or three window tensors fit the budget, else by the tile loop;
+    # CPU: "shifts" for few channels and small banks; else derivatives by one contraction
+    # ("slices") where the kernel dominates or three window tensors fit the budget over an
+    # input at most 32 times the output, else by the tile loop;
     # values by "slices" where derivatives are and the kernel dominates or windows have
     # few offsets, else by tiles.
-    few = geom.channels <= SHIFTS_MAX_CHANNELS
+    few = geom.channels <= SHIFTS_MAX_CHANNELS and geom.feature_dim * filters < 4096
     kernel_bound = batch > 1 and batch * tiles_module.MIN_TILES < filters
     patch_bytes = 4 * batch * geom.output_items * geom.feature_dim
     kernel_bytes = 4 * geom.output_items * geom.feature_dim * filters
     in_budget = 3 * patch_bytes + (kernel_bytes if batch == 1 else 0) <= (32 << 20)
-    sliced = kernel_bound or in_budget
+    compact = np.prod(geom.padded_shape) <= 32 * geom.output_items  # input per output
+    sliced = kernel_bound or (compact and in_budget)
     assert tiles_module.derivatives_by_slices(geom, batch, filters, 4) == sliced
     values_sliced = kernel_bound or geom.window_items <= 4 or geom.ndim == 1
     want = "tiles" if not sliced else "slices" if values_sliced else "tiles/slices"
@@ -288,6 +290,20 @@ def test_auto_specific_choices():
     assert tiles_module.derivatives_by_slices(at, 2, 8, 4)
     assert not tiles_module.derivatives_by_slices(over, 2, 8, 4)
     assert not tiles_module.derivatives_by_slices(at, 1, 8, 4)  # plus a 21 MiB kernel
+    # Input elements per output position: at most 32 (64 / 2 positions), or the loop
+    at, over = make_geometry((2, 64, 8), 2, 32), make_geometry((2, 65, 8), 2, 32)
+    assert at.output_items == over.output_items == 2
+    assert tiles_module.derivatives_by_slices(at, 2, 8, 4)
+    assert not tiles_module.derivatives_by_slices(over, 2, 8, 4)
+    assert choose(over, 2, 8, jnp.float32, "cpu") == "tiles"
+    assert tiles_module.derivatives_by_slices(over, 2, 64, 4)  # unless the kernel dominates
+    # 360 offsets over 6 positions (sweep problem s7-9): neither "shifts" nor slices
+    wide = make_geometry((23, 19, 11, 16, 1), (9, 5, 8), (3, 1, 1), dilation=2)
+    assert choose(wide, 23, 40, jnp.bfloat16, "cpu") == "tiles"
+    # "shifts" while a position's bank has fewer than 4096 weights: 81 x 50, not 81 x 51
+    bank = make_geometry((8, 20, 20, 1), 9)
+    assert choose(bank, 8, 50, jnp.float32, "cpu") == "shifts"
+    assert choose(bank, 8, 51, jnp.float32, "cpu") == "tiles/slices"
     mnist = make_geometry((32, 28, 28, 1), 5)
     assert choose(mnist, 32, 8, jnp.float32, "cpu") == "shifts"
     assert choose(mnist, 32, 8, jnp.float32, "gpu") == "slices"

@@ -46,6 +46,13 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
 # kernel, and "shifts" (prod(kernel_size) * channels fused multiply-adds) computes
 # values 3-4x faster than "tiles" (measured on the suite's 1- and 4-channel shapes).
 SHIFTS_MAX_CHANNELS = 4
+# ... while a position's filter bank (``feature_dim * filters`` weights, one multiply-add
+# each per batch row) stays under SHIFTS_MAX_BANK: above it a contraction's matmul
+# kernel wins. On sweep seeds 2, 5, 6 and 7, "shifts" computed values 1.2-4x slower
+# than "slices" or "tiles" on the four few-channel problems with banks of 8640-68040
+# (3-D windows of 135-360 offsets; one 2-D bank of 6432 was 8% faster), and on none below
+# 4096 was it more than 2x slower but two sub-millisecond ones.
+SHIFTS_MAX_BANK = 4096
 # XLA's CPU backend has no fast 16-bit path through these loops' slices, dots and
 # scatters: bf16 value_and_grad ran about 2x slower than float32 on the suite's bf16
 # shape, and about 2x faster once widened. A product of two 16-bit floats is exact in
@@ -69,19 +76,22 @@ def choose(
     """The implementation "auto" picks, from static shapes, dtype and backend only.
 
     The cost model (deterministic: no timing, the same arguments give the same name;
-    constants tuned on the bench suite and sweep seeds 2 and 5, evaluated on seed 6)
+    constants tuned on the bench suite and sweep seeds 2, 5, 6 and 7, evaluated on seed 8)
     picks one route for undifferentiated values and one for derivatives; a name
     ``"values/derivatives"`` (e.g. ``"tiles/slices"``) says they differ (:func:`composed`).
 
     * ``backend == "cpu"``:
 
-      1. "shifts" if the input has at most ``SHIFTS_MAX_CHANNELS`` channels: values with
-         no window tensor at all (its derivatives: see
-         :mod:`jlocalconv.implementations.shifts`);
+      1. "shifts" if the input has at most ``SHIFTS_MAX_CHANNELS`` channels and a
+         position's filter bank fewer than ``SHIFTS_MAX_BANK`` weights
+         (``feature_dim * filters``): values with no window tensor at all (its
+         derivatives: see :mod:`jlocalconv.implementations.shifts`);
       2. derivatives by "slices" where
          :func:`~jlocalconv.implementations.tiles.derivatives_by_slices` says so (a
          dominant kernel, disjoint windows, or three window tensors within
-         ``SLICED_DERIVATIVES_BYTES``), else by the "tiles" loop;
+         ``SLICED_DERIVATIVES_BYTES`` over an input at most
+         ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` times the output), else by the
+         "tiles" loop;
       3. values by "slices" where derivatives are, and either the kernel dominates
          (``1 < batch`` and ``batch * MIN_TILES < filters``: YOLOv1's local layer),
          windows have at most ``SLICED_VALUES_MAX_OFFSETS`` offsets or one spatial
@@ -121,7 +131,7 @@ def choose(
     """
     if backend != "cpu":
         return "slices"
-    if geom.channels <= SHIFTS_MAX_CHANNELS:
+    if geom.channels <= SHIFTS_MAX_CHANNELS and geom.feature_dim * filters < SHIFTS_MAX_BANK:
         return "shifts"  # values without windows; its derivatives pick their own route
     itemsize = max(np.dtype(dtype).itemsize, 4)  # 16-bit floats are computed in float32
     if not derivatives_by_slices(geom, batch, filters, itemsize):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -149,6 +150,23 @@ def disjoint(geom: Geometry) -> bool:
     (True, False)
     """
     return _tiles_input(padded(geom))
+
+
+def input_per_output(geom: Geometry) -> float:
+    """Padded input elements per output position (per batch row and channel).
+
+    The one-shot window stack's transpose (the input gradient) is one fusion that sums,
+    at every padded input element, every window offset's padded slice: work in
+    proportion to ``padded input * window_items``, against ``output_items *
+    window_items`` for the windows themselves. This ratio is that overhead.
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> input_per_output(make_geometry((1, 12, 12, 1), 3))  # 144 elements, 100 positions
+    1.44
+    >>> input_per_output(make_geometry((1, 19, 11, 16, 1), (9, 5, 8), (3, 1, 1), dilation=2))
+    557.3333333333334
+    """
+    return math.prod(geom.padded_shape) / geom.output_items
 
 
 def _tiles_input(geom: Geometry) -> bool:

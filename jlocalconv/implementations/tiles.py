@@ -38,6 +38,7 @@ from jlocalconv.implementations._common import (
 from jlocalconv.implementations._windows import (
     by_axis_derivatives,
     disjoint,
+    input_per_output,
     pad_spatial,
     padded,
     spatial_axis,
@@ -69,6 +70,15 @@ MAX_TILES = 64
 # (stride == window) always: their tensor is then a reshape of the input, whose
 # derivative is a transpose (the genomic layer: 1.6x faster than the loop).
 SLICED_DERIVATIVES_BYTES = 32 << 20
+# ... but not where there are more than SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT padded
+# input elements per output position (large dilated or strided windows over few
+# positions): the one-shot stack's transpose sums every window offset at every input
+# element (``_windows.input_per_output``), while the loop builds windows axis by axis.
+# On sweep seeds 6 and 7, of the non-kernel-bound problems "slices" differentiated,
+# the five above 32 ran value_and_grad 1.2-16x faster in the loop (16x: 360 offsets
+# over 6 positions), one 1.25x slower; none of the 100 below was 2x faster in the loop
+# but one 2 ms problem.
+SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT = 32
 # Undifferentiated values of tiles of at most PER_POSITION_MAX_POSITIONS positions and
 # batches of at most PER_POSITION_MAX_BATCH rows take one dot per position: XLA's CPU
 # backend runs a batched dot of such thin matrices on one core, independent dots
@@ -133,7 +143,9 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
     one contraction reads it once and writes its gradient once), for disjoint windows
     (:func:`~jlocalconv.implementations._windows.disjoint`), and wherever three window
     tensors (``itemsize * batch * output_items * feature_dim`` bytes each), plus the
-    kernel for a batch of one, fit in ``SLICED_DERIVATIVES_BYTES``.
+    kernel for a batch of one, fit in ``SLICED_DERIVATIVES_BYTES`` and there are at most
+    ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` padded input elements per output position
+    (:func:`~jlocalconv.implementations._windows.input_per_output`).
 
     >>> from jlocalconv.geometry import make_geometry
     >>> derivatives_by_slices(make_geometry((2, 12, 12, 8), 6), 2, 8, itemsize=4)
@@ -142,12 +154,18 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
     False
     >>> derivatives_by_slices(make_geometry((32, 20000, 1), 10, 10), 32, 4, itemsize=4)
     True
+    >>> derivatives_by_slices(make_geometry((2, 40, 40, 1), 3, 4, dilation=8), 2, 4, 4)
+    False
     """
     if batch > 1 and kernel_dominates(batch, filters):
         return True
+    if disjoint(geom):
+        return True
+    if input_per_output(geom) > SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT:
+        return False
     window_bytes = itemsize * geom.output_items * geom.feature_dim
     one_row = window_bytes * filters if batch == 1 else 0
-    return disjoint(geom) or 3 * batch * window_bytes + one_row <= SLICED_DERIVATIVES_BYTES
+    return 3 * batch * window_bytes + one_row <= SLICED_DERIVATIVES_BYTES
 
 
 def plan_tiles(
