@@ -174,19 +174,26 @@ def choose(problem: Problem) -> str:
         return _choices[key]
 
 
-def candidates(geom: Geometry) -> tuple[str, ...]:
-    """The implementations autotune times for ``geom``.
+def candidates(geom: Geometry, backend: str) -> tuple[str, ...]:
+    """The implementations autotune times for ``geom`` on ``backend``.
 
     All of them, but "shifts" only up to ``SHIFTS_MAX_CHANNELS`` input channels: it
     unrolls one term per window offset and channel, so beyond a few channels it compiles
-    for many seconds and is slower than the contractions it competes with.
+    for many seconds and is slower than the contractions it competes with. And not
+    "patches" on CPU: autotune never picked it on the 240 problems of sweep seeds 2 and
+    5-7, and its ``value_and_grad`` (XLA convolutions, as lax's) on 3-D windows took
+    minutes per call, which autotune's warm-up call would pay in full (over 20 minutes
+    on a 6x21x8 bf16 problem of seed 8).
 
     >>> from jlocalconv.geometry import make_geometry
-    >>> candidates(make_geometry((1, 8, 8, 16), 3))
-    ('patches', 'slices', 'tiles')
+    >>> candidates(make_geometry((1, 8, 8, 16), 3), "cpu")
+    ('slices', 'tiles')
+    >>> candidates(make_geometry((1, 8, 8, 2), 3), "gpu")
+    ('patches', 'slices', 'tiles', 'shifts')
     """
     few = geom.channels <= SHIFTS_MAX_CHANNELS
-    return tuple(n for n in IMPLEMENTATIONS if n != "shifts" or few)
+    skip = {"patches"} if backend == "cpu" else set()
+    return tuple(n for n in IMPLEMENTATIONS if (n != "shifts" or few) and n not in skip)
 
 
 def decide(measured: dict[str, Measurement]) -> str:
@@ -293,7 +300,8 @@ def _measure_all(problem: Problem) -> dict[str, Measurement]:
     """
     with jax.ensure_compile_time_eval():  # run now, even while an outer jit traces
         x, k, g = _operands(problem)
-        compiled = {name: _compile(name, problem, x, k, g) for name in candidates(problem.geom)}
+        names = candidates(problem.geom, jax.default_backend())
+        compiled = {name: _compile(name, problem, x, k, g) for name in names}
         calls: dict[tuple[str, int], Callable] = {}
         for name, (fwd, grad, _) in compiled.items():
             calls[(name, 0)], calls[(name, 1)] = fwd, grad

@@ -17,6 +17,8 @@ from tests.reference import local_conv_ref
 
 M = autotune.Measurement
 EVEN = {n: (1.0, 1.0, 0) for n in IMPLEMENTATIONS}  # fake times: every candidate alike
+# What autotune times on this backend: not "patches" on CPU (see autotune.candidates)
+TIMED = set(IMPLEMENTATIONS) - ({"patches"} if jax.default_backend() == "cpu" else set())
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +36,7 @@ def _fake(times: dict[str, tuple[float, float, int]], calls: list[str]):
     """A stand-in for the measurement: the given times for autotune's candidates."""
 
     def measure_all(problem):
-        names = autotune.candidates(problem.geom)
+        names = autotune.candidates(problem.geom, jax.default_backend())
         calls.extend(names)
         return {name: M(*times[name]) for name in names}
 
@@ -85,7 +87,7 @@ def test_fake_timings_decide_and_the_choice_is_measured_once(monkeypatch):
     x, k = _operands()
     f = jax.jit(lambda x, k: jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune"))
     y = f(x, k)
-    assert sorted(calls) == sorted(IMPLEMENTATIONS)  # 2 channels: "shifts" is a candidate
+    assert sorted(calls) == sorted(TIMED)  # 2 channels: "shifts" is a candidate
     assert list(autotune.choices().values()) == ["shifts"]
     # the chosen implementation ran: its result, bit for bit
     expected = jlocalconv.local_conv2d(x, k, 3, 1, implementation="shifts")
@@ -93,7 +95,7 @@ def test_fake_timings_decide_and_the_choice_is_measured_once(monkeypatch):
     # retraced (another jit, grad, eager): no new measurement for the same problem
     jax.grad(lambda x: jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune").sum())(x)
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
-    assert len(calls) == len(IMPLEMENTATIONS)
+    assert len(calls) == len(TIMED)
 
 
 def test_shifts_is_not_timed_beyond_a_few_channels(monkeypatch):
@@ -101,7 +103,16 @@ def test_shifts_is_not_timed_beyond_a_few_channels(monkeypatch):
     monkeypatch.setattr(autotune, "_measure_all", _fake(EVEN, calls))
     x, k = _operands(shape=(2, 6, 6, autotune.SHIFTS_MAX_CHANNELS + 1))
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
-    assert sorted(calls) == sorted(set(IMPLEMENTATIONS) - {"shifts"})
+    assert sorted(calls) == sorted(TIMED - {"shifts"})
+
+
+def test_patches_is_timed_off_cpu_only():
+    """On CPU "patches" (XLA convolutions, whose 3-D value_and_grad takes minutes) is left
+    out; elsewhere every implementation competes."""
+    geom = make_geometry((1, 6, 6, 6, 2), 3)
+    assert "patches" not in autotune.candidates(geom, "cpu")
+    assert set(autotune.candidates(geom, "gpu")) == set(IMPLEMENTATIONS)
+    assert set(autotune.candidates(geom, "cpu")) == set(IMPLEMENTATIONS) - {"patches"}
 
 
 def test_another_problem_is_measured_again(monkeypatch):
@@ -110,7 +121,7 @@ def test_another_problem_is_measured_again(monkeypatch):
     x, k = _operands()
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
     jlocalconv.local_conv2d(x[:2], k, 3, 1, implementation="autotune")  # another batch
-    assert len(calls) == 2 * len(IMPLEMENTATIONS) and len(autotune.choices()) == 2
+    assert len(calls) == 2 * len(TIMED) and len(autotune.choices()) == 2
 
 
 def test_real_measurement_matches_the_numpy_reference_under_jit_grad_and_vmap():

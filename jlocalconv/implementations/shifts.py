@@ -11,8 +11,9 @@ The transpose of that sum would hold one product per term for the backward pass,
 under differentiation values and derivatives come from "slices" or the "tiles" loop
 instead (through :func:`~jlocalconv.implementations._bilinear.split_bilinear`, which
 keeps forward mode, higher orders and ``linear_transpose``): fast values, lean gradients.
-The number of fused terms is ``prod(kernel_size) * channels``, which is why "auto"
-only picks this for a handful of channels.
+The number of fused terms is ``prod(kernel_size) * channels``, each over all filters,
+which is why "auto" only picks this for a handful of channels and small filter banks
+(``implementations.SHIFTS_MAX_BANK``).
 """
 
 from __future__ import annotations
