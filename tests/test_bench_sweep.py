@@ -157,3 +157,20 @@ def test_parts_of_a_sweep_merge_in_problem_order(tmp_path):
     other.write_text(other.read_text().replace('"seed": 5', '"seed": 6'))
     with pytest.raises(ValueError, match="one seed"):
         sweep_report.merge([part(0, [0]), other], tmp_path)
+
+
+def test_each_round_starts_one_candidate_later():
+    """No candidate always follows the same one (a large backward pass leaves cold caches
+    to whichever call comes next)."""
+    import numpy as np
+
+    from bench.candidate import Built
+
+    order: list[str] = []
+
+    def built(name: str) -> Built:
+        return Built(lambda: order.append(name), lambda: None, np.zeros(1))
+
+    times = sweep._alternate({n: built(n) for n in "abc"}, rounds=3, budget_s=0.0)
+    assert order == list("abcbcacab")
+    assert all(len(t["fwd"]) == len(t["fwd_bwd"]) == 3 for t in times.values())
