@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import random
 import statistics
 import time
 from collections.abc import Iterator
@@ -208,16 +209,17 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
 def _alternate(built: dict[str, Built], rounds: int, budget_s: float) -> dict:
     """Round-robin timing; a candidate whose call took over ``SLOW_CALL_S`` stops there.
 
-    Each round starts one candidate later: a large backward pass (lax's above all) leaves
-    cold caches and fresh pages to whichever call comes next, and in a fixed order that
-    was always the same candidate (the first; in sweep seed 8 a composite auto, timed up
-    to 1.7x its value route's program, which a separate A/B put within 5% of it).
+    Each round takes the candidates in another order (a permutation seeded by the round):
+    a large backward pass (lax's above all) leaves cold caches and fresh pages to
+    whichever call comes next, and in a fixed (or merely rotated) cyclic order that was
+    always the same candidate: in sweep seed 8 a composite auto, timed 1.2-1.4x the very
+    program of its value route, which a 300-call A/B put within 2% of it (0.386 vs 0.378 ms).
     """
     times: dict[str, dict[str, list[float]]] = {n: {"fwd": [], "fwd_bwd": []} for n in built}
     names = list(built)
     start, done = time.perf_counter(), 0
     while done < rounds or (done < 4 * rounds and time.perf_counter() - start < budget_s):
-        for name in names[done % len(names) :] + names[: done % len(names)]:
+        for name in random.Random(done).sample(names, len(names)):
             b = built[name]
             if done and max(times[name]["fwd_bwd"]) > SLOW_CALL_S:
                 continue  # minutes-long calls (lax on some bf16 problems): one timing is plenty

@@ -159,9 +159,9 @@ def test_parts_of_a_sweep_merge_in_problem_order(tmp_path):
         sweep_report.merge([part(0, [0]), other], tmp_path)
 
 
-def test_each_round_starts_one_candidate_later():
+def test_each_round_takes_the_candidates_in_another_order():
     """No candidate always follows the same one (a large backward pass leaves cold caches
-    to whichever call comes next)."""
+    to whichever call comes next), and every round times each candidate once."""
     import numpy as np
 
     from bench.candidate import Built
@@ -171,6 +171,10 @@ def test_each_round_starts_one_candidate_later():
     def built(name: str) -> Built:
         return Built(lambda: order.append(name), lambda: None, np.zeros(1))
 
-    times = sweep._alternate({n: built(n) for n in "abc"}, rounds=3, budget_s=0.0)
-    assert order == list("abcbcacab")
-    assert all(len(t["fwd"]) == len(t["fwd_bwd"]) == 3 for t in times.values())
+    times = sweep._alternate({n: built(n) for n in "abcd"}, rounds=3, budget_s=1.0)
+    rounds = [order[i : i + 4] for i in range(0, len(order), 4)]
+    assert len(rounds) == 12 and all(sorted(r) == list("abcd") for r in rounds)
+    flat = "".join(order)
+    after_d = {flat[i + 1] for i in range(len(flat) - 1) if flat[i] == "d"}
+    assert len(after_d) > 1  # not a fixed cyclic order
+    assert all(len(t["fwd"]) == len(t["fwd_bwd"]) == 12 for t in times.values())
