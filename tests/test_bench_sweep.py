@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `bench` is a folder of the repository, not an installed package
 
 from bench import suite, sweep, sweep_report  # noqa: E402
+from bench.candidate import Built  # noqa: E402
 
 N = 200
 
@@ -162,10 +164,6 @@ def test_parts_of_a_sweep_merge_in_problem_order(tmp_path):
 def test_each_round_takes_the_candidates_in_another_order():
     """No candidate always follows the same one (a large backward pass leaves cold caches
     to whichever call comes next), and every round times each candidate once."""
-    import numpy as np
-
-    from bench.candidate import Built
-
     order: list[str] = []
 
     def built(name: str) -> Built:
