@@ -47,8 +47,9 @@ def local_conv_shifts(
     differentiated.
 
     Derivatives come from "slices" wherever ``tiles.derivatives_by_slices``
-    says so (a dominant kernel, disjoint windows, or a window tensor within budget):
-    one contraction, which the tile loop's backward pass is far slower than.
+    says so (a dominant kernel, disjoint windows, or a window tensor within budget over
+    an input not much larger than the output): one contraction, which the tile loop's
+    backward pass is far slower than.
     ``precision`` applies to the derivatives' contractions; values are elementwise
     products accumulated in float32 (or ``preferred_element_type``, if wider).
     """
