@@ -219,6 +219,7 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     # values by "slices" where derivatives are and the kernel dominates or windows have
     # few offsets, else by tiles.
     few = geom.channels <= SHIFTS_MAX_CHANNELS and geom.feature_dim * filters < 4096
+    few = few and (geom.feature_dim < 200 or filters <= 4)  # deep windows: few filters only
     kernel_bound = batch > 1 and batch * tiles_module.MIN_TILES < filters
     patch_bytes = 4 * batch * geom.output_items * geom.feature_dim
     kernel_bytes = 4 * geom.output_items * geom.feature_dim * filters
@@ -304,6 +305,12 @@ def test_auto_specific_choices():
     bank = make_geometry((8, 20, 20, 1), 9)
     assert choose(bank, 8, 50, jnp.float32, "cpu") == "shifts"
     assert choose(bank, 8, 51, jnp.float32, "cpu") == "tiles/slices"
+    # Deep windows (200 features or more): "shifts" only up to 4 filters (sweep s8-46)
+    deep = make_geometry((41, 16, 11, 6, 3), (6, 4, 5), (1, 2, 3), "same")  # 360 features
+    assert choose(deep, 41, 4, jnp.float32, "cpu") == "shifts"
+    assert choose(deep, 41, 5, jnp.float32, "cpu") != "shifts"
+    shallow = make_geometry((41, 16, 11, 6, 3), (6, 4, 2), (1, 2, 3), "same")  # 144 features
+    assert choose(shallow, 41, 6, jnp.float32, "cpu") == "shifts"
     mnist = make_geometry((32, 28, 28, 1), 5)
     assert choose(mnist, 32, 8, jnp.float32, "cpu") == "shifts"
     assert choose(mnist, 32, 8, jnp.float32, "gpu") == "slices"
@@ -392,3 +399,49 @@ def test_disjoint_windows_are_a_reshape_and_match_the_reference(case, name):
     w = np.random.default_rng(4).standard_normal(_ref(case, x, k).shape).astype(np.float32)
     for g, p in zip(_grads(_impl(name, case), x, k, w), _grads(_impl("patches", case), x, k, w)):
         np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, ks, st, dil, fmt",
+    [
+        ((2, 9, 13, 3), (9, 3), (1, 2), (1, 1), "channels_last"),  # axis 1 has fewer inputs per output
+        ((2, 3, 9, 13), (9, 3), (1, 2), (1, 1), "channels_first"),
+        ((2, 2, 25, 21, 5), (1, 9, 6), (1, 3, 2), (3, 3, 3), "channels_last"),  # sweep s8-51's tile
+        ((1, 4, 11, 7, 6, 2), (2, 3, 1, 2), (2, 1, 1, 3), (1, 2, 1, 1), "channels_last"),  # 4-D
+    ],
+)
+def test_windows_by_axis_equal_the_one_shot_stack_and_its_transpose(shape, ks, st, dil, fmt):
+    """Any stage order (see ``_windows._stage_order``) must give Keras's feature order."""
+    from jlocalconv.implementations import _windows
+
+    geom = make_geometry(shape, ks, st, dilation=dil, data_format=fmt)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    one_shot = _windows.windows(x, geom)
+    by_axis = _windows.windows(x, geom, by_axis=True)
+    np.testing.assert_array_equal(by_axis, one_shot)
+    ct = jnp.asarray(np.random.default_rng(1).standard_normal(one_shot.shape), jnp.float32)
+    transpose = lambda by: jax.linear_transpose(  # noqa: E731
+        lambda v: _windows.windows(v, geom, by_axis=by), x)(ct)[0]  # fmt: skip
+    np.testing.assert_allclose(transpose(True), transpose(False), rtol=1e-6, atol=1e-5)
+
+
+def test_tiles_backward_of_large_dilated_windows_stays_within_lax_temp_memory():
+    """Sweep problem s8-51 (few positions under large dilated windows): the tile loop's
+    axis-by-axis windows held 8.2 MiB of XLA temporaries against lax's 3.5 MiB when
+    their stages ran last axis first (compile only; nothing runs)."""
+    shape, ks, st, dil = (2, 6, 25, 21, 133), (1, 9, 6), (1, 3, 2), (3, 3, 3)
+    geom = make_geometry(shape, ks, st, dilation=dil)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+
+    def temp(f, kernel_shape):
+        k = jax.ShapeDtypeStruct(kernel_shape, jnp.float32)
+        loss = lambda x, k: jnp.sum(f(x, k) ** 2)  # noqa: E731
+        compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    ours = temp(lambda x, k: local_conv_tiles(x, k, geom), geom.kernel_shape(1))
+    lax_kernel = (*geom.output_shape, geom.feature_dim, 1)
+    theirs = temp(lambda x, k: jax.lax.conv_general_dilated_local(
+        x, k, st, "VALID", ks, rhs_dilation=dil,
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC")), lax_kernel)  # fmt: skip
+    assert ours <= theirs + (1 << 20)

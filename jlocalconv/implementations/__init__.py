@@ -53,6 +53,15 @@ SHIFTS_MAX_CHANNELS = 4
 # (3-D windows of 135-360 offsets; one 2-D bank of 6432 was 8% faster), and on none below
 # 4096 was it more than 2x slower but two sub-millisecond ones.
 SHIFTS_MAX_BANK = 4096
+# ... and, for deep windows (at least SHIFTS_DEEP_FEATURES features: hundreds of 3-D
+# offsets), only with at most SHIFTS_DEEP_MAX_FILTERS filters. Each fused term is a
+# multiply-add across the filters, which a few filters leave no vector width to fill,
+# while hundreds of features give a contraction's matmul kernel a deep enough product.
+# On sweep seeds 2, 7 and 8 "shifts" computed values 1.13-1.97x slower than the tile loop
+# or "slices" on all five few-channel problems with 252-540 features and 5-7 filters, and
+# in 0.44-0.96x their time on the three with 252-324 features and 2-3 filters.
+SHIFTS_DEEP_FEATURES = 200
+SHIFTS_DEEP_MAX_FILTERS = 4
 # XLA's CPU backend has no fast 16-bit path through these loops' slices, dots and
 # scatters: bf16 value_and_grad ran about 2x slower than float32 on the suite's bf16
 # shape, and about 2x faster once widened. A product of two 16-bit floats is exact in
@@ -76,16 +85,19 @@ def choose(
     """The implementation "auto" picks, from static shapes, dtype and backend only.
 
     The cost model (deterministic: no timing, the same arguments give the same name;
-    constants tuned on the bench suite and sweep seeds 2, 5, 6 and 7, evaluated on seed 8)
+    constants tuned on the bench suite and sweep seeds 2, 5, 6, 7 and 8, evaluated on
+    seed 9)
     picks one route for undifferentiated values and one for derivatives; a name
     ``"values/derivatives"`` (e.g. ``"tiles/slices"``) says they differ (:func:`composed`).
 
     * ``backend == "cpu"``:
 
-      1. "shifts" if the input has at most ``SHIFTS_MAX_CHANNELS`` channels and a
+      1. "shifts" if the input has at most ``SHIFTS_MAX_CHANNELS`` channels, a
          position's filter bank fewer than ``SHIFTS_MAX_BANK`` weights
-         (``feature_dim * filters``): values with no window tensor at all (its
-         derivatives: see :mod:`jlocalconv.implementations.shifts`);
+         (``feature_dim * filters``) and, for windows of at least
+         ``SHIFTS_DEEP_FEATURES`` features, at most ``SHIFTS_DEEP_MAX_FILTERS`` filters:
+         values with no window tensor at all (its derivatives: see
+         :mod:`jlocalconv.implementations.shifts`);
       2. derivatives by "slices" where
          :func:`~jlocalconv.implementations.tiles.derivatives_by_slices` says so (a
          dominant kernel, disjoint windows, or three window tensors within
@@ -131,7 +143,7 @@ def choose(
     """
     if backend != "cpu":
         return "slices"
-    if geom.channels <= SHIFTS_MAX_CHANNELS and geom.feature_dim * filters < SHIFTS_MAX_BANK:
+    if _shifts_values(geom, filters):
         return "shifts"  # values without windows; its derivatives pick their own route
     itemsize = max(np.dtype(dtype).itemsize, 4)  # 16-bit floats are computed in float32
     if not derivatives_by_slices(geom, batch, filters, itemsize):
@@ -139,6 +151,13 @@ def choose(
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     cheap_windows = geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
     return "slices" if kernel_bound or cheap_windows else "tiles/slices"
+
+
+def _shifts_values(geom: Geometry, filters: int) -> bool:
+    """Whether "shifts" computes values fastest on CPU (rule 1 of :func:`choose`)."""
+    if geom.channels > SHIFTS_MAX_CHANNELS or geom.feature_dim * filters >= SHIFTS_MAX_BANK:
+        return False
+    return geom.feature_dim < SHIFTS_DEEP_FEATURES or filters <= SHIFTS_DEEP_MAX_FILTERS
 
 
 def widens(
