@@ -404,7 +404,7 @@ def test_disjoint_windows_are_a_reshape_and_match_the_reference(case, name):
 @pytest.mark.parametrize(
     "shape, ks, st, dil, fmt",
     [
-        ((2, 9, 13, 3), (9, 3), (1, 2), (1, 1), "channels_last"),  # axis 1 has fewer inputs per output
+        ((2, 9, 13, 3), (9, 3), (1, 2), (1, 1), "channels_last"),  # axis 1: fewer inputs per output
         ((2, 3, 9, 13), (9, 3), (1, 2), (1, 1), "channels_first"),
         ((2, 2, 25, 21, 5), (1, 9, 6), (1, 3, 2), (3, 3, 3), "channels_last"),  # sweep s8-51's tile
         ((1, 4, 11, 7, 6, 2), (2, 3, 1, 2), (2, 1, 1, 3), (1, 2, 1, 1), "channels_last"),  # 4-D
@@ -420,7 +420,7 @@ def test_windows_by_axis_equal_the_one_shot_stack_and_its_transpose(shape, ks, s
     by_axis = _windows.windows(x, geom, by_axis=True)
     np.testing.assert_array_equal(by_axis, one_shot)
     ct = jnp.asarray(np.random.default_rng(1).standard_normal(one_shot.shape), jnp.float32)
-    transpose = lambda by: jax.linear_transpose(  # noqa: E731
+    transpose = lambda by: jax.linear_transpose(
         lambda v: _windows.windows(v, geom, by_axis=by), x)(ct)[0]  # fmt: skip
     np.testing.assert_allclose(transpose(True), transpose(False), rtol=1e-6, atol=1e-5)
 
@@ -435,7 +435,7 @@ def test_tiles_backward_of_large_dilated_windows_stays_within_lax_temp_memory():
 
     def temp(f, kernel_shape):
         k = jax.ShapeDtypeStruct(kernel_shape, jnp.float32)
-        loss = lambda x, k: jnp.sum(f(x, k) ** 2)  # noqa: E731
+        loss = lambda x, k: jnp.sum(f(x, k) ** 2)
         compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
