@@ -76,11 +76,13 @@ def contract(
 
     Output positions are the dot's batch dimension, so each position multiplies its
     own filter bank; both operands are already in the canonical (batch, rows,
-    contracted) order, so XLA inserts no transposes.
+    contracted) order, so XLA inserts no transposes. A narrower kernel (16-bit filters
+    with widened windows: see ``implementations.widened``) is widened here, where it is
+    read: a tile loop then converts one block at a time.
     """
     return lax.dot_general(
         patches,
-        kernel,
+        kernel.astype(patches.dtype),
         dimension_numbers=(((2,), (1,)), ((0,), (0,))),
         precision=precision,
         preferred_element_type=preferred_element_type,
@@ -99,6 +101,7 @@ def contract_per_position(
     XLA's CPU backend runs a batched dot of such thin matrices on one core, while
     independent dots run concurrently (see ``tiles.PER_POSITION_MAX_BATCH``).
     """
+    kernel = kernel.astype(patches.dtype)  # as in contract
     dots = [
         lax.dot(patches[p], kernel[p], precision=precision,
                 preferred_element_type=preferred_element_type)

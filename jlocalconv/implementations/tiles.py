@@ -98,7 +98,11 @@ class TilePlan:
     Attributes:
       level: the output axis along which tiles take ``size`` consecutive indices;
         they take one index along earlier axes and all indices along later ones.
-      size: a divisor of ``output_shape[level]``.
+      size: positions along ``level`` per tile; a divisor of ``output_shape[level]``,
+        or (a *ragged* plan, where no divisor gives a tile within bounds, e.g. a prime
+        extent) not: the last tile along ``level`` then starts ``size`` before the end
+        and overlaps the one before it, which writes the same values again (and, as
+        ``dynamic_update_slice`` transposes, takes no gradient twice).
       one_shot_forward: compute undifferentiated values with one contraction over
         all positions ("slices"), differentiated ones with the tile loop; for problems whose
         kernel dwarfs their windows, where copying filter blocks into the loop
@@ -115,7 +119,7 @@ class TilePlan:
     def counts(self, geom: Geometry) -> tuple[int, ...]:
         """The number of tiles along output axes ``0..level``."""
         out = geom.output_shape
-        return (*out[: self.level], out[self.level] // self.size)
+        return (*out[: self.level], -(-out[self.level] // self.size))
 
     def tile_positions(self, geom: Geometry) -> int:
         return self.size * math.prod(geom.output_shape[self.level + 1 :])
@@ -183,7 +187,10 @@ def plan_tiles(
     * otherwise a tile holds at most ``min(tile_bytes, 2 * patch_bytes / MIN_TILES)``
       bytes and ``output_items / MIN_TILES`` positions, and at least
       ``MIN_TILE_BYTES`` bytes and ``output_items / MAX_TILES`` positions. The largest
-      tile within those bounds is chosen, else the smallest above the lower bound.
+      tile within those bounds is chosen, else the smallest above the lower bound; but
+      where that is over twice the upper bound (a prime extent has only one tile or
+      single positions), the largest ragged tile within the bounds (see
+      :class:`TilePlan`): it recomputes at most one tile's positions.
 
     >>> from jlocalconv.geometry import make_geometry
     >>> plan_tiles(make_geometry((32, 32, 32, 16), 3), batch=32, filters=16, itemsize=4)
@@ -195,6 +202,8 @@ def plan_tiles(
     if kernel_dominates(batch, filters):
         at_most = max(1, geom.output_items // MIN_TILES)
         fitting = [p for p in plans if p.tile_positions(geom) <= at_most]
+        if math.prod(fitting[-1].counts(geom)) > MAX_TILES:  # e.g. a prime extent
+            fitting = [p for p in _ragged_plans(geom) if p.tile_positions(geom) <= at_most]
         return dataclasses.replace(fitting[-1], one_shot_forward=True)
     patch_bytes = itemsize * batch * geom.output_items * geom.feature_dim
     per_position = max(position_bytes(geom, batch, filters, itemsize), 1)
@@ -202,11 +211,11 @@ def plan_tiles(
     upper = min(min(tile_bytes, 2 * patch_bytes // MIN_TILES) // per_position,
                 geom.output_items // MIN_TILES)  # fmt: skip
     fitting = [p for p in plans if lower <= p.tile_positions(geom) <= upper]
-    if fitting:
-        plan = fitting[-1]
-    else:
-        above = [p for p in plans if p.tile_positions(geom) >= lower]
-        plan = min(above, key=lambda p: (p.tile_positions(geom), p.level)) if above else plans[-1]
+    above = [p for p in plans if p.tile_positions(geom) >= lower]
+    smallest = min(above, key=lambda p: (p.tile_positions(geom), p.level)) if above else plans[-1]
+    if not fitting and smallest.tile_positions(geom) > 2 * upper:  # e.g. a prime extent
+        fitting = [p for p in _ragged_plans(geom) if lower <= p.tile_positions(geom) <= upper]
+    plan = fitting[-1] if fitting else smallest
     positions = plan.tile_positions(geom)
     few = batch <= PER_POSITION_MAX_BATCH and positions <= PER_POSITION_MAX_POSITIONS
     heavy = positions * geom.feature_dim * filters * itemsize >= MIN_TILE_BYTES
@@ -214,6 +223,7 @@ def plan_tiles(
 
 
 def _all_plans(geom: Geometry) -> list[TilePlan]:
+    """Every plan whose tiles divide their axis evenly."""
     out = geom.output_shape
     return [
         TilePlan(level, size)
@@ -221,6 +231,17 @@ def _all_plans(geom: Geometry) -> list[TilePlan]:
         for size in range(1, out[level] + 1)
         if out[level] % size == 0
     ]
+
+
+def _ragged_plans(geom: Geometry) -> list[TilePlan]:
+    """Plans of ``count`` tiles of ``ceil(extent / count)`` positions along an axis
+    (the least overlap for that count), sorted as in :func:`plan_tiles`; a superset of
+    :func:`_all_plans`."""
+    out = geom.output_shape
+    sizes = {(level, -(-out[level] // count)) for level in range(geom.ndim)
+             for count in range(1, out[level] + 1)}  # fmt: skip
+    plans = [TilePlan(level, size) for level, size in sizes]
+    return sorted(plans, key=lambda p: (p.tile_positions(geom), -p.level))
 
 
 def local_conv_tiles(
@@ -305,18 +326,18 @@ def _tile_loop(
     positions = plan.tile_positions(geom)
 
     def body(out: jax.Array, index: jax.Array) -> tuple[jax.Array, None]:
-        starts = _unravel(index, counts)
+        origin = _tile_origin(index, geom, plan)
         # A dynamic slice of the closed-over kernel, not a scanned operand: scanning over
         # blocks made its gradient a stacked scan output that XLA copied into the kernel's
         # shape (a second kernel-sized buffer); a slice transposes to an in-place update.
-        filters_block = lax.dynamic_slice_in_dim(kernel, index * positions, positions)
-        region = _input_region(padded_inputs, full, tile, plan, starts)
+        filters_block = lax.dynamic_slice_in_dim(kernel, _flat_start(origin, geom), positions)
+        region = _input_region(padded_inputs, full, tile, origin)
         patches = windows(region, tile, by_axis=by_axis)
         y = contraction(patches, filters_block, precision, preferred_element_type)
         at: list[int | jax.Array] = [0] * out.ndim
         first = spatial_axis(geom)
-        for axis, start in enumerate(starts):
-            at[first + axis] = start * (plan.size if axis == plan.level else 1)
+        for axis, start in enumerate(origin):
+            at[first + axis] = start
         return lax.dynamic_update_slice(out, positions_to_result(y, tile), _int32(at)), None
 
     n_tiles = math.prod(counts)
@@ -339,28 +360,36 @@ def _tile_geometry(full: Geometry, plan: TilePlan) -> Geometry:
     return dataclasses.replace(full, spatial_shape=tuple(extents))
 
 
-def _unravel(index: jax.Array, counts: tuple[int, ...]) -> list[jax.Array]:
-    """Row-major multi-index of tile ``index`` over ``counts``."""
-    starts = []
-    for count in reversed(counts):
-        starts.append(index % count)
+def _tile_origin(index: jax.Array, geom: Geometry, plan: TilePlan) -> list[jax.Array]:
+    """The output index where tile ``index`` starts, along axes ``0..plan.level``
+    (row-major tiles; a ragged plan's last tile along ``level`` ends at the edge)."""
+    origin = []
+    for axis, count in reversed(list(enumerate(plan.counts(geom)))):
+        start = index % count
+        if axis == plan.level:
+            start = jnp.minimum(start * plan.size, geom.output_shape[axis] - plan.size)
+        origin.append(start)
         index = index // count
-    return starts[::-1]
+    return origin[::-1]
+
+
+def _flat_start(origin: list[jax.Array], geom: Geometry) -> jax.Array:
+    """The row-major position index of ``origin`` (the tile's first kernel row)."""
+    flat = origin[0]
+    for axis in range(1, geom.ndim):
+        flat = flat * geom.output_shape[axis] + (origin[axis] if axis < len(origin) else 0)
+    return flat
 
 
 def _input_region(
-    padded_inputs: jax.Array,
-    full: Geometry,
-    tile: Geometry,
-    plan: TilePlan,
-    starts: list[jax.Array],
+    padded_inputs: jax.Array, full: Geometry, tile: Geometry, origin: list[jax.Array]
 ) -> jax.Array:
-    """The input box under tile ``starts`` (a dynamic slice of the padded input)."""
+    """The input box under the tile at output ``origin`` (a dynamic slice of the
+    padded input)."""
     at: list[int | jax.Array] = [0] * padded_inputs.ndim
     first = spatial_axis(full)
-    for axis, start in enumerate(starts):
-        step = plan.size if axis == plan.level else 1
-        at[first + axis] = start * step * full.strides[axis]
+    for axis, start in enumerate(origin):
+        at[first + axis] = start * full.strides[axis]
     return lax.dynamic_slice(padded_inputs, _int32(at), tile.input_shape(padded_inputs.shape[0]))
 
 
