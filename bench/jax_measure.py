@@ -31,11 +31,8 @@ def build(fn: Callable[[jax.Array, jax.Array], jax.Array], x, k, g) -> Built:
     float32 (bf16 results are upcast), as for every peer.
     """
 
-    def loss(x, k, g):
-        return jnp.sum(fn(x, k).astype(jnp.float32) * g)
-
     fwd, fwd_s, fwd_temp = _compile(fn, x, k)
-    vag, vag_s, vag_temp = _compile(jax.value_and_grad(loss, argnums=(0, 1)), x, k, g)
+    vag, vag_s, vag_temp = _compile(value_and_grad(fn), x, k, g)
     result = np.asarray(jax.device_get(fwd(x, k)), np.float32)
     jax.block_until_ready(vag(x, k, g))
     return Built(
@@ -45,6 +42,22 @@ def build(fn: Callable[[jax.Array, jax.Array], jax.Array], x, k, g) -> Built:
         compile_s=(fwd_s, vag_s),
         temp_bytes=(fwd_temp, vag_temp),
     )
+
+
+def value_and_grad(fn: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable:
+    """``(x, k, g) -> (sum(fn(x, k) * g), (d/dx, d/dk))``: what every JAX peer's
+    forward+backward runs (the product in float32, bf16 results upcast)."""
+
+    def loss(x, k, g):
+        return jnp.sum(fn(x, k).astype(jnp.float32) * g)
+
+    return jax.value_and_grad(loss, argnums=(0, 1))
+
+
+def temp_bytes(fn: Callable, *args) -> int | None:
+    """XLA's temp bytes for ``jit(fn)`` on ``args`` (arrays or ``ShapeDtypeStruct``s):
+    compile only, nothing runs."""
+    return _compile(fn, *args)[2]
 
 
 def _compile(fn, *args):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +54,11 @@ def _accumulation(shape: Shape) -> jnp.dtype | None:
 
 
 def _build(name: str, problem: Problem) -> Built:
-    s = problem.shape
+    return jax_measure.build(local_conv_fn(name, problem.shape), *jax_measure.operands(problem))
+
+
+def local_conv_fn(name: str, s: Shape) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``(x, k) -> local_conv(...)`` with ``implementation=name``, as the bench runs ``s``."""
     accumulate = _accumulation(s)
 
     def fn(x, k):
@@ -68,4 +73,4 @@ def _build(name: str, problem: Problem) -> Built:
             implementation=name,
         )
 
-    return jax_measure.build(fn, *jax_measure.operands(problem))
+    return fn

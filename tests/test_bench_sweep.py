@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -176,3 +177,17 @@ def test_each_round_takes_the_candidates_in_another_order():
     after_d = {flat[i + 1] for i in range(len(flat) - 1) if flat[i] == "d"}
     assert len(after_d) > 1  # not a fixed cyclic order
     assert all(len(t["fwd"]) == len(t["fwd_bwd"]) == 12 for t in times.values())
+
+
+def test_sweep_temps_recompiles_auto_and_applies_the_bounds():
+    """``python -m bench.sweep_temps``: a report entry's shape round-trips, and the
+    recompiled temp is judged by the report's own bounds (compile only)."""
+    from bench import sweep_temps
+
+    shape = sweep.problems(1, seed=3, bounds=sweep.Bounds().scaled(sweep.SMOKE_SCALE))[0]
+    entry = {"shape": json.loads(json.dumps(dataclasses.asdict(shape)))}  # as in a report
+    assert sweep_temps.shape_of(entry) == shape
+    now = sweep_temps.auto_temp_mib(shape)
+    assert now >= 0
+    roomy, tight = (entry | {"temp_auto_mib": 0.0, "temp_lax_mib": lax} for lax in (now, now - 2))
+    assert [r["ok"] for r in sweep_temps.recheck({"problems": [roomy, tight]})] == [True, False]

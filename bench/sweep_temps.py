@@ -1,0 +1,72 @@
+"""``python -m bench.sweep_temps REPORT.json``: auto's temp memory on a committed sweep, now.
+
+XLA's temp bytes are a property of the compiled program, not of a timing, so a change
+that only moves memory can be checked on every problem of a sweep without timing it
+again: this recompiles auto's ``value_and_grad`` (as ``python -m bench --sweep`` builds
+it) for each problem of the report, compares it with the lax temp the report recorded
+and prints the problems over the bounds (``temp <= lax + 1 MiB``, and ``<= 0.5x lax``
+where lax holds over 32 MiB). Compile only: nothing runs, so it takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from bench import jax_measure, ours
+from bench.suite import Shape
+from bench.sweep_report import _temp_ok
+
+
+def shape_of(entry: dict) -> Shape:
+    """The :class:`~bench.suite.Shape` a sweep report entry was measured on."""
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in entry["shape"].items()}
+    return Shape(**fields)
+
+
+def auto_temp_mib(shape: Shape) -> float:
+    """auto's value_and_grad temp MiB on ``shape`` (compile only)."""
+    fn = ours.local_conv_fn("auto", shape)
+    dtype = jnp.dtype(shape.dtype)
+    x = jax.ShapeDtypeStruct(shape.input_shape, dtype)
+    k = jax.ShapeDtypeStruct(shape.geometry().kernel_shape(shape.filters), dtype)
+    g = jax.ShapeDtypeStruct(jax.eval_shape(fn, x, k).shape, jnp.float32)
+    return jax_measure.temp_bytes(jax_measure.value_and_grad(fn), x, k, g) / 2**20
+
+
+def recheck(report: dict) -> list[dict]:
+    """Per problem: key, the recorded and the current auto temp, lax's, and whether it is
+    within the bounds now."""
+    rows = []
+    for entry in report["problems"]:
+        now = auto_temp_mib(shape_of(entry))
+        ok = _temp_ok(entry | {"temp_auto_mib": now})
+        rows.append(dict(key=entry["shape"]["key"], recorded=entry["temp_auto_mib"], now=now,
+                         lax=entry["temp_lax_mib"], ok=ok))  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = (argv if argv is not None else sys.argv[1:]) or []
+    for path in paths:
+        rows = recheck(json.loads(Path(path).read_text()))
+        print(f"{path}: auto value_and_grad temp MiB, recorded -> now (lax)")
+        for r in rows:
+            recorded, lax = (_mib(r[key]) for key in ("recorded", "lax"))
+            flag = "" if r["ok"] else "  OVER"
+            print(f"  {r['key']}: {recorded} -> {r['now']:.2f} ({lax}){flag}")
+        over = [r["key"] for r in rows if not r["ok"]]
+        print(f"  over the bounds now: {len(over)} {over}")
+    return 0
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
