@@ -234,12 +234,16 @@ def _all_plans(geom: Geometry) -> list[TilePlan]:
 
 
 def _ragged_plans(geom: Geometry) -> list[TilePlan]:
-    """Plans of ``count`` tiles of ``ceil(extent / count)`` positions along an axis
-    (the least overlap for that count), sorted as in :func:`plan_tiles`; a superset of
-    :func:`_all_plans`."""
-    out = geom.output_shape
-    sizes = {(level, -(-out[level] // count)) for level in range(geom.ndim)
-             for count in range(1, out[level] + 1)}  # fmt: skip
+    """Plans of ``count`` tiles of ``ceil(extent / count)`` positions along an axis (the
+    least overlap for that count), sorted as in :func:`plan_tiles`; a superset of
+    :func:`_all_plans`. ``O(sqrt(extent))`` sizes: every size up to ``sqrt(extent) + 1``,
+    and the larger ones from counts up to that (trace-time Python stays cheap on long
+    sequences)."""
+    sizes = set()
+    for level, n in enumerate(geom.output_shape):
+        root = math.isqrt(n) + 1
+        sizes |= {(level, min(size, n)) for size in range(1, root + 1)}
+        sizes |= {(level, -(-n // count)) for count in range(1, root + 1)}
     plans = [TilePlan(level, size) for level, size in sizes]
     return sorted(plans, key=lambda p: (p.tile_positions(geom), -p.level))
 
