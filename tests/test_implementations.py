@@ -332,6 +332,10 @@ def test_auto_specific_choices():
     prime = make_geometry((136, 2551, 7), 4, 1, "causal")
     plan = plan_tiles(prime, 136, 8, 4)
     assert plan == TilePlan(0, 197) and plan.counts(prime) == (13,)  # 13 x 197 = 2561
+    # ... and where the kernel dominates: at least MIN_TILES tiles, not 1009 of one position
+    dominated = make_geometry((2, 1011, 4), 3, 1)  # 1009 positions, 2 x 8 < 64 filters
+    plan = plan_tiles(dominated, 2, 64, 4)
+    assert plan == TilePlan(0, 113, one_shot_forward=True) and plan.counts(dominated) == (9,)
     # Deterministic: the same arguments, the same answer.
     assert {choose(a, 32, 16, jnp.float32, "cpu") for _ in range(3)} == {"tiles"}
 
