@@ -389,8 +389,7 @@ def test_auto_computes_16_bit_operands_in_float32_on_cpu(dtype):
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_widened_tile_loop_rounds_gradients_once(dtype):
     """The tile loop widens its 16-bit kernel a block at a time (no float32 copy of the
-    kernel or of its gradient), yet both gradients equal the float32 program's, rounded
-    once."""
+    whole kernel), yet both gradients equal the float32 program's, rounded once."""
     case = Case((65,), 8, 8, (2,), (32,), batch=2)  # input per output > 32: the loop
     geom = _geom(case)
     assert choose(geom, 2, 8, dtype, "cpu") == "tiles"
