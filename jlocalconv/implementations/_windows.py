@@ -26,12 +26,16 @@ from jlocalconv.geometry import Geometry
 # slice at every input element, and XLA compiles it slowly. Stacked one axis at a time,
 # each element sums only k_i slices: value_and_grad compiled 1.5-3x faster from 49
 # offsets on (DeepFace L4: 1.9 -> 1.1 s; 9x9 on 40x40x32: 7.1 -> 2.3 s) and ran 4-13%
-# faster on three of four such problems (16% slower on 7x7 x 8 channels). With 25 offsets
-# the tile loop differentiated up to 24% slower, so only derivatives of many offsets
-# take this route; values keep the one-shot stack, which was up to 50% faster. Only the
-# tile loop uses it: its stages hold more bytes than the final stack on strided and 3-D
-# windows, which a tile bounds and a whole window tensor ("slices") would not.
-BY_AXIS_MIN_OFFSETS = 32
+# faster on three of four such problems (16% slower on 7x7 x 8 channels). Since the
+# stages end with the axis of fewest inputs per output (``_stage_order``) it pays from
+# about 20 offsets: 21-25 offsets (7x3 on 40x40x8, 5x5 on 64x64x8, 30x30x32 and DeepFace
+# L6) ran value_and_grad in the tile loop 0.88-1.01x the one-shot stack's time, compiled
+# in 0.5-0.8 s instead of 0.7-1.3 s and held less; 16 offsets (4x4 on 40x40x16) ran 6%
+# slower and 9 (3x3, the suite's base and batch64) 13-17% slower. Values keep the one-shot
+# stack, which was up to 50% faster. Only the tile loop uses it: its stages hold more
+# bytes than the final stack on strided and 3-D windows, which a tile bounds and a whole
+# window tensor ("slices") would not.
+BY_AXIS_MIN_OFFSETS = 20
 
 
 def spatial_axis(geom: Geometry) -> int:
@@ -89,7 +93,9 @@ def by_axis_derivatives(geom: Geometry) -> bool:
     >>> from jlocalconv.geometry import make_geometry
     >>> by_axis_derivatives(make_geometry((8, 63, 63, 16), 9))  # 81 offsets
     True
-    >>> by_axis_derivatives(make_geometry((8, 9, 9, 16), 3))
+    >>> by_axis_derivatives(make_geometry((8, 9, 9, 16), 5))  # 25 offsets
+    True
+    >>> by_axis_derivatives(make_geometry((8, 9, 9, 16), 4))
     False
     """
     return geom.window_items >= BY_AXIS_MIN_OFFSETS
