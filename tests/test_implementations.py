@@ -183,6 +183,20 @@ def test_tiles_vmap_over_batch_and_kernels(case):
     np.testing.assert_allclose(ens, np.stack([full, -2 * full]), rtol=1e-5, atol=1e-5)
 
 
+def test_ragged_tiles_vmap_and_second_order_derivatives():
+    """The overlapping last tile (``TilePlan`` docstring) under vmap and second-order
+    forward and reverse derivatives: 13 positions in tiles of 5 (starts 0, 5, 8)."""
+    case = Case((13,), 3, 4, (4,), (1,), padding="causal")
+    geom, plan = _geom(case), TilePlan(0, 5)
+    assert plan.counts(geom) == (3,) and 13 % 5
+    x, k, _ = case.arrays()
+    f = lambda x, k: local_conv_tiles(x, k, geom, plan=plan, precision="highest")
+    np.testing.assert_allclose(f(x, k), _ref(case, x, k), rtol=1e-5, atol=1e-5)
+    per_example = jax.vmap(lambda xi: f(xi[None], k)[0])(x)
+    np.testing.assert_allclose(per_example, f(x, k), rtol=1e-6, atol=1e-6)
+    check_grads(f, (x, k), order=2, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2)
+
+
 def test_tiles_backward_keeps_under_half_of_lax_temp_memory():
     """The memory-lean claim, on a suite shape (compile only; nothing runs)."""
     geom = make_geometry((32, 32, 32, 16), 3)
