@@ -85,7 +85,7 @@ def _targets(entries: list[dict], prefix: str) -> list[dict]:
         rows.append(_target(f"{who}share faster than lax {phase}", share, share >= FASTER_SHARE))
         rows.append(_target(f"{who}speed-up over lax geomean {phase}", _geomean(speedups), None))
     temp = f"temp_{prefix or 'auto_'}mib"
-    over = [e["shape"]["key"] for e in entries if not _temp_ok(e, temp)]
+    over = [e["shape"]["key"] for e in entries if not temp_ok(e, temp)]
     rows.append(_target(f"{who}temp within lax bounds (problems over)", len(over), not over, over))
     return rows
 
@@ -94,7 +94,10 @@ def _target(name: str, value: float, met: bool | None, detail=None) -> dict:
     return {"target": name, "value": value, "met": met, "detail": detail}
 
 
-def _temp_ok(entry: dict, key: str = "temp_auto_mib") -> bool:
+def temp_ok(entry: dict, key: str = "temp_auto_mib") -> bool:
+    """Whether ``entry[key]`` (MiB) is within the sweep's bounds on lax's temp: at most
+    ``TEMP_SLACK_MIB`` over it, and at most ``TEMP_LARGE_RATIO`` of it where lax holds over
+    ``TEMP_LARGE_MIB`` (a missing figure counts as within)."""
     auto, lax = entry[key], entry["temp_lax_mib"]
     if auto is None or lax is None:
         return True

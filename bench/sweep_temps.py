@@ -4,8 +4,8 @@ XLA's temp bytes are a property of the compiled program, not of a timing, so a c
 that only moves memory can be checked on every problem of a sweep without timing it
 again: this recompiles auto's ``value_and_grad`` (as ``python -m bench --sweep`` builds
 it) for each problem of the report, compares it with the lax temp the report recorded
-and prints the problems over the bounds (``temp <= lax + 1 MiB``, and ``<= 0.5x lax``
-where lax holds over 32 MiB). Compile only: nothing runs, so it takes a few minutes.
+and prints the problems over its bounds (``bench.sweep_report.temp_ok``). Compile only:
+nothing runs, so it takes a few minutes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from bench import jax_measure, ours
 from bench.suite import Shape
-from bench.sweep_report import _temp_ok
+from bench.sweep_report import temp_ok
 
 
 def shape_of(entry: dict) -> Shape:
@@ -44,7 +44,7 @@ def recheck(report: dict) -> list[dict]:
     rows = []
     for entry in report["problems"]:
         now = auto_temp_mib(shape_of(entry))
-        ok = _temp_ok(entry | {"temp_auto_mib": now})
+        ok = temp_ok(entry | {"temp_auto_mib": now})
         rows.append(dict(key=entry["shape"]["key"], recorded=entry["temp_auto_mib"], now=now,
                          lax=entry["temp_lax_mib"], ok=ok))  # fmt: skip
     return rows

@@ -201,25 +201,30 @@ def plan_tiles(
     plans = sorted(_all_plans(geom), key=lambda p: (p.tile_positions(geom), -p.level))
     if kernel_dominates(batch, filters):
         at_most = max(1, geom.output_items // MIN_TILES)
-        fitting = [p for p in plans if p.tile_positions(geom) <= at_most]
+        fitting = _within(plans, geom, 1, at_most)
         if math.prod(fitting[-1].counts(geom)) > MAX_TILES:  # e.g. a prime extent
-            fitting = [p for p in _ragged_plans(geom) if p.tile_positions(geom) <= at_most]
+            fitting = _within(_ragged_plans(geom), geom, 1, at_most)
         return dataclasses.replace(fitting[-1], one_shot_forward=True)
     patch_bytes = itemsize * batch * geom.output_items * geom.feature_dim
     per_position = max(position_bytes(geom, batch, filters, itemsize), 1)
     lower = max(-(-geom.output_items // MAX_TILES), -(-MIN_TILE_BYTES // per_position))
     upper = min(min(tile_bytes, 2 * patch_bytes // MIN_TILES) // per_position,
                 geom.output_items // MIN_TILES)  # fmt: skip
-    fitting = [p for p in plans if lower <= p.tile_positions(geom) <= upper]
-    above = [p for p in plans if p.tile_positions(geom) >= lower]
+    fitting = _within(plans, geom, lower, upper)
+    above = _within(plans, geom, lower, math.inf)
     smallest = min(above, key=lambda p: (p.tile_positions(geom), p.level)) if above else plans[-1]
     if not fitting and smallest.tile_positions(geom) > 2 * upper:  # e.g. a prime extent
-        fitting = [p for p in _ragged_plans(geom) if lower <= p.tile_positions(geom) <= upper]
+        fitting = _within(_ragged_plans(geom), geom, lower, upper)
     plan = fitting[-1] if fitting else smallest
     positions = plan.tile_positions(geom)
     few = batch <= PER_POSITION_MAX_BATCH and positions <= PER_POSITION_MAX_POSITIONS
     heavy = positions * geom.feature_dim * filters * itemsize >= MIN_TILE_BYTES
     return dataclasses.replace(plan, per_position_values=few and heavy)
+
+
+def _within(plans: list[TilePlan], geom: Geometry, lower: float, upper: float) -> list[TilePlan]:
+    """The plans whose tiles hold ``lower..upper`` positions, in their order."""
+    return [p for p in plans if lower <= p.tile_positions(geom) <= upper]
 
 
 def _all_plans(geom: Geometry) -> list[TilePlan]:
@@ -367,11 +372,14 @@ def _tile_geometry(full: Geometry, plan: TilePlan) -> Geometry:
 def _tile_origin(index: jax.Array, geom: Geometry, plan: TilePlan) -> list[jax.Array]:
     """The output index where tile ``index`` starts, along axes ``0..plan.level``
     (row-major tiles; a ragged plan's last tile along ``level`` ends at the edge)."""
+    extent = geom.output_shape[plan.level]
     origin = []
     for axis, count in reversed(list(enumerate(plan.counts(geom)))):
         start = index % count
         if axis == plan.level:
-            start = jnp.minimum(start * plan.size, geom.output_shape[axis] - plan.size)
+            start = start * plan.size
+            if extent % plan.size:  # ragged: decided statically, no clamp in even loops
+                start = jnp.minimum(start, extent - plan.size)
         origin.append(start)
         index = index // count
     return origin[::-1]
