@@ -26,7 +26,7 @@ from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.shifts import local_conv_shifts
-from jlocalconv.implementations.slices import local_conv_slices
+from jlocalconv.implementations.slices import local_conv_slices, slices_tangent
 from jlocalconv.implementations.tiles import (
     derivatives_by_slices,
     kernel_dominates,
@@ -76,7 +76,7 @@ CPU_WIDENED_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 # of sweep seeds 5 and 6 that "slices" differentiates, 1.01-1.41x on the other four.
 SLICED_VALUES_MAX_OFFSETS = 4
 # Tangents of the routes "auto" may differentiate by (plain lax: see split_bilinear).
-TANGENTS: dict[str, Implementation] = {"slices": local_conv_slices}
+TANGENTS: dict[str, Implementation] = {"slices": slices_tangent}
 
 
 def choose(

@@ -36,6 +36,17 @@ from jlocalconv.geometry import Geometry
 # bytes than the final stack on strided and 3-D windows, which a tile bounds and a whole
 # window tensor ("slices") would not.
 BY_AXIS_MIN_OFFSETS = 20
+# "slices" differentiated (the derivative route of "tiles/slices" and of "shifts") stacks
+# axis by axis too, from as many offsets, where the last stage keeps at most
+# SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT input elements per output index along its axis: the
+# backward pass holds that stage's k_i padded slices (see ``_stage_order``), about this
+# ratio times the window tensor, which a whole window tensor (unlike a tile) does not
+# bound. Unstrided windows (1.08-1.2): on the suite's mnist5x5 and 3d and six such shapes,
+# value_and_grad compiled in 0.5-0.75x the time (mnist5x5 0.72 -> 0.35 s), held 0.73-0.9x
+# the temp memory but one (1.18x, under lax's) and ran 0.66-1.1x the time but the suite's
+# 3d (0.9-1.3x across runs). Strided ones (sweep seeds 5 and 6, 1.26-3.75) ran 0.34-1.15x
+# the time but held up to 2.4x, over lax's on six of 27.
+SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT = 1.25
 
 
 def spatial_axis(geom: Geometry) -> int:
@@ -99,6 +110,24 @@ def by_axis_derivatives(geom: Geometry) -> bool:
     False
     """
     return geom.window_items >= BY_AXIS_MIN_OFFSETS
+
+
+def sliced_by_axis(geom: Geometry) -> bool:
+    """Whether differentiated "slices" builds ``geom``'s windows axis by axis
+    (``SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT``).
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> sliced_by_axis(make_geometry((32, 28, 28, 1), 5))  # 25 offsets, 28 rows -> 24
+    True
+    >>> sliced_by_axis(make_geometry((32, 28, 28, 1), 5, 2))  # strided: 28 rows -> 12
+    False
+    >>> sliced_by_axis(make_geometry((32, 28, 28, 1), 3))  # 9 offsets
+    False
+    """
+    full = padded(geom)
+    last = _stage_order(full)[-1]
+    per_output = full.spatial_shape[last] / full.output_shape[last]
+    return by_axis_derivatives(geom) and per_output <= SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT
 
 
 def _windows_by_axis(inputs: jax.Array, geom: Geometry) -> jax.Array:

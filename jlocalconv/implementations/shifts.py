@@ -31,7 +31,7 @@ from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._windows import pad_spatial, padded, window_slice
-from jlocalconv.implementations.slices import local_conv_slices
+from jlocalconv.implementations.slices import slices_tangent
 from jlocalconv.implementations.tiles import derivatives_by_slices, plan_tiles, tiles_tangent
 
 
@@ -58,7 +58,7 @@ def local_conv_shifts(
         geom=geom, precision=precision, preferred_element_type=preferred_element_type
     )
     if derivatives_by_slices(geom, batch, filters, itemsize):
-        tangent = functools.partial(local_conv_slices, **options)
+        tangent = functools.partial(slices_tangent, **options)
     else:
         plan = plan_tiles(geom, batch, filters, itemsize)
         tangent = functools.partial(tiles_tangent, plan=plan, **options)

@@ -7,10 +7,12 @@ with positions as its batch dimension multiplies every window by its own filters
 One large contraction suits accelerators; on CPU "tiles" bounds the working set.
 Everything is plain ``lax``, so "slices" also serves as the tangent route of
 :func:`~jlocalconv.implementations._bilinear.split_bilinear` ("auto"'s ``"tiles/slices"``,
-"shifts"). Its windows are stacked all at once, also when differentiated: the
-axis-by-axis stack (which "tiles" differentiates from) held 4-8x the window tensor's
-bytes in value_and_grad on strided and 3-D problems, the one-shot stack 2x (sweep
-seed 5: 33 against 8 MiB).
+"shifts"), as :func:`slices_tangent`. Its windows are stacked all at once, also when
+differentiated: the axis-by-axis stack (which "tiles" differentiates from) held 4-8x the
+window tensor's bytes in value_and_grad on strided and 3-D problems, the one-shot stack
+2x (sweep seed 5: 33 against 8 MiB); the tangent route stacks axis by axis only where
+the last stage's input is about its output (unstrided windows: see
+``_windows.SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from jax import lax
 
 from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._common import contract, positions_to_result
-from jlocalconv.implementations._windows import pad_spatial, padded, windows
+from jlocalconv.implementations._windows import pad_spatial, padded, sliced_by_axis, windows
 
 
 def local_conv_slices(
@@ -30,8 +32,36 @@ def local_conv_slices(
     *,
     precision: lax.PrecisionLike = None,
     preferred_element_type: jax.typing.DTypeLike | None = None,
+    by_axis: bool = False,
 ) -> jax.Array:
-    """Local convolution via strided-slice windows + one ``dot_general``."""
-    patches = windows(pad_spatial(inputs, geom), padded(geom))
+    """Local convolution via strided-slice windows + one ``dot_general``.
+
+    ``by_axis`` stacks the windows one spatial axis at a time (the same values; see
+    :func:`~jlocalconv.implementations._windows.windows`).
+    """
+    patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis)
     out = contract(patches, kernel, precision, preferred_element_type)
     return positions_to_result(out, geom)
+
+
+def slices_tangent(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    geom: Geometry,
+    *,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: jax.typing.DTypeLike | None = None,
+) -> jax.Array:
+    """:func:`local_conv_slices` as a differentiated route (the tangent of
+    :func:`~jlocalconv.implementations._bilinear.split_bilinear` in "tiles/slices" and
+    "shifts"): windows axis by axis where
+    :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so, whose transpose
+    XLA compiles and runs faster on unstrided windows of many offsets."""
+    return local_conv_slices(
+        inputs,
+        kernel,
+        geom,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        by_axis=sliced_by_axis(geom),
+    )
