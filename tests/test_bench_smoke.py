@@ -125,3 +125,21 @@ def test_keras3_deepface_is_reached_from_python_m_bench():
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DeepFace in Keras 3" in proc.stdout and "--tf-python" in proc.stdout
+
+
+def test_unstrided_tangent_study_runs_and_takes_what_the_rule_takes(capsys):
+    """``python -m bench.studies.unstrided_tangent --smoke`` times one problem both ways; its
+    problems are unstrided sweep problems the rule sends axis by axis."""
+    from bench.studies import unstrided_tangent as study
+    from jlocalconv.implementations import slices
+    from jlocalconv.implementations._windows import sliced_by_axis
+
+    study.main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "| 2, 24x22, 1->2, 5x5, 1 | shifts |" in out and "\n1 problems; rule on / off" in out
+    with study._rule(False):
+        assert not slices.sliced_by_axis(study.SMOKE.geometry())
+    assert slices.sliced_by_axis is sliced_by_axis  # restored
+    shapes = study.problems((9,), 30)
+    assert shapes and all(s.strides == (1,) * s.ndim for s in shapes)
+    assert all(sliced_by_axis(s.geometry()) for s in shapes)

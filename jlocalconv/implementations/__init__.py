@@ -102,8 +102,9 @@ def choose(
          :func:`~jlocalconv.implementations.tiles.derivatives_by_slices` says so (a
          dominant kernel, disjoint windows, or three window tensors within
          ``SLICED_DERIVATIVES_BYTES`` over an input at most
-         ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` times the output), else by the
-         "tiles" loop;
+         ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` times the output; windows stacked
+         axis by axis where :func:`~jlocalconv.implementations._windows.sliced_by_axis`
+         says so), else by the "tiles" loop;
       3. values by "slices" where derivatives are, and either the kernel dominates
          (``1 < batch`` and ``batch * MIN_TILES < filters``: YOLOv1's local layer),
          windows have at most ``SLICED_VALUES_MAX_OFFSETS`` offsets or one spatial
