@@ -17,6 +17,8 @@ the last stage's input is about its output (unstrided windows: see
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 from jax import lax
 
@@ -45,23 +47,11 @@ def local_conv_slices(
 
 
 def slices_tangent(
-    inputs: jax.Array,
-    kernel: jax.Array,
-    geom: Geometry,
-    *,
-    precision: lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
+    inputs: jax.Array, kernel: jax.Array, geom: Geometry, **options: Any
 ) -> jax.Array:
-    """:func:`local_conv_slices` as a differentiated route (the tangent of
+    """:func:`local_conv_slices` (same keywords) as a differentiated route: the tangent of
     :func:`~jlocalconv.implementations._bilinear.split_bilinear` in "tiles/slices" and
-    "shifts"): windows axis by axis where
-    :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so, whose transpose
-    XLA compiles and runs faster on unstrided windows of many offsets."""
-    return local_conv_slices(
-        inputs,
-        kernel,
-        geom,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        by_axis=sliced_by_axis(geom),
-    )
+    "shifts". Windows are stacked axis by axis where
+    :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so: on unstrided
+    windows of many offsets XLA compiles and runs that transpose faster."""
+    return local_conv_slices(inputs, kernel, geom, by_axis=sliced_by_axis(geom), **options)
