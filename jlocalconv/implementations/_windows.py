@@ -41,8 +41,8 @@ BY_AXIS_MIN_OFFSETS = 20
 # SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT input elements per output index along its axis: the
 # backward pass holds that stage's k_i padded slices (see ``_stage_order``), about this
 # ratio times the window tensor, which a whole window tensor (unlike a tile) does not
-# bound. Unstrided windows (1.08-1.2): on the suite's mnist5x5 and 3d and six such shapes,
-# value_and_grad compiled in 0.5-0.75x the time (mnist5x5 0.72 -> 0.35 s), held 0.73-0.9x
+# bound. Unstrided windows (1.08-1.2): on the suite's mnist5x5 and 3d and five such shapes,
+# value_and_grad compiled in 0.49-0.75x the time (mnist5x5 0.72 -> 0.35 s), held 0.73-0.9x
 # the temp memory but one (1.18x, under lax's) and ran 0.66-1.1x the time but the suite's
 # 3d (0.9-1.3x across runs). Strided ones (sweep seeds 5 and 6, 1.26-3.75) ran 0.34-1.15x
 # the time but held up to 2.4x, over lax's on six of 27.
