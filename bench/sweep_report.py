@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bench import progress, sweep
+from bench.summary import geomean
 
 # Acceptance thresholds of the issue (regret geomean / worst, share faster than lax, memory).
 REGRET_GEOMEAN, REGRET_WORST, FASTER_SHARE = 1.10, 1.5, 0.95
@@ -61,10 +62,6 @@ def merge(paths: list[Path], out_dir: Path) -> dict:
     return report
 
 
-def _geomean(values: list[float]) -> float:
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else math.nan
-
-
 def targets(entries: list[dict]) -> list[dict]:
     """Each acceptance point of the sweep, for auto and (where measured) autotune."""
     rows = _targets(entries, "")
@@ -77,13 +74,13 @@ def _targets(entries: list[dict], prefix: str) -> list[dict]:
     rows = []
     for phase in ("fwd", "fwd_bwd"):
         regrets = [e[f"{prefix}regret_{phase}"] for e in entries]
-        g, worst = _geomean(regrets), max(regrets, default=math.nan)
+        g, worst = geomean(regrets), max(regrets, default=math.nan)
         rows.append(_target(f"{who}regret geomean {phase}", g, g <= REGRET_GEOMEAN))
         rows.append(_target(f"{who}regret worst {phase}", worst, worst <= REGRET_WORST))
         speedups = [e[f"{prefix}speedup_{phase}"] for e in entries if e[f"{prefix}speedup_{phase}"]]
         share = sum(x > 1 for x in speedups) / max(len(speedups), 1)
         rows.append(_target(f"{who}share faster than lax {phase}", share, share >= FASTER_SHARE))
-        rows.append(_target(f"{who}speed-up over lax geomean {phase}", _geomean(speedups), None))
+        rows.append(_target(f"{who}speed-up over lax geomean {phase}", geomean(speedups), None))
     temp = f"temp_{prefix or 'auto_'}mib"
     over = [e["shape"]["key"] for e in entries if not temp_ok(e, temp)]
     rows.append(_target(f"{who}temp within lax bounds (problems over)", len(over), not over, over))

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import math
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ from bench import jax_measure, ours, sweep
 from bench.candidate import Problem
 from bench.peers import lax_local
 from bench.suite import Shape
+from bench.summary import geomean
 from jlocalconv.implementations import slices
 from jlocalconv.implementations._windows import sliced_by_axis
 
@@ -114,7 +114,7 @@ def markdown(rows: list[dict]) -> str:
         )
     over = sum(r["on_temp_mib"] > r["lax_temp_mib"] + 1 for r in rows)
     means = ", ".join(
-        f"{what} {_geomean([r[f'on_{key}'] / r[f'off_{key}'] for r in rows]):.2f}x"
+        f"{what} {_ratio_geomean(rows, key):.2f}x"
         for what, key in (("fwd+bwd time", "ms"), ("compile", "compile_s"), ("temp", "temp_mib"))
     )
     lines.append(f"\n{len(rows)} problems; rule on / off, geometric means: {means}; "
@@ -122,9 +122,10 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _geomean(values: list[float]) -> float:
-    values = [v for v in values if v > 0]
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else math.nan
+def _ratio_geomean(rows: list[dict], key: str) -> float:
+    """Geometric mean of on / off over the rows where both are positive (a temp can be 0)."""
+    pairs = [(r[f"on_{key}"], r[f"off_{key}"]) for r in rows]
+    return geomean(on / off for on, off in pairs if on > 0 and off > 0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -124,10 +124,11 @@ def sliced_by_axis(geom: Geometry) -> bool:
     >>> sliced_by_axis(make_geometry((32, 28, 28, 1), 3))  # 9 offsets
     False
     """
+    if not by_axis_derivatives(geom):
+        return False
     full = padded(geom)
     last = _stage_order(full)[-1]
-    per_output = full.spatial_shape[last] / full.output_shape[last]
-    return by_axis_derivatives(geom) and per_output <= SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT
+    return full.spatial_shape[last] / full.output_shape[last] <= SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT
 
 
 def _windows_by_axis(inputs: jax.Array, geom: Geometry) -> jax.Array:
