@@ -6,18 +6,24 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `bench` is a folder of the repository, not an installed package
 
+import jlocalconv  # noqa: E402
 from bench import suite, sweep, sweep_report  # noqa: E402
 from bench.candidate import Built  # noqa: E402
+from jlocalconv.geometry import make_geometry  # noqa: E402
+from jlocalconv.implementations import choose  # noqa: E402
 
 N = 200
 
@@ -191,3 +197,30 @@ def test_sweep_temps_recompiles_auto_and_applies_the_bounds():
     assert now >= 0
     roomy, tight = (entry | {"temp_auto_mib": 0.0, "temp_lax_mib": lax} for lax in (now, now - 2))
     assert [r["ok"] for r in sweep_temps.recheck({"problems": [roomy, tight]})] == [True, False]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU cost model's composites")
+@pytest.mark.parametrize(
+    "shape, kernel_size, padding, filters, route",
+    [((8, 24, 24, 32), 3, "same", 64, "tiles"), ((4, 40, 40, 8), 5, "valid", 8, "slices")],
+)
+def test_a_composite_forward_is_its_value_route_program(
+    shape, kernel_size, padding, filters, route
+):  # noqa: E501
+    # What sweep.value_route_forward relies on: undifferentiated, "auto"'s composite
+    # compiles to the value route's very HLO (metadata aside).
+    geom = make_geometry(shape, kernel_size, padding=padding)
+    assert choose(geom, shape[0], filters, "float32", "cpu") == f"{route}/slices"
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(filters), jnp.float32)
+
+    def hlo(name):
+        fn = lambda x, k: jlocalconv.local_conv(
+            x, k, kernel_size, 1, padding=padding, implementation=name
+        )
+        text = jax.jit(fn).lower(x, k).compile().as_text()
+        text = re.sub(r",? ?metadata=\{[^}]*\}", "", text)
+        return [line for line in text.splitlines() if line.startswith((" ", "ENTRY", "%", "}"))]
+
+    auto, own, other = hlo("auto"), hlo(route), hlo("tiles" if route == "slices" else "slices")
+    assert auto == own and auto != other

@@ -238,8 +238,8 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     # CPU: "shifts" for few channels and small banks; else derivatives by one contraction
     # ("slices") where the kernel dominates or three window tensors fit the budget over an
     # input at most 32 times the output, else by the tile loop;
-    # values by "slices" where derivatives are and the kernel dominates or windows have
-    # few offsets, else by tiles.
+    # values by "slices" where derivatives are, but by the loop where it runs a dot per
+    # position over several tiles (unless the kernel dominates or windows are few or 1-D).
     few = geom.channels <= SHIFTS_MAX_CHANNELS and geom.feature_dim * filters < 4096
     few = few and (geom.feature_dim < 200 or filters <= 4)  # deep windows: few filters only
     kernel_bound = batch > 1 and batch * tiles_module.MIN_TILES < filters
@@ -249,12 +249,16 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     compact = np.prod(geom.padded_shape) <= 32 * geom.output_items  # input per output
     sliced = kernel_bound or (compact and in_budget)
     assert tiles_module.derivatives_by_slices(geom, batch, filters, 4) == sliced
-    values_sliced = kernel_bound or geom.window_items <= 4 or geom.ndim == 1
-    want = "tiles" if not sliced else "slices" if values_sliced else "tiles/slices"
+    plan = plan_tiles(geom, batch, filters, 4)  # per_position_values: checked below
+    loop_values = plan.per_position_values and np.prod(plan.counts(geom)) > 1
+    values_sliced = kernel_bound or geom.window_items <= 4 or geom.ndim == 1 or not loop_values
+    by_axis = values_sliced and not (kernel_bound or geom.window_items <= 4 or geom.ndim == 1)
+    by_axis = by_axis and geom.window_items >= 20 and all(st == 1 for st in geom.strides)
+    sliced_values = "slices/slices" if by_axis else "slices"
+    want = "tiles" if not sliced else sliced_values if values_sliced else "tiles/slices"
     assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else want)
     for backend in ("gpu", "tpu"):
         assert choose(geom, batch, filters, jnp.float32, backend) == "slices"
-    plan = plan_tiles(geom, batch, filters, 4)
     positions = plan.tile_positions(geom)
     assert geom.output_shape[plan.level] % plan.size == 0  # no ragged tiles in the suite
     assert int(np.prod(plan.counts(geom))) <= tiles_module.MAX_TILES
@@ -297,17 +301,25 @@ def test_auto_specific_choices():
     assert choose(yolo, 8, 256, jnp.float32, "cpu") == "slices"
     assert choose(d, 1, 64, jnp.float32, "cpu") == "tiles"  # one row: see choose
     tiny = make_geometry((2, 6, 6, 8), 3)  # values: one tile, one contraction
-    assert choose(tiny, 2, 4, jnp.float32, "cpu") == "tiles/slices"
+    assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices"
     assert choose(make_geometry((2, 6, 6, 3), 3), 2, 4, jnp.float32, "cpu") == "shifts"
     # derivatives by "slices" while three window tensors fit in 32 MiB
     many = make_geometry((2, 12, 12, 8), 6)
-    assert choose(many, 2, 8, jnp.float32, "cpu") == "tiles/slices"
-    assert choose(many, 2, 8, jnp.bfloat16, "cpu") == "tiles/slices"  # computed in float32
+    assert choose(many, 2, 8, jnp.float32, "cpu") == "slices"
+    assert choose(many, 2, 8, jnp.bfloat16, "cpu") == "slices"  # computed in float32
+    # ... values by the loop where it runs a dot per position over several tiles
+    same = make_geometry((8, 24, 24, 32), 3, padding="same")  # 48 tiles of 12 positions
+    assert choose(same, 8, 64, jnp.float32, "cpu") == "tiles/slices"
+    wider = make_geometry((9, 24, 24, 32), 3, padding="same")  # 9 rows: one batched dot
+    assert choose(wider, 9, 64, jnp.float32, "cpu") == "slices"
+    # ... and unstrided windows of 20+ offsets differentiated axis by axis
+    assert choose(make_geometry((4, 40, 40, 8), 5), 4, 8, jnp.float32, "cpu") == "slices/slices"
+    assert choose(make_geometry((4, 40, 40, 8), 5, 2), 4, 8, jnp.float32, "cpu") == "slices"
     big = make_geometry((64, 40, 40, 8), 6)  # 64 x 35x35 x 288 x 4 B = 90 MiB of windows
     assert choose(big, 64, 8, jnp.float32, "cpu") == "tiles"
     edge = make_geometry((8, 16, 16, 16), 2, 2)  # 4 offsets; 3 x 2 MiB of windows
     assert choose(edge, 8, 16, jnp.float32, "cpu") == "slices"
-    assert choose(make_geometry((8, 16, 16, 16), 3), 8, 16, jnp.float32, "cpu") == "tiles/slices"
+    assert choose(make_geometry((8, 16, 16, 16), 3), 8, 16, jnp.float32, "cpu") == "slices"
     sequence = make_geometry((8, 705, 11), 5)  # 1-D windows: slices of one sequence
     assert choose(sequence, 8, 4, jnp.float32, "cpu") == "slices"
     long = make_geometry((64, 8192, 16), 9)  # 1-D but 288 MiB of windows: the loop
@@ -355,16 +367,17 @@ def test_auto_specific_choices():
 
 
 def test_auto_runs_the_chosen_implementation():
-    # 5 > SHIFTS_MAX_CHANNELS; 3 x 5.3 MiB of windows: values by tiles, derivatives sliced
-    case = Case((24, 24), 5, 8, (3, 3), (1, 1), batch=64)
+    # 32 > SHIFTS_MAX_CHANNELS; 3 x 5.1 MiB of windows: values by tiles (a dot per
+    # position in each of 48 tiles), derivatives sliced
+    case = Case((24, 24), 32, 64, (3, 3), (1, 1), padding="same", batch=8)
     x, k, _ = case.arrays()
     if jax.default_backend() == "cpu":
-        assert choose(_geom(case), 64, 8, x.dtype, "cpu") == "tiles/slices"
-    got = jlocalconv.local_conv(x, k, 3, 1, precision="highest")
+        assert choose(_geom(case), 8, 64, x.dtype, "cpu") == "tiles/slices"
+    got = jlocalconv.local_conv(x, k, 3, 1, padding="same", precision="highest")
     np.testing.assert_allclose(got, _ref(case, x, k), rtol=1e-5, atol=1e-5)
     # Differentiated, values and tangents come from "slices": one dot per contraction,
     # no tile loop (a scan) anywhere in the program.
-    loss = lambda x, k: jnp.sum(jlocalconv.local_conv(x, k, 3, 1) ** 2)
+    loss = lambda x, k: jnp.sum(jlocalconv.local_conv(x, k, 3, 1, padding="same") ** 2)
     text = str(jax.make_jaxpr(jax.value_and_grad(loss, (0, 1)))(x, k))
     if jax.default_backend() == "cpu":
         assert "scan" not in text and text.count("dot_general") == 3

@@ -63,7 +63,7 @@ def _qualifies(shape: Shape) -> bool:
     route = ours.auto_choice(shape)
     return (
         sliced_by_axis(geom)
-        and route in ("shifts", "tiles/slices")
+        and route in ("shifts", "tiles/slices", "slices/slices")
         and window_bytes <= MAX_WINDOW_BYTES
     )
 

@@ -15,6 +15,7 @@ grad of any order, jvp, linear_transpose, low-precision dtypes).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -24,6 +25,7 @@ import numpy as np
 from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import result_dtype
+from jlocalconv.implementations._windows import sliced_by_axis
 from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.shifts import local_conv_shifts
 from jlocalconv.implementations.slices import local_conv_slices, slices_tangent
@@ -31,6 +33,7 @@ from jlocalconv.implementations.tiles import (
     derivatives_by_slices,
     kernel_dominates,
     local_conv_tiles,
+    plan_tiles,
 )
 
 Implementation = Callable[..., jax.Array]
@@ -75,6 +78,15 @@ CPU_WIDENED_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 # which are slices of one sequence: 0.35-0.98x the loop's time on 13 of the 17 1-D problems
 # of sweep seeds 5 and 6 that "slices" differentiates, 1.01-1.41x on the other four.
 SLICED_VALUES_MAX_OFFSETS = 4
+# Elsewhere, where derivatives go by "slices" (its window tensor fits), values do too,
+# unless the tile loop contracts positions one dot each (``TilePlan.per_position_values``:
+# small batches, which XLA's CPU backend runs concurrently where a batched dot of thin
+# matrices stays on one core) over more than one tile. Re-timed forward on the 46 such
+# problems of sweep seeds 2 and 5-8 (current code, one run, the three alternated):
+# values always by the loop (the rule before) left a regret of 1.115 (geometric mean;
+# worst 2.35), always by "slices" 1.075 (worst 2.04), this rule 1.037 (worst 1.50);
+# the loop won on 6 of the 8 per-position problems of several tiles (1.04-2.04x), and
+# "slices" on most of the others (up to 2x: 30 tiles of one position on s9-22).
 # Tangents of the routes "auto" may differentiate by (plain lax: see split_bilinear).
 TANGENTS: dict[str, Implementation] = {"slices": slices_tangent}
 
@@ -85,8 +97,7 @@ def choose(
     """The implementation "auto" picks, from static shapes, dtype and backend only.
 
     The cost model (deterministic: no timing, the same arguments give the same name;
-    constants tuned on the bench suite and sweep seeds 2, 5, 6, 7 and 8, evaluated on
-    seed 9)
+    constants tuned on the bench suite and sweep seeds 2 and 5-9, evaluated on seed 10)
     picks one route for undifferentiated values and one for derivatives; a name
     ``"values/derivatives"`` (e.g. ``"tiles/slices"``) says they differ (:func:`composed`).
 
@@ -105,12 +116,14 @@ def choose(
          ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` times the output; windows stacked
          axis by axis where :func:`~jlocalconv.implementations._windows.sliced_by_axis`
          says so), else by the "tiles" loop;
-      3. values by "slices" where derivatives are, and either the kernel dominates
-         (``1 < batch`` and ``batch * MIN_TILES < filters``: YOLOv1's local layer),
-         windows have at most ``SLICED_VALUES_MAX_OFFSETS`` offsets or one spatial
-         dimension; else by "tiles"
-         (see :mod:`jlocalconv.implementations.tiles` for how it sizes its tiles),
-         small problems included: one tile is then one contraction.
+      3. values by "slices" where derivatives are ("slices"; ``"slices/slices"``
+         where the derivatives stack windows axis by axis), except by "tiles"
+         (``"tiles/slices"``) where the tile loop contracts each position with its
+         own dot over more than one tile (``TilePlan.per_position_values``; see
+         :mod:`jlocalconv.implementations.tiles` for how it sizes its tiles) and
+         neither the kernel dominates (``1 < batch`` and
+         ``batch * MIN_TILES < filters``: YOLOv1's local layer) nor windows have at
+         most ``SLICED_VALUES_MAX_OFFSETS`` offsets or one spatial dimension.
 
       16-bit float operands are computed in float32 and the result rounded once
       (:func:`widens`).
@@ -126,7 +139,7 @@ def choose(
       backend: ``jax.default_backend()`` (e.g. ``"cpu"``, ``"gpu"``, ``"tpu"``).
 
     Returns:
-      A key of ``IMPLEMENTATIONS``, or ``"tiles/slices"``.
+      A key of ``IMPLEMENTATIONS``, ``"tiles/slices"`` or ``"slices/slices"``.
 
     Example:
       >>> from jlocalconv.geometry import make_geometry
@@ -138,6 +151,11 @@ def choose(
       >>> choose(make_geometry((8, 7, 7, 1024), 3), 8, 256, "float32", "cpu")  # kernel-bound
       'slices'
       >>> choose(make_geometry((2, 12, 12, 8), 6), 2, 8, "float32", "cpu")  # small windows
+      'slices'
+      >>> choose(make_geometry((4, 40, 40, 8), 5), 4, 8, "float32", "cpu")  # unstrided 5x5
+      'slices/slices'
+      >>> same = make_geometry((8, 24, 24, 32), 3, padding="same")  # 48 tiles, a dot each
+      >>> choose(same, 8, 64, "float32", "cpu")
       'tiles/slices'
       >>> choose(make_geometry((8, 705, 11), 5), 8, 4, "float32", "cpu")  # 1-D
       'slices'
@@ -151,7 +169,19 @@ def choose(
         return "tiles"
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     cheap_windows = geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
-    return "slices" if kernel_bound or cheap_windows else "tiles/slices"
+    if kernel_bound or cheap_windows:
+        return "slices"
+    if _loop_values(geom, batch, filters, itemsize):
+        return "tiles/slices"
+    # One route; composed only where the tangent stacks windows axis by axis.
+    return "slices/slices" if sliced_by_axis(geom) else "slices"
+
+
+def _loop_values(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
+    """Whether the tile loop computes values faster than "slices" where derivatives go
+    by "slices" (rule 3 of :func:`choose`): per-position dots over several tiles."""
+    plan = plan_tiles(geom, batch, filters, itemsize)
+    return plan.per_position_values and math.prod(plan.counts(geom)) > 1
 
 
 def _shifts_values(geom: Geometry, filters: int) -> bool:
