@@ -206,7 +206,7 @@ def test_sweep_temps_recompiles_auto_and_applies_the_bounds():
 )
 def test_a_composite_forward_is_its_value_route_program(
     shape, kernel_size, padding, filters, route
-):  # noqa: E501
+):
     # What sweep.value_route_forward relies on: undifferentiated, "auto"'s composite
     # compiles to the value route's very HLO (metadata aside).
     geom = make_geometry(shape, kernel_size, padding=padding)

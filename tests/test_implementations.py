@@ -22,6 +22,7 @@ import jlocalconv
 from jlocalconv.geometry import make_geometry
 from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, choose
 from jlocalconv.implementations import tiles as tiles_module
+from jlocalconv.implementations._windows import sliced_by_axis
 from jlocalconv.implementations.shifts import local_conv_shifts
 from jlocalconv.implementations.tiles import TilePlan, local_conv_tiles, plan_tiles
 
@@ -252,9 +253,9 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     plan = plan_tiles(geom, batch, filters, 4)  # per_position_values: checked below
     loop_values = plan.per_position_values and np.prod(plan.counts(geom)) > 1
     values_sliced = kernel_bound or geom.window_items <= 4 or geom.ndim == 1 or not loop_values
-    by_axis = values_sliced and not (kernel_bound or geom.window_items <= 4 or geom.ndim == 1)
-    by_axis = by_axis and geom.window_items >= 20 and all(st == 1 for st in geom.strides)
-    sliced_values = "slices/slices" if by_axis else "slices"
+    cheap = kernel_bound or geom.window_items <= 4 or geom.ndim == 1
+    # sliced_by_axis: its own doctests and the slices_tangent tests below
+    sliced_values = "slices/slices" if not cheap and sliced_by_axis(geom) else "slices"
     want = "tiles" if not sliced else sliced_values if values_sliced else "tiles/slices"
     assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else want)
     for backend in ("gpu", "tpu"):
@@ -550,7 +551,6 @@ def test_slices_tangent_by_axis_matches_the_one_shot_route(shape, ks, pad, fmt):
     """Unstrided windows of many offsets: the tangent route stacks them axis by axis
     (``_windows.sliced_by_axis``) and must give the one-shot route's values, gradients
     and forward-mode derivatives."""
-    from jlocalconv.implementations._windows import sliced_by_axis
     from jlocalconv.implementations.slices import local_conv_slices, slices_tangent
 
     geom = make_geometry(shape, ks, 1, pad, data_format=fmt)
