@@ -15,7 +15,7 @@ The generator (:func:`problems`) draws each problem independently from one NumPy
   problems (compiles included) within about half an hour on a shared machine.
 
 For each problem every jlocalconv implementation but "patches" (``SKIPPED``; and
-"shifts" only for up to ``SHIFTS_MAX_CHANNELS`` channels) and ``jax.lax`` are compiled (their
+"shifts" only for few channels: ``_times_shifts``) and ``jax.lax`` are compiled (their
 value_and_grad temp memory and compile time recorded) and timed in alternation
 (round-robin calls, median per candidate), forward and forward+backward. "auto" on
 float32 compiles the very program of the implementation it chooses, so its time is that
@@ -54,9 +54,8 @@ MAX_KERNEL_MIB = 64
 # leaving it out saves a sixth of every problem's compile and timing.
 SKIPPED = ("jlocalconv:patches",)
 # "shifts" unrolls one fused term per (window offset, channel) and differentiates through
-# the "tiles" loop: it is timed where "auto" may pick it (few channels), not where it would
-# only add a slow compile to every problem.
-SHIFTS_MAX_CHANNELS = implementations.SHIFTS_MAX_CHANNELS
+# the "tiles" loop: it is timed where "auto" may pick it (few channels; autotune's own bound,
+# ``implementations.shifts_unrolls_few``), not where it would only add a slow compile.
 SMOKE_SCALE = 1 / 64  # --smoke: every size bound this much smaller
 SLOW_CALL_S = 5.0
 AUTO, AUTOTUNE, LAX = "jlocalconv:auto", "jlocalconv:autotune", "jax.lax"
@@ -183,8 +182,8 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
             and pick in implementations.IMPLEMENTATIONS
         ):
             continue  # the same program as IMPLEMENTATIONS[pick], timed under that name
-        if short == "shifts" and shape.channels > SHIFTS_MAX_CHANNELS and cand.name not in chosen:
-            skipped[cand.name] = f"over {SHIFTS_MAX_CHANNELS} channels"
+        if short == "shifts" and not _times_shifts(shape) and cand.name not in chosen:
+            skipped[cand.name] = "too many channels or features for an unrolled sum"
             continue
         try:
             built[cand.name] = cand.build(problem)
@@ -226,6 +225,11 @@ def value_route_forward(rows: dict[str, dict], chooser: str, name: str | None) -
     if "/" in (name or "") and chooser in rows and values in rows:
         row = rows[chooser]
         rows[chooser] = {**row, "fwd_ms": rows[values]["fwd_ms"], "fwd_own_ms": row["fwd_ms"]}
+
+
+def _times_shifts(shape: Shape) -> bool:
+    """Whether the sweep times "shifts" on ``shape`` (``shifts_unrolls_few``)."""
+    return implementations.shifts_unrolls_few(shape.geometry())
 
 
 def _alternate(built: dict[str, Built], rounds: int, budget_s: float) -> dict:

@@ -44,7 +44,7 @@ import numpy as np
 
 from jlocalconv._errors import fail
 from jlocalconv.geometry import Geometry
-from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, resolve
+from jlocalconv.implementations import IMPLEMENTATIONS, resolve, shifts_unrolls_few
 
 # A candidate may use this many times the leanest candidate's temp memory, plus the slack,
 # or up to the floor: below it, memory does not decide (32 MiB is where the performance
@@ -177,21 +177,24 @@ def choose(problem: Problem) -> str:
 def candidates(geom: Geometry, backend: str) -> tuple[str, ...]:
     """The implementations autotune times for ``geom`` on ``backend``.
 
-    All of them, but "shifts" only up to ``SHIFTS_MAX_CHANNELS`` input channels: it
-    unrolls one term per window offset and channel, so beyond a few channels it compiles
-    for many seconds and is slower than the contractions it competes with. And not
+    All of them, but "shifts" only where it unrolls few terms
+    (:func:`~jlocalconv.implementations.shifts_unrolls_few`): one per window offset and
+    channel, so beyond that it compiles for many seconds and is slower than the
+    contractions it competes with. And not
     "patches" on CPU: autotune never picked it on the 240 problems of sweep seeds 2 and
     5-7, and its ``value_and_grad`` (XLA convolutions, as lax's) on 3-D windows took
     minutes per call, which autotune's warm-up call would pay in full (over 20 minutes
     on a 6x21x8 bf16 problem of seed 8).
 
     >>> from jlocalconv.geometry import make_geometry
-    >>> candidates(make_geometry((1, 8, 8, 16), 3), "cpu")
+    >>> candidates(make_geometry((1, 8, 8, 32), 3), "cpu")
     ('slices', 'tiles')
+    >>> candidates(make_geometry((1, 8, 8, 16), 3), "cpu")
+    ('slices', 'tiles', 'shifts')
     >>> candidates(make_geometry((1, 8, 8, 2), 3), "gpu")
     ('patches', 'slices', 'tiles', 'shifts')
     """
-    few = geom.channels <= SHIFTS_MAX_CHANNELS
+    few = shifts_unrolls_few(geom)
     skip = {"patches"} if backend == "cpu" else set()
     return tuple(n for n in IMPLEMENTATIONS if (n != "shifts" or few) and n not in skip)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jlocalconv
-from jlocalconv import autotune
+from jlocalconv import autotune, implementations
 from jlocalconv.geometry import make_geometry
 from jlocalconv.implementations import IMPLEMENTATIONS
 from tests.reference import local_conv_ref
@@ -101,8 +101,13 @@ def test_fake_timings_decide_and_the_choice_is_measured_once(monkeypatch):
 def test_shifts_is_not_timed_beyond_a_few_channels(monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(autotune, "_measure_all", _fake(EVEN, calls))
-    x, k = _operands(shape=(2, 6, 6, autotune.SHIFTS_MAX_CHANNELS + 1))
+    x, k = _operands(shape=(2, 6, 6, implementations.SHIFTS_MAX_CHANNELS + 1))
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
+    assert sorted(calls) == sorted(TIMED - {"shifts"})
+    # ... and, from 5 channels on, beyond SHIFTS_TRIAL_MAX_FEATURES features (9x9 x 16)
+    calls.clear()
+    x, k = _operands(shape=(2, 10, 10, 16), window=9)
+    jlocalconv.local_conv2d(x, k, 9, 1, implementation="autotune")
     assert sorted(calls) == sorted(TIMED - {"shifts"})
 
 

@@ -242,6 +242,7 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     # values by "slices" where derivatives are, but by the loop where it runs a dot per
     # position over several tiles (unless the kernel dominates or windows are few or 1-D).
     few = geom.channels <= SHIFTS_MAX_CHANNELS and geom.feature_dim * filters < 4096
+    few = few and (geom.channels <= 4 or filters <= 16)  # 5-16 channels: few filters only
     few = few and (geom.feature_dim < 200 or filters <= 4)  # deep windows: few filters only
     kernel_bound = batch > 1 and batch * tiles_module.MIN_TILES < filters
     patch_bytes = 4 * batch * geom.output_items * geom.feature_dim
@@ -301,11 +302,11 @@ def test_auto_specific_choices():
     yolo = make_geometry((8, 7, 7, 1024), 3, padding="same")  # a 441 MiB kernel
     assert choose(yolo, 8, 256, jnp.float32, "cpu") == "slices"
     assert choose(d, 1, 64, jnp.float32, "cpu") == "tiles"  # one row: see choose
-    tiny = make_geometry((2, 6, 6, 8), 3)  # values: one tile, one contraction
+    tiny = make_geometry((2, 6, 6, 20), 3)  # values: one tile, one contraction
     assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices"
     assert choose(make_geometry((2, 6, 6, 3), 3), 2, 4, jnp.float32, "cpu") == "shifts"
     # derivatives by "slices" while three window tensors fit in 32 MiB
-    many = make_geometry((2, 12, 12, 8), 6)
+    many = make_geometry((2, 12, 12, 20), 6)
     assert choose(many, 2, 8, jnp.float32, "cpu") == "slices"
     assert choose(many, 2, 8, jnp.bfloat16, "cpu") == "slices"  # computed in float32
     # ... values by the loop where it runs a dot per position over several tiles
@@ -314,17 +315,17 @@ def test_auto_specific_choices():
     wider = make_geometry((9, 24, 24, 32), 3, padding="same")  # 9 rows: one batched dot
     assert choose(wider, 9, 64, jnp.float32, "cpu") == "slices"
     # ... and unstrided windows of 20+ offsets differentiated axis by axis
-    assert choose(make_geometry((4, 40, 40, 8), 5), 4, 8, jnp.float32, "cpu") == "slices/slices"
-    assert choose(make_geometry((4, 40, 40, 8), 5, 2), 4, 8, jnp.float32, "cpu") == "slices"
+    assert choose(make_geometry((4, 40, 40, 20), 5), 4, 8, jnp.float32, "cpu") == "slices/slices"
+    assert choose(make_geometry((9, 40, 40, 20), 5, 2), 9, 8, jnp.float32, "cpu") == "slices"
     big = make_geometry((64, 40, 40, 8), 6)  # 64 x 35x35 x 288 x 4 B = 90 MiB of windows
     assert choose(big, 64, 8, jnp.float32, "cpu") == "tiles"
     edge = make_geometry((8, 16, 16, 16), 2, 2)  # 4 offsets; 3 x 2 MiB of windows
-    assert choose(edge, 8, 16, jnp.float32, "cpu") == "slices"
-    assert choose(make_geometry((8, 16, 16, 16), 3), 8, 16, jnp.float32, "cpu") == "slices"
+    assert choose(edge, 8, 17, jnp.float32, "cpu") == "slices"  # 17 filters: not "shifts"
+    assert choose(make_geometry((9, 16, 16, 16), 3), 9, 17, jnp.float32, "cpu") == "slices"
     sequence = make_geometry((8, 705, 11), 5)  # 1-D windows: slices of one sequence
-    assert choose(sequence, 8, 4, jnp.float32, "cpu") == "slices"
+    assert choose(sequence, 8, 24, jnp.float32, "cpu") == "slices"
     long = make_geometry((64, 8192, 16), 9)  # 1-D but 288 MiB of windows: the loop
-    assert choose(long, 64, 16, jnp.float32, "cpu") == "tiles"
+    assert choose(long, 64, 17, jnp.float32, "cpu") == "tiles"
     # The budget's edge: 3 x 2 x n x 16 features x 4 B against 32 MiB (n <= 87381)
     at, over = (make_geometry((2, n + 1, 8), 2) for n in (87381, 87382))
     assert tiles_module.derivatives_by_slices(at, 2, 8, 4)
@@ -335,7 +336,7 @@ def test_auto_specific_choices():
     assert at.output_items == over.output_items == 2
     assert tiles_module.derivatives_by_slices(at, 2, 8, 4)
     assert not tiles_module.derivatives_by_slices(over, 2, 8, 4)
-    assert choose(over, 2, 8, jnp.float32, "cpu") == "tiles"
+    assert choose(make_geometry((2, 65, 20), 2, 32), 2, 8, jnp.float32, "cpu") == "tiles"
     assert tiles_module.derivatives_by_slices(over, 2, 64, 4)  # unless the kernel dominates
     # 360 offsets over 6 positions (sweep problem s7-9): neither "shifts" nor slices
     wide = make_geometry((23, 19, 11, 16, 1), (9, 5, 8), (3, 1, 1), dilation=2)
@@ -353,7 +354,9 @@ def test_auto_specific_choices():
     mnist = make_geometry((32, 28, 28, 1), 5)
     assert choose(mnist, 32, 8, jnp.float32, "cpu") == "shifts"
     assert choose(mnist, 32, 8, jnp.float32, "gpu") == "slices"
-    assert choose(a, 32, 16, jnp.bfloat16, "cpu") == "tiles"
+    assert choose(a, 32, 17, jnp.bfloat16, "cpu") == "tiles"
+    assert choose(a, 32, 16, jnp.float32, "cpu") == "shifts"  # 16 channels, 16 filters
+    assert choose(make_geometry((32, 32, 32, 17), 3), 32, 16, jnp.float32, "cpu") == "tiles"
     # A prime output extent (sweep s9-9: 2551 positions) has no even tiling between one
     # tile of everything and single positions: ragged tiles, the last one overlapping.
     prime = make_geometry((136, 2551, 7), 4, 1, "causal")
@@ -364,7 +367,7 @@ def test_auto_specific_choices():
     plan = plan_tiles(dominated, 2, 64, 4)
     assert plan == TilePlan(0, 113, one_shot_forward=True) and plan.counts(dominated) == (9,)
     # Deterministic: the same arguments, the same answer.
-    assert {choose(a, 32, 16, jnp.float32, "cpu") for _ in range(3)} == {"tiles"}
+    assert {choose(a, 32, 17, jnp.float32, "cpu") for _ in range(3)} == {"tiles"}
 
 
 def test_auto_runs_the_chosen_implementation():
@@ -418,7 +421,7 @@ def test_auto_computes_16_bit_operands_in_float32_on_cpu(dtype):
 def test_widened_tile_loop_rounds_gradients_once(dtype):
     """The tile loop widens its 16-bit kernel a block at a time (no float32 copy of the
     whole kernel), yet both gradients equal the float32 program's, rounded once."""
-    case = Case((65,), 8, 8, (2,), (32,), batch=2)  # input per output > 32: the loop
+    case = Case((65,), 20, 8, (2,), (32,), batch=2)  # input per output > 32: the loop
     geom = _geom(case)
     assert choose(geom, 2, 8, dtype, "cpu") == "tiles"
     x, k, _ = case.arrays()

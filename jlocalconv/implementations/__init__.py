@@ -47,8 +47,21 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
 
 # Up to this many input channels a position's contraction is too thin for a matmul
 # kernel, and "shifts" (prod(kernel_size) * channels fused multiply-adds) computes
-# values 3-4x faster than "tiles" (measured on the suite's 1- and 4-channel shapes).
-SHIFTS_MAX_CHANNELS = 4
+# values 3-4x faster than "tiles" (measured on the suite's 1- and 4-channel shapes) ...
+SHIFTS_FEW_CHANNELS = 4
+# ... and up to SHIFTS_MAX_CHANNELS with at most SHIFTS_MANY_CHANNELS_MAX_FILTERS filters:
+# each fused term then spans few filters, where a contraction's matmul kernel has little
+# to fill. Re-timed forward on the 77 problems of sweep seeds 2 and 5-9 with 5-16 channels
+# (and under 512 features; "shifts" was never timed there before), auto's choice left a
+# regret of 1.32 (geometric mean, worst 4.5: "shifts" 0.2x the loop's time on s9-9's
+# 7 -> 8 channels), "shifts" for those with at most 16 filters (and the rules below) 1.09
+# (worst 2.1, a 0.05 ms problem); with at most 8 filters 1.14. Over 16 filters it ran up
+# to 18x slower (s8-8: 14 -> 164).
+SHIFTS_MAX_CHANNELS = 16
+SHIFTS_MANY_CHANNELS_MAX_FILTERS = 16
+# Timing "shifts" as a trial (autotune, the sweep) compiles it: beyond SHIFTS_FEW_CHANNELS
+# channels only under this many features (one unrolled term each; 1-4 channels reach 2916).
+SHIFTS_TRIAL_MAX_FEATURES = 1024
 # ... while a position's filter bank (``feature_dim * filters`` weights, one multiply-add
 # each per batch row) stays under SHIFTS_MAX_BANK: above it a contraction's matmul
 # kernel wins. On sweep seeds 2, 5, 6 and 7, "shifts" computed values 1.2-4x slower
@@ -103,7 +116,9 @@ def choose(
 
     * ``backend == "cpu"``:
 
-      1. "shifts" if the input has at most ``SHIFTS_MAX_CHANNELS`` channels, a
+      1. "shifts" if the input has at most ``SHIFTS_FEW_CHANNELS`` channels (or at
+         most ``SHIFTS_MAX_CHANNELS`` and at most
+         ``SHIFTS_MANY_CHANNELS_MAX_FILTERS`` filters), a
          position's filter bank fewer than ``SHIFTS_MAX_BANK`` weights
          (``feature_dim * filters``) and, for windows of at least
          ``SHIFTS_DEEP_FEATURES`` features, at most ``SHIFTS_DEEP_MAX_FILTERS`` filters:
@@ -143,9 +158,11 @@ def choose(
 
     Example:
       >>> from jlocalconv.geometry import make_geometry
-      >>> geom = make_geometry((32, 32, 32, 16), 3)  # 50 MiB of windows: the loop
+      >>> geom = make_geometry((32, 32, 32, 16), 3)  # 16 channels, 16 filters: shifts
       >>> choose(geom, 32, 16, "float32", "cpu"), choose(geom, 32, 16, "float32", "gpu")
-      ('tiles', 'slices')
+      ('shifts', 'slices')
+      >>> choose(geom, 32, 17, "float32", "cpu")  # 50 MiB of windows: the loop
+      'tiles'
       >>> choose(make_geometry((32, 28, 28, 1), 5), 32, 8, "float32", "cpu")  # 1 channel
       'shifts'
       >>> choose(make_geometry((8, 7, 7, 1024), 3), 8, 256, "float32", "cpu")  # kernel-bound
@@ -157,7 +174,7 @@ def choose(
       >>> same = make_geometry((8, 24, 24, 32), 3, padding="same")  # 48 tiles, a dot each
       >>> choose(same, 8, 64, "float32", "cpu")
       'tiles/slices'
-      >>> choose(make_geometry((8, 705, 11), 5), 8, 4, "float32", "cpu")  # 1-D
+      >>> choose(make_geometry((8, 705, 11), 5), 8, 24, "float32", "cpu")  # 1-D
       'slices'
     """
     if backend != "cpu":
@@ -188,7 +205,25 @@ def _shifts_values(geom: Geometry, filters: int) -> bool:
     """Whether "shifts" computes values fastest on CPU (rule 1 of :func:`choose`)."""
     if geom.channels > SHIFTS_MAX_CHANNELS or geom.feature_dim * filters >= SHIFTS_MAX_BANK:
         return False
+    if geom.channels > SHIFTS_FEW_CHANNELS and filters > SHIFTS_MANY_CHANNELS_MAX_FILTERS:
+        return False
     return geom.feature_dim < SHIFTS_DEEP_FEATURES or filters <= SHIFTS_DEEP_MAX_FILTERS
+
+
+def shifts_unrolls_few(geom: Geometry) -> bool:
+    """Whether "shifts" unrolls few enough terms to be worth compiling for a trial
+    (autotune's candidates, the sweep's timing): at most ``SHIFTS_FEW_CHANNELS``
+    channels, or at most ``SHIFTS_MAX_CHANNELS`` under ``SHIFTS_TRIAL_MAX_FEATURES``
+    features (one fused term each).
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> cases = ((16, 3), (32, 3), (16, 9))  # (channels, window)
+    >>> [shifts_unrolls_few(make_geometry((1, 12, 12, c), w)) for c, w in cases]
+    [True, False, False]
+    """
+    if geom.channels <= SHIFTS_FEW_CHANNELS:
+        return True
+    return geom.channels <= SHIFTS_MAX_CHANNELS and geom.feature_dim < SHIFTS_TRIAL_MAX_FEATURES
 
 
 def widens(
