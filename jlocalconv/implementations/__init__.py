@@ -56,9 +56,14 @@ SHIFTS_FEW_CHANNELS = 4
 # regret of 1.32 (geometric mean, worst 4.5: "shifts" 0.2x the loop's time on s9-9's
 # 7 -> 8 channels), "shifts" for those with at most 16 filters (and the rules below) 1.09
 # (worst 2.1, a 0.05 ms problem); with at most 8 filters 1.14. Over 16 filters it ran up
-# to 18x slower (s8-8: 14 -> 164).
+# to 18x slower (s8-8: 14 -> 164). And only while channels * filters is at most
+# SHIFTS_MANY_CHANNELS_MAX_PRODUCT: the suite's 16-channel, 16-filter shapes (256) ran
+# forward 1.04x (base) and, widened, 1.33x (bf16) the loop's time and value_and_grad 1.22x
+# (base) in one run; no sweep problem of seeds 2 and 5-11 with 5-16 channels and at most
+# 16 filters has a product over 200.
 SHIFTS_MAX_CHANNELS = 16
 SHIFTS_MANY_CHANNELS_MAX_FILTERS = 16
+SHIFTS_MANY_CHANNELS_MAX_PRODUCT = 200
 # Timing "shifts" as a trial (autotune, the sweep) compiles it: beyond SHIFTS_FEW_CHANNELS
 # channels only under this many features (one unrolled term each; 1-4 channels reach 2916).
 SHIFTS_TRIAL_MAX_FEATURES = 1024
@@ -117,8 +122,8 @@ def choose(
     * ``backend == "cpu"``:
 
       1. "shifts" if the input has at most ``SHIFTS_FEW_CHANNELS`` channels (or at
-         most ``SHIFTS_MAX_CHANNELS`` and at most
-         ``SHIFTS_MANY_CHANNELS_MAX_FILTERS`` filters), a
+         most ``SHIFTS_MAX_CHANNELS`` and at most ``SHIFTS_MANY_CHANNELS_MAX_FILTERS``
+         filters, ``channels * filters`` at most ``SHIFTS_MANY_CHANNELS_MAX_PRODUCT``), a
          position's filter bank fewer than ``SHIFTS_MAX_BANK`` weights
          (``feature_dim * filters``) and, for windows of at least
          ``SHIFTS_DEEP_FEATURES`` features, at most ``SHIFTS_DEEP_MAX_FILTERS`` filters:
@@ -158,11 +163,11 @@ def choose(
 
     Example:
       >>> from jlocalconv.geometry import make_geometry
-      >>> geom = make_geometry((32, 32, 32, 16), 3)  # 16 channels, 16 filters: shifts
+      >>> geom = make_geometry((32, 32, 32, 16), 3)  # 50 MiB of windows: the loop
       >>> choose(geom, 32, 16, "float32", "cpu"), choose(geom, 32, 16, "float32", "gpu")
-      ('shifts', 'slices')
-      >>> choose(geom, 32, 17, "float32", "cpu")  # 50 MiB of windows: the loop
-      'tiles'
+      ('tiles', 'slices')
+      >>> choose(geom, 32, 12, "float32", "cpu")  # 16 channels x 12 filters: shifts
+      'shifts'
       >>> choose(make_geometry((32, 28, 28, 1), 5), 32, 8, "float32", "cpu")  # 1 channel
       'shifts'
       >>> choose(make_geometry((8, 7, 7, 1024), 3), 8, 256, "float32", "cpu")  # kernel-bound
@@ -205,7 +210,10 @@ def _shifts_values(geom: Geometry, filters: int) -> bool:
     """Whether "shifts" computes values fastest on CPU (rule 1 of :func:`choose`)."""
     if geom.channels > SHIFTS_MAX_CHANNELS or geom.feature_dim * filters >= SHIFTS_MAX_BANK:
         return False
-    if geom.channels > SHIFTS_FEW_CHANNELS and filters > SHIFTS_MANY_CHANNELS_MAX_FILTERS:
+    if geom.channels > SHIFTS_FEW_CHANNELS and (
+        filters > SHIFTS_MANY_CHANNELS_MAX_FILTERS
+        or geom.channels * filters > SHIFTS_MANY_CHANNELS_MAX_PRODUCT
+    ):
         return False
     return geom.feature_dim < SHIFTS_DEEP_FEATURES or filters <= SHIFTS_DEEP_MAX_FILTERS
 
