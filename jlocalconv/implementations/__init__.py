@@ -64,9 +64,6 @@ SHIFTS_FEW_CHANNELS = 4
 SHIFTS_MAX_CHANNELS = 16
 SHIFTS_MANY_CHANNELS_MAX_FILTERS = 16
 SHIFTS_MANY_CHANNELS_MAX_PRODUCT = 200
-# Timing "shifts" as a trial (autotune, the sweep) compiles it: beyond SHIFTS_FEW_CHANNELS
-# channels only under this many features (one unrolled term each; 1-4 channels reach 2916).
-SHIFTS_TRIAL_MAX_FEATURES = 1024
 # ... while a position's filter bank (``feature_dim * filters`` weights, one multiply-add
 # each per batch row) stays under SHIFTS_MAX_BANK: above it a contraction's matmul
 # kernel wins. On sweep seeds 2, 5, 6 and 7, "shifts" computed values 1.2-4x slower
@@ -83,6 +80,9 @@ SHIFTS_MAX_BANK = 4096
 # in 0.44-0.96x their time on the three with 252-324 features and 2-3 filters.
 SHIFTS_DEEP_FEATURES = 200
 SHIFTS_DEEP_MAX_FILTERS = 4
+# Timing "shifts" as a trial (autotune, the sweep) compiles it: beyond SHIFTS_FEW_CHANNELS
+# channels only under this many features (one unrolled term each; 1-4 channels reach 2916).
+SHIFTS_TRIAL_MAX_FEATURES = 1024
 # XLA's CPU backend has no fast 16-bit path through these loops' slices, dots and
 # scatters: bf16 value_and_grad ran about 2x slower than float32 on the suite's bf16
 # shape, and about 2x faster once widened. A product of two 16-bit floats is exact in
@@ -115,7 +115,8 @@ def choose(
     """The implementation "auto" picks, from static shapes, dtype and backend only.
 
     The cost model (deterministic: no timing, the same arguments give the same name;
-    constants tuned on the bench suite and sweep seeds 2 and 5-9, evaluated on seed 10)
+    constants tuned on the bench suite and sweep seeds 2 and 5-9, evaluated on seeds 10
+    and 11)
     picks one route for undifferentiated values and one for derivatives; a name
     ``"values/derivatives"`` (e.g. ``"tiles/slices"``) says they differ (:func:`composed`).
 
