@@ -15,7 +15,7 @@ The generator (:func:`problems`) draws each problem independently from one NumPy
   problems (compiles included) within about half an hour on a shared machine.
 
 For each problem every jlocalconv implementation but "patches" (``SKIPPED``; and
-"shifts" only for few channels: ``_times_shifts``) and ``jax.lax`` are compiled (their
+"shifts" only where ``implementations.shifts_unrolls_few``) and ``jax.lax`` are compiled (their
 value_and_grad temp memory and compile time recorded) and timed in alternation
 (round-robin calls, median per candidate), forward and forward+backward. "auto" on
 float32 compiles the very program of the implementation it chooses, so its time is that
@@ -170,6 +170,7 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
     tuned = ours.autotune_choice(shape)  # measured here, once; the timing below is the judge
     tune_s = time.perf_counter() - start
     chosen = {f"jlocalconv:{choice}", f"jlocalconv:{tuned}"}
+    few_terms = implementations.shifts_unrolls_few(shape.geometry())
     built, skipped, rows = {}, {}, {}
     for cand in candidates():
         short = cand.name.split(":", 1)[-1]
@@ -182,7 +183,7 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
             and pick in implementations.IMPLEMENTATIONS
         ):
             continue  # the same program as IMPLEMENTATIONS[pick], timed under that name
-        if short == "shifts" and not _times_shifts(shape) and cand.name not in chosen:
+        if short == "shifts" and not few_terms and cand.name not in chosen:
             skipped[cand.name] = "too many channels or features for an unrolled sum"
             continue
         try:
@@ -221,15 +222,12 @@ def value_route_forward(rows: dict[str, dict], chooser: str, name: str | None) -
     >>> value_route_forward(rows, "a", "tiles/slices"); rows["a"]
     {'fwd_ms': 2.0, 'fwd_bwd_ms': 5.0, 'fwd_own_ms': 3.0}
     """
-    values = f"jlocalconv:{(name or '').split('/')[0]}"
-    if "/" in (name or "") and chooser in rows and values in rows:
+    if not name or "/" not in name or chooser not in rows:
+        return
+    values = rows.get(f"jlocalconv:{name.split('/')[0]}")
+    if values is not None:
         row = rows[chooser]
-        rows[chooser] = {**row, "fwd_ms": rows[values]["fwd_ms"], "fwd_own_ms": row["fwd_ms"]}
-
-
-def _times_shifts(shape: Shape) -> bool:
-    """Whether the sweep times "shifts" on ``shape`` (``shifts_unrolls_few``)."""
-    return implementations.shifts_unrolls_few(shape.geometry())
+        rows[chooser] = {**row, "fwd_ms": values["fwd_ms"], "fwd_own_ms": row["fwd_ms"]}
 
 
 def _alternate(built: dict[str, Built], rounds: int, budget_s: float) -> dict:

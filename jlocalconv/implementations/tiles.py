@@ -172,6 +172,9 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
     return 3 * batch * window_bytes + one_row <= SLICED_DERIVATIVES_BYTES
 
 
+# Static and pure: "auto"'s choice and the implementation it picks plan the same problem
+# at every trace, and enumerating the plans of a long axis is the costly part.
+@functools.lru_cache(maxsize=256)
 def plan_tiles(
     geom: Geometry, batch: int, filters: int, itemsize: int, tile_bytes: int = TILE_BYTES
 ) -> TilePlan:
