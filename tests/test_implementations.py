@@ -127,16 +127,19 @@ def test_separate_value_route_keeps_every_derivative(flag):
         np.testing.assert_allclose(jnp.vdot(x, xt), jnp.vdot(f(x, k), y), rtol=1e-9)
 
 
-def _dots(jaxpr) -> int:
-    """dot_general equations in ``jaxpr`` and every sub-jaxpr (loop bodies, custom rules)."""
-    count = 0
+def _equations(jaxpr):
+    """The equations of ``jaxpr`` and of every sub-jaxpr (loop bodies, custom rules)."""
     for eqn in jaxpr.eqns:
-        count += eqn.primitive.name == "dot_general"
+        yield eqn
         for param in eqn.params.values():
             for sub in param if isinstance(param, (tuple, list)) else (param,):
                 sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
-                count += _dots(sub) if hasattr(sub, "eqns") else 0
-    return count
+                yield from _equations(sub) if hasattr(sub, "eqns") else ()
+
+
+def _dots(jaxpr) -> int:
+    """dot_general equations in ``jaxpr`` and every sub-jaxpr."""
+    return sum(eqn.primitive.name == "dot_general" for eqn in _equations(jaxpr))
 
 
 def test_derivatives_of_shifts_never_transpose_the_per_position_values():
@@ -169,6 +172,22 @@ def test_low_precision_accumulates_in_f32(name, dtype):
     gx, gk = _grads(f32, xl, kl, np.ones(want.shape, np.float32))
     assert gx.dtype == dtype and gk.dtype == dtype
     assert jax.jit(_impl(name, case))(xl, kl).dtype == dtype
+
+
+@pytest.mark.parametrize("channels, once", [(4, True), (2, False)])
+def test_shifts_widens_a_16_bit_kernel_once_where_many_terms_read_it(channels, once):
+    """Over WIDEN_ONCE_MIN_TERMS terms (window offsets x channels) one conversion of the
+    whole kernel, not one fused conversion per term's filters (a kernel launch each)."""
+    geom = make_geometry((2, 11, channels), 5, 2)  # 20 or 10 terms
+    x = jax.ShapeDtypeStruct(geom.input_shape(2), jnp.float32)  # widened by the caller
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(4), jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(lambda x, k: local_conv_shifts(x, k, geom))(x, k).jaxpr
+    widenings = [
+        eqn.invars[0].aval.shape
+        for eqn in _equations(jaxpr)
+        if eqn.primitive.name == "convert_element_type" and eqn.invars[0].aval.dtype == k.dtype
+    ]
+    assert widenings == ([k.shape] if once else [(*geom.output_shape, 4)] * 5 * channels)
 
 
 @pytest.mark.parametrize("case", [CASES[6], CASES[15]], ids=str)

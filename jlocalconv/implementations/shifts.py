@@ -34,6 +34,18 @@ from jlocalconv.implementations._windows import pad_spatial, padded, window_slic
 from jlocalconv.implementations.slices import slices_tangent
 from jlocalconv.implementations.tiles import derivatives_by_slices, plan_tiles, tiles_tangent
 
+# A 16-bit kernel read by more than WIDEN_ONCE_MIN_TERMS fused terms is widened to the
+# accumulator's dtype once, before the terms slice it: widened term by term, XLA's CPU
+# backend gave every term's filters a fusion (a kernel launch) of their own, which
+# dominated sub-millisecond problems. Widening once for every term count computed values
+# of the 49 bf16 problems of sweep seeds 2 and 5-11 that "auto" runs by "shifts" in 0.81x
+# the time (geometric mean; one run, both alternated) but 1.5-2.4x on three of at most 10
+# terms over 0.3-1 million outputs (s5-35, s6-21, s8-41: XLA then re-converts the kernel
+# in the loop for every batch row). With this bound: 0.74x (0.16-0.6x on nine 0.2-1 ms
+# problems, e.g. s11-38 0.17 -> 0.03 ms); none slower by over 1.27x (four by 1.16-1.27x,
+# one of them s7-17, whose program this leaves unchanged: the noise of such timings).
+WIDEN_ONCE_MIN_TERMS = 10
+
 
 def local_conv_shifts(
     inputs: jax.Array,
@@ -78,10 +90,12 @@ def _shift_accumulate(
     x = pad_spatial(inputs, dataclasses.replace(geom, data_format="channels_last"))
     # Keras's feature order: (k..., C) for channels_last, (C, k...) for channels_first.
     per_offset = (geom.window_items, geom.channels)
+    acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
+    if geom.window_items * geom.channels > WIDEN_ONCE_MIN_TERMS:
+        kernel = kernel.astype(acc_dtype)
     k = kernel.reshape(
         *geom.output_shape, *(per_offset if geom.channels_last else per_offset[::-1]), -1
     )
-    acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
     acc = jnp.zeros((inputs.shape[0], *geom.output_shape, kernel.shape[-1]), acc_dtype)
     offsets = itertools.product(*(range(n) for n in geom.kernel_size))
     for i, offset in enumerate(offsets):
