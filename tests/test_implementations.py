@@ -22,7 +22,12 @@ import jlocalconv
 from jlocalconv.geometry import make_geometry
 from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, choose
 from jlocalconv.implementations import tiles as tiles_module
-from jlocalconv.implementations._windows import sliced_by_axis
+from jlocalconv.implementations._windows import (
+    STACK_FUSION_MAX_BYTES,
+    STACK_FUSION_MAX_PARTS,
+    sliced_by_axis,
+    stack,
+)
 from jlocalconv.implementations.shifts import local_conv_shifts
 from jlocalconv.implementations.tiles import TilePlan, local_conv_tiles, plan_tiles
 
@@ -188,6 +193,32 @@ def test_shifts_widens_a_16_bit_kernel_once_where_many_terms_read_it(channels, o
         if eqn.primitive.name == "convert_element_type" and eqn.invars[0].aval.dtype == k.dtype
     ]
     assert widenings == ([k.shape] if once else [(*geom.output_shape, 4)] * 5 * channels)
+
+
+def _concatenate_widths(fn, *args) -> list[int]:
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    joins = ("concatenate", "stack")  # jnp.stack is its own primitive in newer JAX
+    return [len(eqn.invars) for eqn in _equations(jaxpr) if eqn.primitive.name in joins]
+
+
+@pytest.mark.parametrize("count", [2, 8, 9, 11, 13, 81])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_small_stacks_nest_groups_that_xla_fuses(count, axis):
+    """Equal to ``jnp.stack``, built from concatenates of at most STACK_FUSION_MAX_PARTS
+    operands (XLA's CPU backend launches one fusion per part of a wider one)."""
+    parts = [jnp.arange(6.0).reshape(3, 2) * 100 + i for i in range(count)]
+    np.testing.assert_array_equal(stack(parts, axis), jnp.stack(parts, axis))
+    widths = _concatenate_widths(lambda *p: stack(list(p), axis), *parts)
+    assert max(widths) <= STACK_FUSION_MAX_PARTS
+    assert len(widths) == (1 if count <= STACK_FUSION_MAX_PARTS else len(widths))
+
+
+def test_large_stacks_stay_one_concatenate():
+    """Over STACK_FUSION_MAX_BYTES the separate slices are faster than one fused loop."""
+    parts = [jnp.zeros(STACK_FUSION_MAX_BYTES // 4 // 9 + 1, jnp.float32)] * 9
+    assert _concatenate_widths(lambda *p: stack(list(p), 0), *parts) == [9]
+    small = [jnp.zeros(STACK_FUSION_MAX_BYTES // 4 // 9, jnp.float32)] * 9
+    assert _concatenate_widths(lambda *p: stack(list(p), 0), *small) == [3, 3, 3, 3]
 
 
 @pytest.mark.parametrize("case", [CASES[6], CASES[15]], ids=str)

@@ -47,6 +47,19 @@ BY_AXIS_MIN_OFFSETS = 20
 # 3d (0.9-1.3x across runs). Strided ones (sweep seeds 5 and 6, 1.26-3.75) ran 0.34-1.15x
 # the time but held up to 2.4x, over lax's on six of 27.
 SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT = 1.25
+# XLA's CPU backend fuses a concatenate of at most STACK_FUSION_MAX_PARTS operands, with
+# the slices that feed it, into one loop; from nine operands on it launches one fusion
+# per slice, each writing its own buffer, and copies them into the concatenate (a 3x3
+# window: ten kernel launches instead of one). It also merges nested concatenates along
+# one axis, so :func:`stack` nests stacks of at most this many parts along new axes ...
+STACK_FUSION_MAX_PARTS = 8
+# ... but only up to STACK_FUSION_MAX_BYTES of result: the fused loop picks every
+# element's source through the nested stacks, which costs more than the launches it
+# saves on larger stacks. "slices" forward, one fused loop against the separate slices
+# (one run, alternated): 0.35-0.89x the time with 1-25 KiB of windows (9 to 81 offsets;
+# 0.15 -> 0.05 ms for a 9x9 window), 0.97-1.09x at 36-112 KiB, 1.35x at 1.8 MiB (5x5),
+# and up to 2x in the suite's tile loops (base, "same": tiles of 0.5-2 MiB).
+STACK_FUSION_MAX_BYTES = 32 << 10
 
 
 def spatial_axis(geom: Geometry) -> int:
@@ -91,11 +104,61 @@ def windows(inputs: jax.Array, geom: Geometry, *, by_axis: bool = False) -> jax.
     offsets = itertools.product(*(range(k) for k in geom.kernel_size))
     slices = [window_slice(inputs, geom, offset) for offset in offsets]
     if geom.channels_last:  # (B, *out, W, C) -> (B, P, W*C)
-        stacked = jnp.stack(slices, axis=-2).reshape(batch, geom.output_items, geom.feature_dim)
+        stacked = stack(slices, geom.ndim + 1)
+        stacked = stacked.reshape(batch, geom.output_items, geom.feature_dim)
         return lax.transpose(stacked, (1, 0, 2))
     # (B, C, W, *out) -> (B, C*W, P): channels-first windows are ordered (C, k...).
-    stacked = jnp.stack(slices, axis=2).reshape(batch, geom.feature_dim, geom.output_items)
+    stacked = stack(slices, 2).reshape(batch, geom.feature_dim, geom.output_items)
     return lax.transpose(stacked, (2, 0, 1))
+
+
+def stack(parts: list[jax.Array], axis: int) -> jax.Array:
+    """``jnp.stack(parts, axis)`` (``axis`` non-negative); where the result is small
+    (``STACK_FUSION_MAX_BYTES``), one that XLA's CPU backend fuses into one loop with
+    the parts' producers (``STACK_FUSION_MAX_PARTS``).
+
+    More parts are stacked in nested groups of at most ``STACK_FUSION_MAX_PARTS``, each
+    level along a new axis at ``axis`` (XLA keeps concatenates along different axes
+    apart), then those axes are merged; a count with a prime factor over the bound is
+    padded with copies of the last part up to the next count without one, and sliced.
+
+    >>> parts = [jnp.full((2,), i) for i in range(11)]  # 11 -> 12 = 6 x 2
+    >>> bool((stack(parts, 1) == jnp.stack(parts, 1)).all())
+    True
+    """
+    count = len(parts)
+    nbytes = count * parts[0].size * parts[0].dtype.itemsize
+    if count <= STACK_FUSION_MAX_PARTS or nbytes > STACK_FUSION_MAX_BYTES:
+        return jnp.stack(parts, axis)
+    groups = _fusible_groups(count)
+    padded_count = math.prod(groups)
+    parts = parts + parts[-1:] * (padded_count - count)
+    for size in reversed(groups):
+        parts = [jnp.stack(parts[i : i + size], axis) for i in range(0, len(parts), size)]
+    (x,) = parts
+    x = x.reshape(*x.shape[:axis], padded_count, *x.shape[axis + len(groups) :])
+    return lax.slice_in_dim(x, 0, count, axis=axis) if padded_count > count else x
+
+
+def _fusible_groups(count: int) -> list[int]:
+    """Group sizes of at most ``STACK_FUSION_MAX_PARTS`` whose product is the least
+    number at or above ``count`` that they factor (outermost first).
+
+    >>> _fusible_groups(81), _fusible_groups(11), _fusible_groups(360)
+    ([3, 3, 3, 3], [6, 2], [8, 5, 3, 3])
+    """
+    bound = STACK_FUSION_MAX_PARTS
+    for padded_count in itertools.count(count):
+        groups, rest = [], padded_count
+        while rest > 1:
+            size = max(d for d in range(1, bound + 1) if rest % d == 0)
+            if size == 1:
+                break
+            groups.append(size)
+            rest //= size
+        if rest == 1:
+            return groups
+    raise AssertionError("unreachable: powers of two factor")
 
 
 def by_axis_derivatives(geom: Geometry) -> bool:
@@ -183,7 +246,7 @@ def _sliding(x: jax.Array, axis: int, lands: int, geom: Geometry, i: int) -> jax
         lax.slice_in_dim(x, o * dilation, o * dilation + (out - 1) * stride + 1, stride, axis)
         for o in range(geom.kernel_size[i])
     ]
-    return jnp.stack(slices, axis=lands)
+    return stack(slices, lands)
 
 
 def window_slice(inputs: jax.Array, geom: Geometry, offset: tuple[int, ...]) -> jax.Array:
