@@ -210,7 +210,7 @@ def test_small_stacks_nest_groups_that_xla_fuses(count, axis):
     np.testing.assert_array_equal(stack(parts, axis), jnp.stack(parts, axis))
     widths = _concatenate_widths(lambda *p: stack(list(p), axis), *parts)
     assert max(widths) <= STACK_FUSION_MAX_PARTS
-    assert len(widths) == (1 if count <= STACK_FUSION_MAX_PARTS else len(widths))
+    assert (len(widths) == 1) == (count <= STACK_FUSION_MAX_PARTS)  # nested beyond the bound
 
 
 def test_large_stacks_stay_one_concatenate():

@@ -57,8 +57,9 @@ STACK_FUSION_MAX_PARTS = 8
 # element's source through the nested stacks, which costs more than the launches it
 # saves on larger stacks. "slices" forward, one fused loop against the separate slices
 # (one run, alternated): 0.35-0.89x the time with 1-25 KiB of windows (9 to 81 offsets;
-# 0.15 -> 0.05 ms for a 9x9 window), 0.97-1.09x at 36-112 KiB, 1.35x at 1.8 MiB (5x5),
-# and up to 2x in the suite's tile loops (base, "same": tiles of 0.5-2 MiB).
+# 0.15 -> 0.05 ms for a 9x9 window), 0.89-1.09x at 36 KiB-4 MiB of 3x3 windows,
+# 1.16-1.35x at 0.4-1.8 MiB of 5x5 ones, and 1.5-2.1x in the suite's tile loops (base,
+# "same", large5x5, DeepFace L6).
 STACK_FUSION_MAX_BYTES = 32 << 10
 
 
