@@ -82,12 +82,13 @@ SHIFTS_DEEP_FEATURES = 200
 SHIFTS_DEEP_MAX_FILTERS = 4
 # ... or with at most SHIFTS_DEEP_MAX_BATCH batch rows: a contraction's matmul kernel then
 # fills few rows of its tiles, while "shifts" does work in proportion to the batch. Re-timed
-# forward (current code, one run, the three alternated) on the 14 deep-window problems of
-# seeds 2 and 5-12 that this rule alone kept off "shifts": with batches of 1-9 it ran in
-# 0.51-0.78x the time of "slices" and the tile loop on three of four (s8-22, s11-36,
+# forward (current code, one run, the contenders alternated) on the 14 deep-window problems
+# of seeds 2 and 5-12 that the filter bound alone kept off "shifts": with batches of 1-9 it
+# ran in 0.51-0.78x the time of "slices" and the tile loop on three of four (s8-22, s11-36,
 # s12-41; 1.36x on a 0.1 ms one, s5-56), with 12-255 rows slower on nine of ten (1.03-2.3x;
 # 0.25x on one bf16 problem of 18 rows, s12-31). Seeds 11 and 12 (evaluated before this
-# rule) are its tuning data; evaluated on seed 13.
+# rule) are its tuning data; it changes none of the choices of seed 13, drawn after it, so
+# no held-out problem has tested it yet.
 SHIFTS_DEEP_MAX_BATCH = 9
 # Timing "shifts" as a trial (autotune, the sweep) compiles it: beyond SHIFTS_FEW_CHANNELS
 # channels only under this many features (one unrolled term each; 1-4 channels reach 2916).
