@@ -293,7 +293,7 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     # position over several tiles (unless the kernel dominates or windows are few or 1-D).
     few = geom.channels <= SHIFTS_MAX_CHANNELS and geom.feature_dim * filters < 4096
     few = few and (geom.channels <= 4 or (filters <= 16 and geom.channels * filters <= 200))
-    few = few and (geom.feature_dim < 200 or filters <= 4 or batch <= 9)  # deep: few of either
+    few = few and (geom.feature_dim < 200 or filters <= 4)  # deep windows: few filters only
     kernel_bound = batch > 1 and batch * tiles_module.MIN_TILES < filters
     patch_bytes = 4 * batch * geom.output_items * geom.feature_dim
     kernel_bytes = 4 * geom.output_items * geom.feature_dim * filters
@@ -395,16 +395,10 @@ def test_auto_specific_choices():
     bank = make_geometry((8, 20, 20, 1), 9)
     assert choose(bank, 8, 50, jnp.float32, "cpu") == "shifts"
     assert choose(bank, 8, 51, jnp.float32, "cpu") == "tiles/slices"
-    # Deep windows (200 features or more): "shifts" only up to 4 filters (sweep s8-46) or
-    # 9 batch rows (s12-41: 9 rows, 4 channels, 9x6 windows, 6 filters)
+    # Deep windows (200 features or more): "shifts" only up to 4 filters (sweep s8-46)
     deep = make_geometry((41, 16, 11, 6, 3), (6, 4, 5), (1, 2, 3), "same")  # 360 features
     assert choose(deep, 41, 4, jnp.float32, "cpu") == "shifts"
     assert choose(deep, 41, 5, jnp.float32, "cpu") != "shifts"
-    assert choose(deep, 9, 5, jnp.float32, "cpu") == "shifts"  # the geometry has no batch
-    s12_41 = make_geometry((9, 39, 21, 4), (9, 6), 3, "same", dilation=2)  # 216 features
-    assert choose(s12_41, 9, 6, jnp.float32, "cpu") == "shifts"
-    assert choose(make_geometry((10, 39, 21, 4), (9, 6), 3, "same", dilation=2), 10, 6,
-                  jnp.float32, "cpu") != "shifts"  # fmt: skip
     shallow = make_geometry((41, 16, 11, 6, 3), (6, 4, 2), (1, 2, 3), "same")  # 144 features
     assert choose(shallow, 41, 6, jnp.float32, "cpu") == "shifts"
     mnist = make_geometry((32, 28, 28, 1), 5)

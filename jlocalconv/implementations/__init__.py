@@ -80,16 +80,6 @@ SHIFTS_MAX_BANK = 4096
 # in 0.44-0.96x their time on the three with 252-324 features and 2-3 filters.
 SHIFTS_DEEP_FEATURES = 200
 SHIFTS_DEEP_MAX_FILTERS = 4
-# ... or with at most SHIFTS_DEEP_MAX_BATCH batch rows: a contraction's matmul kernel then
-# fills few rows of its tiles, while "shifts" does work in proportion to the batch. Re-timed
-# forward (current code, one run, the contenders alternated) on the 14 deep-window problems
-# of seeds 2 and 5-12 that the filter bound alone kept off "shifts": with batches of 1-9 it
-# ran in 0.51-0.78x the time of "slices" and the tile loop on three of four (s8-22, s11-36,
-# s12-41; 1.36x on a 0.1 ms one, s5-56), with 12-255 rows slower on nine of ten (1.03-2.3x;
-# 0.25x on one bf16 problem of 18 rows, s12-31). Seeds 11 and 12 (evaluated before this
-# rule) are its tuning data; it changes none of the choices of seed 13, drawn after it, so
-# no held-out problem has tested it yet.
-SHIFTS_DEEP_MAX_BATCH = 9
 # Timing "shifts" as a trial (autotune, the sweep) compiles it: beyond SHIFTS_FEW_CHANNELS
 # channels only under this many features (one unrolled term each; 1-4 channels reach 2916).
 SHIFTS_TRIAL_MAX_FEATURES = 1024
@@ -125,9 +115,9 @@ def choose(
     """The implementation "auto" picks, from static shapes, dtype and backend only.
 
     The cost model (deterministic: no timing, the same arguments give the same name;
-    constants tuned on the bench suite and sweep seeds 2 and 5-9, the deep-window batch
-    bound also on 10-12; evaluated on seeds 10-13) picks one route for undifferentiated
-    values and one for derivatives; a name
+    constants tuned on the bench suite and sweep seeds 2 and 5-9, evaluated on seeds 10
+    and 11)
+    picks one route for undifferentiated values and one for derivatives; a name
     ``"values/derivatives"`` (e.g. ``"tiles/slices"``) says they differ (:func:`composed`).
 
     * ``backend == "cpu"``:
@@ -137,8 +127,7 @@ def choose(
          filters, ``channels * filters`` at most ``SHIFTS_MANY_CHANNELS_MAX_PRODUCT``), a
          position's filter bank fewer than ``SHIFTS_MAX_BANK`` weights
          (``feature_dim * filters``) and, for windows of at least
-         ``SHIFTS_DEEP_FEATURES`` features, at most ``SHIFTS_DEEP_MAX_FILTERS`` filters
-         or at most ``SHIFTS_DEEP_MAX_BATCH`` batch rows:
+         ``SHIFTS_DEEP_FEATURES`` features, at most ``SHIFTS_DEEP_MAX_FILTERS`` filters:
          values with no window tensor at all (its derivatives: see
          :mod:`jlocalconv.implementations.shifts`);
       2. derivatives by "slices" where
@@ -196,7 +185,7 @@ def choose(
     """
     if backend != "cpu":
         return "slices"
-    if _shifts_values(geom, batch, filters):
+    if _shifts_values(geom, filters):
         return "shifts"  # values without windows; its derivatives pick their own route
     itemsize = max(np.dtype(dtype).itemsize, 4)  # 16-bit floats are computed in float32
     if not derivatives_by_slices(geom, batch, filters, itemsize):
@@ -218,7 +207,7 @@ def _loop_values(geom: Geometry, batch: int, filters: int, itemsize: int) -> boo
     return plan.per_position_values and math.prod(plan.counts(geom)) > 1
 
 
-def _shifts_values(geom: Geometry, batch: int, filters: int) -> bool:
+def _shifts_values(geom: Geometry, filters: int) -> bool:
     """Whether "shifts" computes values fastest on CPU (rule 1 of :func:`choose`)."""
     if geom.channels > SHIFTS_MAX_CHANNELS or geom.feature_dim * filters >= SHIFTS_MAX_BANK:
         return False
@@ -227,8 +216,7 @@ def _shifts_values(geom: Geometry, batch: int, filters: int) -> bool:
         or geom.channels * filters > SHIFTS_MANY_CHANNELS_MAX_PRODUCT
     ):
         return False
-    deep = geom.feature_dim >= SHIFTS_DEEP_FEATURES
-    return not deep or filters <= SHIFTS_DEEP_MAX_FILTERS or batch <= SHIFTS_DEEP_MAX_BATCH
+    return geom.feature_dim < SHIFTS_DEEP_FEATURES or filters <= SHIFTS_DEEP_MAX_FILTERS
 
 
 def shifts_unrolls_few(geom: Geometry) -> bool:
