@@ -265,7 +265,9 @@ def widened(impl: Implementation) -> Implementation:
     contractions and "shifts"' terms convert their operands to the inputs' dtype), so
     the tile loop widens one filter block at a time and writes each block's gradient
     rounded once, instead of holding a float32 copy of the whole kernel (sweep problem
-    s9-10, a 9.6 MiB bf16 kernel: value_and_grad temp 60.0 -> 42.8 MiB).
+    s9-10, a 9.6 MiB bf16 kernel: value_and_grad temp 60.0 -> 42.8 MiB). "shifts"'
+    undifferentiated values widen the whole kernel once where many terms read it
+    (``shifts.WIDEN_ONCE_MIN_TERMS``: a conversion per term was a kernel launch each).
     """
 
     def run(inputs, kernel, geom, *, precision, preferred_element_type):
