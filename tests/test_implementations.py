@@ -163,6 +163,30 @@ def test_derivatives_of_shifts_never_transpose_the_per_position_values():
         assert _dots(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, k).jaxpr) <= 8, impl.__name__
 
 
+@pytest.mark.parametrize("impl", [local_conv_tiles, local_conv_shifts])
+def test_few_rows_take_the_kernel_gradient_out_of_the_loop(impl, monkeypatch):
+    """With at most ``ROWS_KERNEL_TANGENT_MAX_BATCH`` rows the kernel gradient is one sum
+    over rows (``tiles.rows_kernel_tangent``), not a carry of the transposed tile loop
+    (whose per-tile contraction over the rows XLA runs slowly); with the bound at 0 it
+    is the loop's again."""
+    geom = make_geometry((8, 48, 48, 4), 9)  # 4 channels: "shifts" values
+    assert not tiles_module.derivatives_by_slices(geom, 8, 32, 4)  # the loop differentiates
+    x = jax.ShapeDtypeStruct(geom.input_shape(8), jnp.float32)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(32), jnp.float32)
+    loss = lambda x, k: jnp.sum(impl(x, k, geom))
+
+    def loop_writes_kernel() -> bool:
+        jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, k).jaxpr
+        scans = [e for e in _equations(jaxpr) if e.primitive.name == "scan"]
+        assert scans  # values and the input gradient stay in the loop
+        return any(v.aval.shape == k.shape for e in scans for v in e.outvars)
+
+    assert tiles_module.kernel_tangent_by_rows(geom, 8, 4)
+    assert not loop_writes_kernel()
+    monkeypatch.setattr(tiles_module, "ROWS_KERNEL_TANGENT_MAX_BATCH", 0)
+    assert loop_writes_kernel()
+
+
 @pytest.mark.parametrize("name", FAST)
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_accumulates_in_f32(name, dtype):
@@ -576,25 +600,33 @@ def test_tiles_backward_of_large_dilated_windows_stays_within_lax_temp_memory():
     assert ours <= theirs + (1 << 20)
 
 
-def test_widened_tile_loop_holds_no_float32_kernel():
+def test_widened_tile_loop_holds_no_float32_kernel(monkeypatch):
     """bf16 operands, a kernel 2x the input (sweep problem s9-10): the widened tile loop
     converts filter blocks, not the kernel (compile only; nothing runs). Its gradient
     still accumulates in a float32 buffer: XLA's CPU backend widens the loop's bf16 adds
-    (42.8 against 60.0 MiB, a float32 kernel being 19.1)."""
+    (42.8 against 60.0 MiB, a float32 kernel being 19.1). The kernel gradient by rows
+    (``tiles.kernel_tangent_by_rows``, which "auto" takes here) adds the float32 window
+    tensor and nothing kernel-sized."""
     geom = make_geometry((5, 3411, 147), 2, 1)
     x = jax.ShapeDtypeStruct((5, 3411, 147), jnp.bfloat16)
     k = jax.ShapeDtypeStruct(geom.kernel_shape(5), jnp.bfloat16)
     assert choose(geom, 5, 5, jnp.bfloat16, "cpu") == "tiles"
+    assert tiles_module.kernel_tangent_by_rows(geom, 5, 4)
 
     def temp(f):
+        jax.clear_caches()  # the rule is read at trace time
         loss = lambda x, k: jnp.sum(f(x, k).astype(jnp.float32))
         compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
+    by_rows = temp(lambda x, k: jlocalconv.local_conv(x, k, 2, 1))
+    monkeypatch.setattr(tiles_module, "ROWS_KERNEL_TANGENT_MAX_BATCH", 0)
     auto = temp(lambda x, k: jlocalconv.local_conv(x, k, 2, 1))
     whole = temp(lambda x, k: local_conv_tiles(x.astype(jnp.float32), k.astype(jnp.float32), geom))
     kernel_f32 = 4 * int(np.prod(geom.kernel_shape(5)))
     assert auto <= whole - kernel_f32 * 3 // 4  # no float32 copy of the kernel
+    window_f32 = 4 * 5 * geom.output_items * geom.feature_dim
+    assert by_rows <= auto + window_f32 + (1 << 20)
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,9 @@ from jax.custom_derivatives import SymbolicZero
 Bilinear = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def split_bilinear(value: Bilinear, tangent: Bilinear) -> Bilinear:
+def split_bilinear(
+    value: Bilinear, tangent: Bilinear, kernel_tangent: Bilinear | None = None
+) -> Bilinear:
     """``value`` for values, ``tangent`` under differentiation; both the same op.
 
     Args:
@@ -31,6 +33,8 @@ def split_bilinear(value: Bilinear, tangent: Bilinear) -> Bilinear:
       tangent: the same bilinear map by another route (differentiable, transposable),
         written in plain ``lax``: not itself a ``custom_jvp`` function, which reverse
         mode would transpose through its value route.
+      kernel_tangent: the same map again, for the kernel's tangent term ``f(x, dk)``
+        only (reverse mode transposes it into the kernel gradient); ``tangent`` if None.
 
     Returns:
       A function equal to both, differentiable to any order in either argument.
@@ -52,7 +56,7 @@ def split_bilinear(value: Bilinear, tangent: Bilinear) -> Bilinear:
         # Symbolic zeros skip a whole contraction, e.g. the kernel term in grad wrt x.
         parts = [tangent(dx, k)] if not isinstance(dx, SymbolicZero) else []
         if not isinstance(dk, SymbolicZero):
-            parts.append(tangent(x, dk))
+            parts.append((kernel_tangent or tangent)(x, dk))
         return y, sum(parts[1:], parts[0]) if parts else jnp.zeros_like(y)
 
     op.defjvp(jvp, symbolic_zeros=True)

@@ -32,7 +32,12 @@ from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._windows import pad_spatial, padded, window_slice
 from jlocalconv.implementations.slices import slices_tangent
-from jlocalconv.implementations.tiles import derivatives_by_slices, plan_tiles, tiles_tangent
+from jlocalconv.implementations.tiles import (
+    derivatives_by_slices,
+    kernel_tangent,
+    plan_tiles,
+    tiles_tangent,
+)
 
 # A 16-bit kernel read by more than WIDEN_ONCE_MIN_TERMS fused terms is widened to the
 # accumulator's dtype once, before the terms slice it: widened term by term, XLA's CPU
@@ -69,15 +74,18 @@ def local_conv_shifts(
     options: dict[str, Any] = dict(
         geom=geom, precision=precision, preferred_element_type=preferred_element_type
     )
+    for_kernel = None
     if derivatives_by_slices(geom, batch, filters, itemsize):
         tangent = functools.partial(slices_tangent, **options)
     else:
         plan = plan_tiles(geom, batch, filters, itemsize)
         tangent = functools.partial(tiles_tangent, plan=plan, **options)
+        for_kernel = kernel_tangent(geom, batch, itemsize, precision=precision,
+                                    preferred_element_type=preferred_element_type)  # fmt: skip
     values = functools.partial(
         _shift_accumulate, geom=geom, out_dtype=result_dtype(inputs, preferred_element_type)
     )
-    return split_bilinear(values, tangent)(inputs, kernel)
+    return split_bilinear(values, tangent, for_kernel)(inputs, kernel)
 
 
 def _shift_accumulate(

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,7 @@ from jlocalconv.implementations._common import (
     result_dtype,
 )
 from jlocalconv.implementations._windows import (
+    batch_major_windows,
     by_axis_derivatives,
     disjoint,
     input_per_output,
@@ -89,6 +91,20 @@ SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT = 32
 # Derivatives keep the batched dot (one dot per position differentiated 2-30x slower).
 PER_POSITION_MAX_BATCH = 8
 PER_POSITION_MAX_POSITIONS = 64
+# The loop's kernel gradient is a batched dot per tile that contracts over the batch
+# rows; XLA's CPU backend runs such a thin contraction (DeepFace L4: 1296 x 8 by 8 x 16
+# per position) at a fraction of the bandwidth, slower still inside a loop body. With at
+# most ROWS_KERNEL_TANGENT_MAX_BATCH rows the kernel's tangent term goes by rows instead
+# (:func:`rows_kernel_tangent`): its transpose is one fused loop of a multiply-add per row
+# over the whole window tensor, kept from the forward pass while it is at most
+# ROWS_KERNEL_TANGENT_MAX_BYTES (about a third of what lax's value_and_grad holds).
+# value_and_grad of "tiles", one run alternated, on the 39 problems of sweep seeds 2 and
+# 5-13 with at most 16 rows that auto differentiates by the loop: 0.78x the time
+# (geometric mean; 0.26-0.8x on 19, DeepFace L4 0.72-0.84x, L5 0.76x), over 1.1x on two
+# of under 5 ms (1.23x, 1.28x); temp memory up by the window tensor (s11-31: 13 -> 74
+# MiB). With 32 rows (DeepFace L6) it ran 1.27-1.38x slower.
+ROWS_KERNEL_TANGENT_MAX_BATCH = 16
+ROWS_KERNEL_TANGENT_MAX_BYTES = 128 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +186,67 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
     window_bytes = itemsize * geom.output_items * geom.feature_dim
     one_row = window_bytes * filters if batch == 1 else 0
     return 3 * batch * window_bytes + one_row <= SLICED_DERIVATIVES_BYTES
+
+
+def kernel_tangent_by_rows(geom: Geometry, batch: int, itemsize: int) -> bool:
+    """Whether the tile loop's kernel gradient comes from :func:`rows_kernel_tangent`:
+    at most ``ROWS_KERNEL_TANGENT_MAX_BATCH`` rows whose window tensor
+    (``itemsize * batch * output_items * feature_dim`` bytes) is at most
+    ``ROWS_KERNEL_TANGENT_MAX_BYTES``.
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> kernel_tangent_by_rows(make_geometry((8, 63, 63, 16), 9), 8, itemsize=4)
+    True
+    >>> kernel_tangent_by_rows(make_geometry((32, 25, 25, 16), 5), 32, itemsize=4)
+    False
+    """
+    window_bytes = itemsize * batch * geom.output_items * geom.feature_dim
+    return batch <= ROWS_KERNEL_TANGENT_MAX_BATCH and window_bytes <= ROWS_KERNEL_TANGENT_MAX_BYTES
+
+
+def rows_kernel_tangent(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    geom: Geometry,
+    *,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: jax.typing.DTypeLike | None = None,
+) -> jax.Array:
+    """The op as one sum of products per batch row, for the kernel's tangent term.
+
+    Row ``b`` is ``sum(windows[b, :, :, None] * kernel, axis=1)``, so the transpose in
+    the kernel (the kernel gradient) is ``sum_b windows[b, :, :, None] *
+    cotangent[b, :, None, :]``: one fused loop that writes each gradient element once,
+    accumulated in the result dtype (float32 for 16-bit inputs widened by
+    ``preferred_element_type``). The windows (:func:`batch_major_windows`) are a residual
+    of the backward pass. Evaluated forward (``jvp`` in the kernel), it is slower than a
+    contraction. ``precision`` is unused: the products are elementwise.
+    """
+    del precision
+    windows_ = batch_major_windows(inputs, geom)
+    dtype = result_dtype(inputs, preferred_element_type)
+    accumulate = jnp.promote_types(inputs.dtype, dtype)
+    filters = kernel.astype(accumulate)
+    rows = [
+        jnp.sum(windows_[b, :, :, None].astype(accumulate) * filters, axis=1)
+        for b in range(inputs.shape[0])
+    ]
+    return positions_to_result(jnp.stack(rows, axis=1).astype(dtype), geom)
+
+
+def kernel_tangent(
+    geom: Geometry, batch: int, itemsize: int, **options: Any
+) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+    """The ``kernel_tangent`` of the tile loop's ``split_bilinear``: :func:`rows_kernel_tangent`
+    (on the padded input) where :func:`kernel_tangent_by_rows` says so, else None."""
+    if not kernel_tangent_by_rows(geom, batch, itemsize):
+        return None
+    full = padded(geom)
+
+    def tangent(inputs: jax.Array, kernel: jax.Array) -> jax.Array:
+        return rows_kernel_tangent(pad_spatial(inputs, geom), kernel, full, **options)
+
+    return tangent
 
 
 # Static and pure: "auto"'s choice and the implementation it picks plan the same problem
@@ -275,19 +352,23 @@ def local_conv_tiles(
     loop = functools.partial(
         _tile_loop, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
     )
+    for_kernel = kernel_tangent(
+        geom, inputs.shape[0], inputs.dtype.itemsize, precision=precision,
+        preferred_element_type=pet,
+    )  # fmt: skip
     values: Callable[[jax.Array, jax.Array], jax.Array]
     if plan.one_shot_forward:
         values = functools.partial(
             local_conv_slices, geom=geom, precision=precision, preferred_element_type=pet
         )
-    elif plan.per_position_values or by_axis_derivatives(geom):
+    elif plan.per_position_values or by_axis_derivatives(geom) or for_kernel:
         values = functools.partial(loop, per_position=plan.per_position_values)
     else:
         return loop(inputs, kernel)
     tangent = functools.partial(
         tiles_tangent, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
     )
-    return split_bilinear(values, tangent)(inputs, kernel)
+    return split_bilinear(values, tangent, for_kernel)(inputs, kernel)
 
 
 def tiles_tangent(
