@@ -9,6 +9,7 @@ the memory-lean backward, and the choices "auto" makes.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -185,6 +186,26 @@ def test_few_rows_take_the_kernel_gradient_out_of_the_loop(impl, monkeypatch):
     assert not loop_writes_kernel()
     monkeypatch.setattr(tiles_module, "ROWS_KERNEL_TANGENT_MAX_BATCH", 0)
     assert loop_writes_kernel()
+
+
+BY_AXIS_ROWS = [
+    Case((9, 8), 2, 3, (6, 6), (1, 1)),
+    Case((8, 9), 3, 2, (4, 8), (2, 1), data_format="channels_first"),
+]
+
+
+@pytest.mark.parametrize("case", BY_AXIS_ROWS, ids=str)
+def test_kernel_gradient_by_rows_with_windows_by_axis_matches_reference(case):
+    """32 or more offsets: the rows' window tensor is stacked axis by axis."""
+    geom = _geom(case)
+    assert math.prod(case.kernel_size) >= tiles_module.ROWS_BY_AXIS_MIN_OFFSETS
+    assert tiles_module.kernel_tangent_by_rows(geom, case.batch, 4)
+    x, k, _ = case.arrays()
+    _, dk, _ = case.arrays(seed=5)
+    w = np.random.default_rng(2).standard_normal(_ref(case, x, k).shape).astype(np.float32)
+    _, gk = _grads(_impl("tiles", case), x, k, w)
+    np.testing.assert_allclose(np.vdot(gk, dk), np.vdot(_ref(case, x, dk), w), rtol=1e-4)
+    np.testing.assert_allclose(gk, _grads(_impl("patches", case), x, k, w)[1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", FAST)

@@ -84,7 +84,9 @@ def padded(geom: Geometry) -> Geometry:
     return dataclasses.replace(geom, spatial_shape=geom.padded_shape, padding=((0, 0),) * geom.ndim)
 
 
-def windows(inputs: jax.Array, geom: Geometry, *, by_axis: bool = False) -> jax.Array:
+def windows(
+    inputs: jax.Array, geom: Geometry, *, by_axis: bool = False, fuse: bool = False
+) -> jax.Array:
     """Every window of an unpadded-geometry input as ``(output_items, batch, feature_dim)``.
 
     Args:
@@ -93,40 +95,26 @@ def windows(inputs: jax.Array, geom: Geometry, *, by_axis: bool = False) -> jax.
       geom: the geometry.
       by_axis: stack the offsets one spatial axis at a time rather than all at once:
         the same values, a cheaper transpose (see ``BY_AXIS_MIN_OFFSETS``).
+      fuse: stack in one fused loop whatever the size (:func:`stack`), for a window
+        tensor kept whole: each slice then writes no buffer of its own first.
 
     Returns:
       The patch tensor, features in Keras's order for ``geom.data_format``.
     """
+    batch = inputs.shape[0]
     if _tiles_input(geom):
         return _disjoint_windows(inputs, geom)
     if by_axis:
-        return _windows_by_axis(inputs, geom)
-    return lax.transpose(_stacked_windows(inputs, geom, fuse=False), (1, 0, 2))
-
-
-def batch_major_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
-    """:func:`windows` as ``(batch, output_items, feature_dim)``, stacked in one fused loop.
-
-    For a window tensor that is built once and kept whole (a residual of the backward
-    pass): one fused stack writes it once, where separate slices would each write their
-    own buffer first (DeepFace L4: 123 MiB of XLA temporaries against 242 MiB).
-    """
-    if _tiles_input(geom):
-        return lax.transpose(_disjoint_windows(inputs, geom), (1, 0, 2))
-    return _stacked_windows(inputs, geom, fuse=True)
-
-
-def _stacked_windows(inputs: jax.Array, geom: Geometry, *, fuse: bool) -> jax.Array:
-    """Every offset's slice stacked at once, as ``(batch, output_items, feature_dim)``."""
-    batch = inputs.shape[0]
+        return _windows_by_axis(inputs, geom, fuse)
     offsets = itertools.product(*(range(k) for k in geom.kernel_size))
     slices = [window_slice(inputs, geom, offset) for offset in offsets]
     if geom.channels_last:  # (B, *out, W, C) -> (B, P, W*C)
         stacked = stack(slices, geom.ndim + 1, fuse=fuse)
-        return stacked.reshape(batch, geom.output_items, geom.feature_dim)
+        stacked = stacked.reshape(batch, geom.output_items, geom.feature_dim)
+        return lax.transpose(stacked, (1, 0, 2))
     # (B, C, W, *out) -> (B, C*W, P): channels-first windows are ordered (C, k...).
     stacked = stack(slices, 2, fuse=fuse).reshape(batch, geom.feature_dim, geom.output_items)
-    return lax.transpose(stacked, (0, 2, 1))
+    return lax.transpose(stacked, (2, 0, 1))
 
 
 def stack(parts: list[jax.Array], axis: int, *, fuse: bool = False) -> jax.Array:
@@ -211,7 +199,7 @@ def sliced_by_axis(geom: Geometry) -> bool:
     return full.spatial_shape[last] / full.output_shape[last] <= SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT
 
 
-def _windows_by_axis(inputs: jax.Array, geom: Geometry) -> jax.Array:
+def _windows_by_axis(inputs: jax.Array, geom: Geometry, fuse: bool = False) -> jax.Array:
     """:func:`windows` one spatial axis at a time, in :func:`_stage_order`.
 
     Axis i of extent S becomes ``out_i`` and a new axis ``k_i`` lands after batch (and
@@ -227,7 +215,7 @@ def _windows_by_axis(inputs: jax.Array, geom: Geometry) -> jax.Array:
     lands = n + len(others) - (1 if geom.channels_last else 0)
     done: list[int] = []
     for i in _stage_order(geom):
-        x = _sliding(x, i, lands + sum(j < i for j in done), geom, i)
+        x = _sliding(x, i, lands + sum(j < i for j in done), geom, i, fuse)
         done.append(i)
     return x.reshape(geom.output_items, inputs.shape[0], geom.feature_dim)
 
@@ -255,7 +243,9 @@ def _stage_order(geom: Geometry) -> list[int]:
     return sorted(range(geom.ndim), key=lambda i: (geom.kernel_size[i] > 1, -per_output[i]))
 
 
-def _sliding(x: jax.Array, axis: int, lands: int, geom: Geometry, i: int) -> jax.Array:
+def _sliding(
+    x: jax.Array, axis: int, lands: int, geom: Geometry, i: int, fuse: bool = False
+) -> jax.Array:
     """Spatial ``axis`` of ``x`` -> ``geom.output_shape[i]`` positions, with the window
     offsets along ``geom``'s axis ``i`` as a new axis at ``lands``."""
     out, stride, dilation = geom.output_shape[i], geom.strides[i], geom.dilation[i]
@@ -263,7 +253,7 @@ def _sliding(x: jax.Array, axis: int, lands: int, geom: Geometry, i: int) -> jax
         lax.slice_in_dim(x, o * dilation, o * dilation + (out - 1) * stride + 1, stride, axis)
         for o in range(geom.kernel_size[i])
     ]
-    return stack(slices, lands)
+    return stack(slices, lands, fuse=fuse)
 
 
 def window_slice(inputs: jax.Array, geom: Geometry, offset: tuple[int, ...]) -> jax.Array:

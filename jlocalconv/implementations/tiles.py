@@ -37,7 +37,6 @@ from jlocalconv.implementations._common import (
     result_dtype,
 )
 from jlocalconv.implementations._windows import (
-    batch_major_windows,
     by_axis_derivatives,
     disjoint,
     input_per_output,
@@ -105,6 +104,12 @@ PER_POSITION_MAX_POSITIONS = 64
 # MiB). With 32 rows (DeepFace L6) it ran 1.27-1.38x slower.
 ROWS_KERNEL_TANGENT_MAX_BATCH = 16
 ROWS_KERNEL_TANGENT_MAX_BYTES = 128 << 20
+# Its window tensor is stacked in one fused loop (written once: L4 held 123 MiB of
+# temporaries, 241 with a buffer per slice), axis by axis past ROWS_BY_AXIS_MIN_OFFSETS
+# offsets: one fused stack of L4's 81 offsets compiled value_and_grad in 3.2-4.1 s against
+# the loop's 1 s (by axis 1.3 s, L5's 49: 1.27 -> 0.83 s, their run times within noise),
+# while by axis ran large5x5's 25 offsets 1.2x slower.
+ROWS_BY_AXIS_MIN_OFFSETS = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,21 +219,22 @@ def rows_kernel_tangent(
 ) -> jax.Array:
     """The op as one sum of products per batch row, for the kernel's tangent term.
 
-    Row ``b`` is ``sum(windows[b, :, :, None] * kernel, axis=1)``, so the transpose in
-    the kernel (the kernel gradient) is ``sum_b windows[b, :, :, None] *
-    cotangent[b, :, None, :]``: one fused loop that writes each gradient element once,
+    Row ``b`` is ``sum(windows[:, b, :, None] * kernel, axis=1)``, so the transpose in
+    the kernel (the kernel gradient) is ``sum_b windows[:, b, :, None] *
+    cotangent[:, b, None, :]``: one fused loop that writes each gradient element once,
     accumulated in the result dtype (float32 for 16-bit inputs widened by
-    ``preferred_element_type``). The windows (:func:`batch_major_windows`) are a residual
-    of the backward pass. Evaluated forward (``jvp`` in the kernel), it is slower than a
-    contraction. ``precision`` is unused: the products are elementwise.
+    ``preferred_element_type``). The window tensor is a residual of the backward pass
+    (see ``ROWS_BY_AXIS_MIN_OFFSETS``). Evaluated forward (``jvp`` in the kernel), it is
+    slower than a contraction. ``precision`` is unused: the products are elementwise.
     """
     del precision
-    windows_ = batch_major_windows(inputs, geom)
+    by_axis = math.prod(geom.kernel_size) >= ROWS_BY_AXIS_MIN_OFFSETS
+    patches = windows(inputs, geom, by_axis=by_axis, fuse=True)
     dtype = result_dtype(inputs, preferred_element_type)
     accumulate = jnp.promote_types(inputs.dtype, dtype)
     filters = kernel.astype(accumulate)
     rows = [
-        jnp.sum(windows_[b, :, :, None].astype(accumulate) * filters, axis=1)
+        jnp.sum(patches[:, b, :, None].astype(accumulate) * filters, axis=1)
         for b in range(inputs.shape[0])
     ]
     return positions_to_result(jnp.stack(rows, axis=1).astype(dtype), geom)
