@@ -97,11 +97,12 @@ PER_POSITION_MAX_POSITIONS = 64
 # (:func:`rows_kernel_tangent`): its transpose is one fused loop of a multiply-add per row
 # over the whole window tensor, kept from the forward pass while it is at most
 # ROWS_KERNEL_TANGENT_MAX_BYTES (about a third of what lax's value_and_grad holds).
-# value_and_grad of "tiles", one run alternated, on the 39 problems of sweep seeds 2 and
-# 5-13 with at most 16 rows that auto differentiates by the loop: 0.78x the time
-# (geometric mean; 0.26-0.8x on 19, DeepFace L4 0.72-0.84x, L5 0.76x), over 1.1x on two
-# of under 5 ms (1.23x, 1.28x); temp memory up by the window tensor (s11-31: 13 -> 74
-# MiB). With 32 rows (DeepFace L6) it ran 1.27-1.38x slower.
+# value_and_grad of "auto" with and without it (one run, alternated) on the 39 problems
+# of sweep seeds 2 and 5-13 with at most 16 rows that auto differentiates by the loop:
+# 0.76x the time (geometric mean; under 0.8x on 21, 0.26x at best), one over 1.1x (s8-51,
+# 2.4 ms: 1.14x); compile time 1.03x; temp memory up by the window tensor (s11-31: 13 ->
+# 68 MiB). DeepFace L4 0.72-0.84x, L5 0.66-0.87x, the suite's batch1 0.72-0.79x and
+# large5x5 0.80-0.96x across runs. With 32 rows (DeepFace L6) it ran 1.27-1.38x slower.
 ROWS_KERNEL_TANGENT_MAX_BATCH = 16
 ROWS_KERNEL_TANGENT_MAX_BYTES = 128 << 20
 # Its window tensor is stacked in one fused loop (written once: L4 held 123 MiB of
