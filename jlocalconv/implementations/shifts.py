@@ -80,8 +80,7 @@ def local_conv_shifts(
     else:
         plan = plan_tiles(geom, batch, filters, itemsize)
         tangent = functools.partial(tiles_tangent, plan=plan, **options)
-        for_kernel = kernel_tangent(geom, batch, itemsize, precision=precision,
-                                    preferred_element_type=preferred_element_type)  # fmt: skip
+        for_kernel = kernel_tangent(geom, batch, itemsize, preferred_element_type)
     values = functools.partial(
         _shift_accumulate, geom=geom, out_dtype=result_dtype(inputs, preferred_element_type)
     )

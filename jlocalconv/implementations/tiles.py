@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -214,8 +213,6 @@ def rows_kernel_tangent(
     inputs: jax.Array,
     kernel: jax.Array,
     geom: Geometry,
-    *,
-    precision: lax.PrecisionLike = None,
     preferred_element_type: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
     """The op as one sum of products per batch row, for the kernel's tangent term.
@@ -226,11 +223,10 @@ def rows_kernel_tangent(
     accumulated in the result dtype (float32 for 16-bit inputs widened by
     ``preferred_element_type``). The window tensor is a residual of the backward pass
     (see ``ROWS_BY_AXIS_MIN_OFFSETS``). Evaluated forward (``jvp`` in the kernel), it is
-    slower than a contraction. ``precision`` is unused: the products are elementwise.
+    slower than a contraction; the products are elementwise, so no ``precision``.
     """
-    del precision
     by_axis = math.prod(geom.kernel_size) >= ROWS_BY_AXIS_MIN_OFFSETS
-    patches = windows(inputs, geom, by_axis=by_axis, fuse=True)
+    patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis, fuse=True)
     dtype = result_dtype(inputs, preferred_element_type)
     accumulate = jnp.promote_types(inputs.dtype, dtype)
     filters = kernel.astype(accumulate)
@@ -242,18 +238,15 @@ def rows_kernel_tangent(
 
 
 def kernel_tangent(
-    geom: Geometry, batch: int, itemsize: int, **options: Any
+    geom: Geometry, batch: int, itemsize: int, preferred_element_type: jax.typing.DTypeLike | None
 ) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
     """The ``kernel_tangent`` of the tile loop's ``split_bilinear``: :func:`rows_kernel_tangent`
-    (on the padded input) where :func:`kernel_tangent_by_rows` says so, else None."""
+    where :func:`kernel_tangent_by_rows` says so, else None (the loop's own)."""
     if not kernel_tangent_by_rows(geom, batch, itemsize):
         return None
-    full = padded(geom)
-
-    def tangent(inputs: jax.Array, kernel: jax.Array) -> jax.Array:
-        return rows_kernel_tangent(pad_spatial(inputs, geom), kernel, full, **options)
-
-    return tangent
+    return functools.partial(
+        rows_kernel_tangent, geom=geom, preferred_element_type=preferred_element_type
+    )
 
 
 # Static and pure: "auto"'s choice and the implementation it picks plan the same problem
@@ -359,10 +352,7 @@ def local_conv_tiles(
     loop = functools.partial(
         _tile_loop, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
     )
-    for_kernel = kernel_tangent(
-        geom, inputs.shape[0], inputs.dtype.itemsize, precision=precision,
-        preferred_element_type=pet,
-    )  # fmt: skip
+    for_kernel = kernel_tangent(geom, inputs.shape[0], inputs.dtype.itemsize, pet)
     values: Callable[[jax.Array, jax.Array], jax.Array]
     if plan.one_shot_forward:
         values = functools.partial(
