@@ -195,7 +195,7 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
 
 def kernel_tangent_by_rows(geom: Geometry, batch: int, itemsize: int) -> bool:
     """Whether the tile loop's kernel gradient comes from :func:`rows_kernel_tangent`:
-    at most ``ROWS_KERNEL_TANGENT_MAX_BATCH`` rows whose window tensor
+    one to ``ROWS_KERNEL_TANGENT_MAX_BATCH`` rows whose window tensor
     (``itemsize * batch * output_items * feature_dim`` bytes) is at most
     ``ROWS_KERNEL_TANGENT_MAX_BYTES``.
 
@@ -204,9 +204,13 @@ def kernel_tangent_by_rows(geom: Geometry, batch: int, itemsize: int) -> bool:
     True
     >>> kernel_tangent_by_rows(make_geometry((32, 25, 25, 16), 5), 32, itemsize=4)
     False
+    >>> kernel_tangent_by_rows(make_geometry((0, 25, 25, 16), 5), 0, itemsize=4)
+    False
     """
     window_bytes = itemsize * batch * geom.output_items * geom.feature_dim
-    return batch <= ROWS_KERNEL_TANGENT_MAX_BATCH and window_bytes <= ROWS_KERNEL_TANGENT_MAX_BYTES
+    # An empty batch has no rows to sum (the loop gives its zero gradient).
+    rows = 1 <= batch <= ROWS_KERNEL_TANGENT_MAX_BATCH
+    return rows and window_bytes <= ROWS_KERNEL_TANGENT_MAX_BYTES
 
 
 def rows_kernel_tangent(
