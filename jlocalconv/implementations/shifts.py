@@ -34,9 +34,8 @@ from jlocalconv.implementations._windows import pad_spatial, padded, window_slic
 from jlocalconv.implementations.slices import slices_tangent
 from jlocalconv.implementations.tiles import (
     derivatives_by_slices,
-    kernel_tangent,
+    differentiated_by_loop,
     plan_tiles,
-    tiles_tangent,
 )
 
 # A 16-bit kernel read by more than WIDEN_ONCE_MIN_TERMS fused terms is widened to the
@@ -72,19 +71,16 @@ def local_conv_shifts(
     """
     batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
     options: dict[str, Any] = dict(
-        geom=geom, precision=precision, preferred_element_type=preferred_element_type
+        precision=precision, preferred_element_type=preferred_element_type
     )
-    for_kernel = None
-    if derivatives_by_slices(geom, batch, filters, itemsize):
-        tangent = functools.partial(slices_tangent, **options)
-    else:
-        plan = plan_tiles(geom, batch, filters, itemsize)
-        tangent = functools.partial(tiles_tangent, plan=plan, **options)
-        for_kernel = kernel_tangent(geom, batch, itemsize, preferred_element_type)
     values = functools.partial(
         _shift_accumulate, geom=geom, out_dtype=result_dtype(inputs, preferred_element_type)
     )
-    return split_bilinear(values, tangent, for_kernel)(inputs, kernel)
+    if derivatives_by_slices(geom, batch, filters, itemsize):
+        tangent = functools.partial(slices_tangent, geom=geom, **options)
+        return split_bilinear(values, tangent)(inputs, kernel)
+    plan = plan_tiles(geom, batch, filters, itemsize)
+    return differentiated_by_loop(values, geom, plan, batch, itemsize, **options)(inputs, kernel)
 
 
 def _shift_accumulate(

@@ -244,16 +244,27 @@ def rows_kernel_tangent(
     return positions_to_result(jnp.stack(rows, axis=1).astype(dtype), geom)
 
 
-def kernel_tangent(
-    geom: Geometry, batch: int, itemsize: int, preferred_element_type: jax.typing.DTypeLike | None
-) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
-    """The ``kernel_tangent`` of the tile loop's ``split_bilinear``: :func:`rows_kernel_tangent`
-    where :func:`kernel_tangent_by_rows` says so, else None (the loop's own)."""
-    if not kernel_tangent_by_rows(geom, batch, itemsize):
-        return None
-    return functools.partial(
-        rows_kernel_tangent, geom=geom, preferred_element_type=preferred_element_type
+def differentiated_by_loop(
+    values: Callable[[jax.Array, jax.Array], jax.Array],
+    geom: Geometry,
+    plan: TilePlan,
+    batch: int,
+    itemsize: int,
+    *,
+    precision: lax.PrecisionLike,
+    preferred_element_type: jax.typing.DTypeLike | None,
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``values`` (any route), differentiated by the tile loop (:func:`tiles_tangent`
+    through ``split_bilinear``); its kernel gradient by :func:`rows_kernel_tangent` where
+    :func:`kernel_tangent_by_rows` says so. "tiles" and "shifts" both build theirs here."""
+    pet = preferred_element_type
+    tangent = functools.partial(
+        tiles_tangent, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
     )
+    for_kernel = None
+    if kernel_tangent_by_rows(geom, batch, itemsize):
+        for_kernel = functools.partial(rows_kernel_tangent, geom=geom, preferred_element_type=pet)
+    return split_bilinear(values, tangent, for_kernel)
 
 
 # Static and pure: "auto"'s choice and the implementation it picks plan the same problem
@@ -359,20 +370,24 @@ def local_conv_tiles(
     loop = functools.partial(
         _tile_loop, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
     )
-    for_kernel = kernel_tangent(geom, inputs.shape[0], inputs.dtype.itemsize, pet)
+    batch, itemsize = inputs.shape[0], inputs.dtype.itemsize
     values: Callable[[jax.Array, jax.Array], jax.Array]
     if plan.one_shot_forward:
         values = functools.partial(
             local_conv_slices, geom=geom, precision=precision, preferred_element_type=pet
         )
-    elif plan.per_position_values or by_axis_derivatives(geom) or for_kernel:
+    elif (
+        plan.per_position_values
+        or by_axis_derivatives(geom)
+        or kernel_tangent_by_rows(geom, batch, itemsize)
+    ):
         values = functools.partial(loop, per_position=plan.per_position_values)
     else:
         return loop(inputs, kernel)
-    tangent = functools.partial(
-        tiles_tangent, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
+    op = differentiated_by_loop(
+        values, geom, plan, batch, itemsize, precision=precision, preferred_element_type=pet
     )
-    return split_bilinear(values, tangent, for_kernel)(inputs, kernel)
+    return op(inputs, kernel)
 
 
 def tiles_tangent(
