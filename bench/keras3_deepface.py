@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from bench import environment
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 DEFAULT_TF_PYTHON = "/work/tfvenv/bin/python"
 
@@ -314,7 +316,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "load_average": os.getloadavg(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "environment": environment.settings(),
     }
 
 
@@ -331,7 +333,7 @@ def markdown(result: dict, args: argparse.Namespace) -> str:
         [
             f"# DeepFace: Keras 3 + jlocalconv (JAX) vs tf_keras, {result['date']}",
             "",
-            f"Command: `{_command(args, m['xla_flags'])}` "
+            f"Command: `{_command(args, m['environment'])}` "
             f"(batch {args.batch}, {args.rounds} alternating rounds of {args.reps} calls per "
             f"side: median of {n} calls).",
             f"Machine: {m['cpu']}, {m['cores']} cores (load average "
@@ -362,9 +364,8 @@ def markdown(result: dict, args: argparse.Namespace) -> str:
     )
 
 
-def _command(args: argparse.Namespace, xla_flags: str) -> str:
-    env = f"XLA_FLAGS={xla_flags} " if xla_flags else ""
-    return f"{env}python -m bench --keras3-deepface{' --smoke' if args.smoke else ''}"
+def _command(args: argparse.Namespace, values: dict[str, str]) -> str:
+    return environment.command(f"--keras3-deepface{' --smoke' if args.smoke else ''}", values)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import jlocalconv
 from bench import (
     chart,
+    environment,
     ours,
     peers,
     progress,
@@ -264,7 +265,8 @@ def _meta(args, policy: Policy) -> dict:
     return {
         "date": datetime.date.today().isoformat(),
         "backend": jax.default_backend(),
-        "command": f"python -m bench {argv}".strip(),
+        "command": environment.command(argv),
+        "environment": environment.settings(),
         "cpu": _cpu_name(),
         "cores": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")

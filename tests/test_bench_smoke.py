@@ -19,8 +19,8 @@ from bench import roofline, suite  # noqa: E402
 from bench.run import _filter  # noqa: E402
 
 
-def _run(args: list[str], out: Path) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _run(args: list[str], out: Path, **env_vars: str) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **env_vars)
     cmd = [sys.executable, *args, "--smoke", "--no-sharded", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -67,6 +67,17 @@ def test_smoke_reports_machine_targets_and_tables(smoke):
 def test_script_entry_point_and_only_filter(tmp_path):
     run = _run(["bench/run.py", "--only", "auto,jax.lax"], tmp_path)["json"]
     assert [r["candidate"] for r in run["results"]] == ["jlocalconv:auto", "jax.lax"]
+
+
+def test_report_command_carries_the_allocator_setting(tmp_path):
+    # Huge pages change the kernel-bound layers' backward pass 1.5x: a report without
+    # them in its command could not be reproduced.
+    tunable = "glibc.malloc.hugetlb=1"
+    got = _run(["-m", "bench", "--only", "auto"], tmp_path, GLIBC_TUNABLES=tunable)
+    meta = got["json"]["meta"]
+    assert meta["environment"]["GLIBC_TUNABLES"] == tunable
+    assert meta["command"].startswith(f"GLIBC_TUNABLES={tunable} python -m bench --only auto")
+    assert f"command: `GLIBC_TUNABLES={tunable} python -m bench" in got["md"]
 
 
 def test_filter_matches_names_families_and_globs():
