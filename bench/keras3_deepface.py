@@ -27,6 +27,7 @@ import json
 import os
 import pathlib
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -365,7 +366,7 @@ def markdown(result: dict, args: argparse.Namespace) -> str:
 
 
 def _command(args: argparse.Namespace, values: dict[str, str]) -> str:
-    return environment.command(f"--keras3-deepface{' --smoke' if args.smoke else ''}", values)
+    return environment.command(shlex.join(["--keras3-deepface", *args.argv]), values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -382,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the report's command
     args.size = args.size or ("smoke" if args.smoke else "deepface")
     if args.worker:
         worker(args.size, args.batch, f"{args.tmp}/deepface_weights.h5", f"{args.tmp}/tf_outputs")

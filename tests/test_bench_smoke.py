@@ -130,6 +130,19 @@ def test_batched_dot_ceiling_script_runs(capsys):
         assert float(line.split()[-4]) > 0 and line.endswith("GFLOP/s")  # a time and a rate
 
 
+def test_keras3_deepface_report_command_is_the_one_run():
+    import argparse
+
+    from bench import keras3_deepface
+
+    args = argparse.Namespace(argv=["--tf-train", "--rounds", "6", "--tag=-x"])
+    flags = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
+    assert keras3_deepface._command(args, flags) == (
+        "XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot python -m bench "
+        "--keras3-deepface --tf-train --rounds 6 --tag=-x"
+    )
+
+
 def test_keras3_deepface_is_reached_from_python_m_bench():
     """``python -m bench --keras3-deepface`` dispatches to bench.keras3_deepface (its help)."""
     cmd = [sys.executable, "-m", "bench", "--keras3-deepface", "--help"]
