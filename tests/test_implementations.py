@@ -20,6 +20,7 @@ from jax.test_util import check_grads
 from reference import local_conv_ref
 
 import jlocalconv
+from jlocalconv import implementations
 from jlocalconv.geometry import make_geometry
 from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, choose
 from jlocalconv.implementations import tiles as tiles_module
@@ -626,18 +627,20 @@ def test_widened_tile_loop_holds_no_float32_kernel(monkeypatch):
     converts filter blocks, not the kernel (compile only; nothing runs). Its gradient
     still accumulates in a float32 buffer: XLA's CPU backend widens the loop's bf16 adds
     (42.8 against 60.0 MiB, a float32 kernel being 19.1). The kernel gradient by rows
-    (``tiles.kernel_tangent_by_rows``, which "auto" takes here) adds the float32 window
-    tensor and nothing kernel-sized."""
+    (``tiles.kernel_tangent_by_rows``, which "auto" takes here) adds the window tensor,
+    held in bf16 (``window_dtype``: half the float32 one), and nothing kernel-sized."""
     geom = make_geometry((5, 3411, 147), 2, 1)
     x = jax.ShapeDtypeStruct((5, 3411, 147), jnp.bfloat16)
     k = jax.ShapeDtypeStruct(geom.kernel_shape(5), jnp.bfloat16)
     assert choose(geom, 5, 5, jnp.bfloat16, "cpu") == "tiles"
     assert tiles_module.kernel_tangent_by_rows(geom, 5, 4)
 
+    g = jax.ShapeDtypeStruct((5, 3410, 5), jnp.float32)  # a cotangent, as in training
+
     def temp(f):
         jax.clear_caches()  # the rule is read at trace time
-        loss = lambda x, k: jnp.sum(f(x, k).astype(jnp.float32))
-        compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
+        loss = lambda x, k, g: jnp.sum(f(x, k).astype(jnp.float32) * g)
+        compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k, g).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
     by_rows = temp(lambda x, k: jlocalconv.local_conv(x, k, 2, 1))
@@ -646,8 +649,28 @@ def test_widened_tile_loop_holds_no_float32_kernel(monkeypatch):
     whole = temp(lambda x, k: local_conv_tiles(x.astype(jnp.float32), k.astype(jnp.float32), geom))
     kernel_f32 = 4 * int(np.prod(geom.kernel_shape(5)))
     assert auto <= whole - kernel_f32 * 3 // 4  # no float32 copy of the kernel
-    window_f32 = 4 * 5 * geom.output_items * geom.feature_dim
-    assert by_rows <= auto + window_f32 + (1 << 20)
+    window_bf16 = 2 * 5 * geom.output_items * geom.feature_dim
+    assert by_rows <= auto + window_bf16 + (1 << 20)
+
+
+def test_widened_rows_kernel_gradient_holds_exact_16_bit_windows():
+    """Widened bf16 operands: the rows kernel gradient keeps its windows in bf16
+    (``window_dtype``), which hold the widened inputs exactly, so the gradient is the
+    float32-windows one bit for bit (both accumulate in float32 and round once)."""
+    geom = make_geometry((3, 9, 11, 4), (3, 2))
+    assert tiles_module.kernel_tangent_by_rows(geom, 3, 4)
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal(geom.input_shape(3)), jnp.bfloat16)
+    k = jnp.asarray(rng.standard_normal(geom.kernel_shape(5)), jnp.bfloat16)
+
+    def kernel_grad(f):
+        return jax.grad(lambda k: jnp.sum(f(x, k).astype(jnp.float32) ** 2))(k)
+
+    narrow = implementations.widened(local_conv_tiles)
+    got = kernel_grad(lambda x, k: narrow(x, k, geom, precision=None, preferred_element_type=None))
+    wide = lambda x, k: local_conv_tiles(x.astype(jnp.float32), k, geom).astype(x.dtype)
+    want = kernel_grad(wide)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
 
 
 @pytest.mark.parametrize(

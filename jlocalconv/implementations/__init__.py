@@ -105,6 +105,9 @@ SLICED_VALUES_MAX_OFFSETS = 4
 # worst 2.35), always by "slices" 1.075 (worst 2.04), this rule 1.037 (worst 1.50);
 # the loop won on 6 of the 8 per-position problems of several tiles (1.04-2.04x), and
 # "slices" on most of the others (up to 2x: 30 tiles of one position on s9-22).
+# The implementations that may keep a window tensor for the backward pass
+# (``tiles.rows_kernel_tangent``), which take its dtype as ``window_dtype``.
+_HOLDS_WINDOWS = (local_conv_tiles, local_conv_shifts)
 # Tangents of the routes "auto" may differentiate by (plain lax: see split_bilinear).
 TANGENTS: dict[str, Implementation] = {"slices": slices_tangent}
 
@@ -270,10 +273,15 @@ def widened(impl: Implementation) -> Implementation:
     (``shifts.WIDEN_ONCE_MIN_TERMS``: a conversion per term was a kernel launch each).
     """
 
+    # The tile loop's rows kernel gradient keeps a window tensor for the backward pass:
+    # held in the inputs' own 16-bit dtype, which represents the widened values exactly.
+    narrow = {"window_dtype": None} if impl in _HOLDS_WINDOWS else {}
+
     def run(inputs, kernel, geom, *, precision, preferred_element_type):
         out_dtype = result_dtype(inputs, preferred_element_type)
         wide = inputs.astype(jnp.float32)
-        out = impl(wide, kernel, geom, precision=precision, preferred_element_type=None)
+        options = {name: inputs.dtype for name in narrow}
+        out = impl(wide, kernel, geom, precision=precision, preferred_element_type=None, **options)
         return out.astype(out_dtype)
 
     return run

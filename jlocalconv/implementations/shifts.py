@@ -58,9 +58,10 @@ def local_conv_shifts(
     *,
     precision: lax.PrecisionLike = None,
     preferred_element_type: jax.typing.DTypeLike | None = None,
+    window_dtype: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
     """Local convolution: shift-and-accumulate values; "slices" or "tiles" when
-    differentiated.
+    differentiated (``window_dtype``: see ``tiles.rows_kernel_tangent``).
 
     Derivatives come from "slices" wherever ``tiles.derivatives_by_slices``
     says so (a dominant kernel, disjoint windows, or a window tensor within budget over
@@ -80,7 +81,10 @@ def local_conv_shifts(
         tangent = functools.partial(slices_tangent, geom=geom, **options)
         return split_bilinear(values, tangent)(inputs, kernel)
     plan = plan_tiles(geom, batch, filters, itemsize)
-    return differentiated_by_loop(values, geom, plan, batch, itemsize, **options)(inputs, kernel)
+    loop = differentiated_by_loop(
+        values, geom, plan, batch, itemsize, **options, window_dtype=window_dtype
+    )
+    return loop(inputs, kernel)
 
 
 def _shift_accumulate(

@@ -221,6 +221,7 @@ def rows_kernel_tangent(
     kernel: jax.Array,
     geom: Geometry,
     preferred_element_type: jax.typing.DTypeLike | None = None,
+    window_dtype: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
     """The op as one sum of products per batch row, for the kernel's tangent term.
 
@@ -231,11 +232,18 @@ def rows_kernel_tangent(
     ``preferred_element_type``). The window tensor is a residual of the backward pass
     (see ``ROWS_BY_AXIS_MIN_OFFSETS``). Evaluated forward (``jvp`` in the kernel), it is
     slower than a contraction; the products are elementwise, so no ``precision``.
+    ``window_dtype`` holds that residual narrower than ``inputs`` (which it must
+    represent exactly: 16-bit inputs that "auto" widened, :func:`widened`).
     """
-    by_axis = math.prod(geom.kernel_size) >= ROWS_BY_AXIS_MIN_OFFSETS
-    patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis, fuse=True)
     dtype = result_dtype(inputs, preferred_element_type)
     accumulate = jnp.promote_types(inputs.dtype, dtype)
+    if window_dtype is not None:
+        # A 16-bit residual, widened again inside the gradient's fused loop: float32
+        # windows of widened bf16 inputs held twice the bytes of lax's bf16 patches.
+        # Narrowing the inputs, not the windows, lets XLA cancel the widening.
+        inputs = inputs.astype(window_dtype)
+    by_axis = math.prod(geom.kernel_size) >= ROWS_BY_AXIS_MIN_OFFSETS
+    patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis, fuse=True)
     filters = kernel.astype(accumulate)
     rows = [
         jnp.sum(patches[:, b, :, None].astype(accumulate) * filters, axis=1)
@@ -253,17 +261,21 @@ def differentiated_by_loop(
     *,
     precision: lax.PrecisionLike,
     preferred_element_type: jax.typing.DTypeLike | None,
+    window_dtype: jax.typing.DTypeLike | None = None,
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """``values`` (any route), differentiated by the tile loop (:func:`tiles_tangent`
     through ``split_bilinear``); its kernel gradient by :func:`rows_kernel_tangent` where
-    :func:`kernel_tangent_by_rows` says so. "tiles" and "shifts" both build theirs here."""
+    :func:`kernel_tangent_by_rows` says so, its windows held in ``window_dtype``.
+    "tiles" and "shifts" both build theirs here."""
     pet = preferred_element_type
     tangent = functools.partial(
         tiles_tangent, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
     )
     for_kernel = None
     if kernel_tangent_by_rows(geom, batch, itemsize):
-        for_kernel = functools.partial(rows_kernel_tangent, geom=geom, preferred_element_type=pet)
+        for_kernel = functools.partial(
+            rows_kernel_tangent, geom=geom, preferred_element_type=pet, window_dtype=window_dtype
+        )
     return split_bilinear(values, tangent, for_kernel)
 
 
@@ -359,10 +371,12 @@ def local_conv_tiles(
     precision: lax.PrecisionLike = None,
     preferred_element_type: jax.typing.DTypeLike | None = None,
     plan: TilePlan | None = None,
+    window_dtype: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
     """Local convolution over tiles of output positions (see the module docstring).
 
-    ``plan`` defaults to :func:`plan_tiles` for this problem.
+    ``plan`` defaults to :func:`plan_tiles` for this problem; ``window_dtype`` is
+    :func:`rows_kernel_tangent`'s.
     """
     if plan is None:
         plan = plan_tiles(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
@@ -385,7 +399,14 @@ def local_conv_tiles(
     else:
         return loop(inputs, kernel)
     op = differentiated_by_loop(
-        values, geom, plan, batch, itemsize, precision=precision, preferred_element_type=pet
+        values,
+        geom,
+        plan,
+        batch,
+        itemsize,
+        precision=precision,
+        preferred_element_type=pet,
+        window_dtype=window_dtype,
     )
     return op(inputs, kernel)
 
