@@ -275,12 +275,12 @@ def widened(impl: Implementation) -> Implementation:
 
     # The tile loop's rows kernel gradient keeps a window tensor for the backward pass:
     # held in the inputs' own 16-bit dtype, which represents the widened values exactly.
-    narrow = {"window_dtype": None} if impl in _HOLDS_WINDOWS else {}
+    holds_windows = impl in _HOLDS_WINDOWS
 
     def run(inputs, kernel, geom, *, precision, preferred_element_type):
         out_dtype = result_dtype(inputs, preferred_element_type)
         wide = inputs.astype(jnp.float32)
-        options = {name: inputs.dtype for name in narrow}
+        options = {"window_dtype": inputs.dtype} if holds_windows else {}
         out = impl(wide, kernel, geom, precision=precision, preferred_element_type=None, **options)
         return out.astype(out_dtype)
 

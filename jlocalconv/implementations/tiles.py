@@ -233,7 +233,7 @@ def rows_kernel_tangent(
     (see ``ROWS_BY_AXIS_MIN_OFFSETS``). Evaluated forward (``jvp`` in the kernel), it is
     slower than a contraction; the products are elementwise, so no ``precision``.
     ``window_dtype`` holds that residual narrower than ``inputs`` (which it must
-    represent exactly: 16-bit inputs that "auto" widened, :func:`widened`).
+    represent exactly: 16-bit inputs that "auto" widened, ``implementations.widened``).
     """
     dtype = result_dtype(inputs, preferred_element_type)
     accumulate = jnp.promote_types(inputs.dtype, dtype)
