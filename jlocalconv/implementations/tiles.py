@@ -242,7 +242,7 @@ def rows_kernel_tangent(
         # windows of widened bf16 inputs held twice the bytes of lax's bf16 patches.
         # Narrowing the inputs, not the windows, lets XLA cancel the widening.
         inputs = inputs.astype(window_dtype)
-    by_axis = math.prod(geom.kernel_size) >= ROWS_BY_AXIS_MIN_OFFSETS
+    by_axis = geom.window_items >= ROWS_BY_AXIS_MIN_OFFSETS
     patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis, fuse=True)
     filters = kernel.astype(accumulate)
     rows = [
