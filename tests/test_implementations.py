@@ -600,6 +600,57 @@ def test_windows_by_axis_equal_the_one_shot_stack_and_its_transpose(shape, ks, s
     np.testing.assert_allclose(transpose(True), transpose(False), rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "shape, ks, st, dil, fmt",
+    [
+        ((2, 9, 13, 3), (3, 3), (1, 1), (1, 1), "channels_last"),  # equal offsets on both axes
+        ((2, 3, 9, 13), (4, 3), (1, 2), (1, 1), "channels_first"),
+        ((2, 2, 25, 21, 5), (1, 3, 2), (1, 3, 2), (3, 3, 3), "channels_last"),  # strided, dilated
+        ((3, 17, 2), (5,), (2,), (2,), "channels_last"),
+    ],
+)
+def test_shared_windows_equal_static_ones_under_every_transformation(shape, ks, st, dil, fmt):
+    """Slices at run-time offsets (``_windows.shared_windows``) are the same windows, and
+    their derivatives (static slices, by ``custom_jvp``) the same derivatives."""
+    from jlocalconv.implementations import _windows
+
+    geom = make_geometry(shape, ks, st, dilation=dil, data_format=fmt)
+    rng = np.random.default_rng(0)
+    x, dx = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(2))
+    static = lambda v: _windows.windows(v, geom)
+    shared = lambda v: _windows.windows(v, geom, shared=True)
+    np.testing.assert_array_equal(jax.jit(shared)(x), static(x))
+    np.testing.assert_array_equal(jax.jvp(shared, (x,), (dx,))[1], static(dx))
+    ct = jnp.asarray(rng.standard_normal(static(x).shape), jnp.float32)
+    for transpose in (jax.linear_transpose, lambda f, v: jax.vjp(f, v)[1]):
+        np.testing.assert_allclose(
+            transpose(shared, x)(ct)[0], transpose(static, x)(ct)[0], rtol=1e-6, atol=1e-6
+        )
+    batch = jnp.stack([x, dx])
+    np.testing.assert_array_equal(jax.vmap(shared)(batch), jax.vmap(static)(batch))
+    second = lambda f: jax.grad(lambda v: jnp.sum(jax.grad(lambda u: jnp.sum(jnp.sin(f(u))))(v)))
+    np.testing.assert_allclose(second(shared)(x), second(static)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_shared_windows_hide_their_offsets_from_xla():
+    """What makes the slices one kernel: each is a ``dynamic_slice`` whose offsets come
+    through one ``optimization_barrier`` (XLA would fold constants back into distinct
+    static slices), with no negative-index select; a static slice follows only strides."""
+    from jlocalconv.implementations import _windows
+
+    def count(geom, **kw):
+        x = jax.ShapeDtypeStruct(geom.input_shape(2), jnp.float32)
+        text = jax.jit(lambda v: _windows.windows(v, geom, **kw)).lower(x).as_text()
+        ops = ("dynamic_slice", "optimization_barrier", "select", "stablehlo.slice")
+        return {op: text.count(op) for op in ops}
+
+    assert count(make_geometry((2, 9, 13, 3), 3), shared=True) == {
+        "dynamic_slice": 9, "optimization_barrier": 1, "select": 0, "stablehlo.slice": 0
+    }  # fmt: skip
+    assert count(make_geometry((2, 9, 13, 3), 3, 2), shared=True)["stablehlo.slice"] == 9
+    assert count(make_geometry((2, 9, 13, 3), 3))["dynamic_slice"] == 0
+
+
 def test_tiles_backward_of_large_dilated_windows_stays_within_lax_temp_memory():
     """Sweep problem s8-51 (few positions under large dilated windows): the tile loop's
     axis-by-axis windows held 8.2 MiB of XLA temporaries against lax's 3.5 MiB when

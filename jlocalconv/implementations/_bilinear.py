@@ -24,7 +24,11 @@ Bilinear = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def split_bilinear(
-    value: Bilinear, tangent: Bilinear, kernel_tangent: Bilinear | None = None
+    value: Bilinear,
+    tangent: Bilinear,
+    kernel_tangent: Bilinear | None = None,
+    *,
+    tangent_value: Bilinear | None = None,
 ) -> Bilinear:
     """``value`` for values, ``tangent`` under differentiation; both the same op.
 
@@ -35,6 +39,8 @@ def split_bilinear(
         mode would transpose through its value route.
       kernel_tangent: the same map again, for the kernel's tangent term ``f(x, dk)``
         only (reverse mode transposes it into the kernel gradient); ``tangent`` if None.
+      tangent_value: the same map again, for the differentiated value ``f(x, k)``
+        only (never transposed); ``tangent`` if None.
 
     Returns:
       A function equal to both, differentiable to any order in either argument.
@@ -52,7 +58,7 @@ def split_bilinear(
 
     def jvp(primals, tangents):
         (x, k), (dx, dk) = primals, tangents
-        y = tangent(x, k)
+        y = (tangent_value or tangent)(x, k)
         # Symbolic zeros skip a whole contraction, e.g. the kernel term in grad wrt x.
         parts = [tangent(dx, k)] if not isinstance(dx, SymbolicZero) else []
         if not isinstance(dk, SymbolicZero):

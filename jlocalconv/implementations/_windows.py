@@ -12,14 +12,18 @@ which XLA fuses.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jlocalconv.geometry import Geometry
+
+_Slicer = Callable[[jax.Array, Geometry, list[tuple[int, ...]]], list[jax.Array]]
 
 # Stacking all prod(kernel_size) offsets at once is the fastest way to build windows, but
 # its transpose (the input gradient) is one fusion that evaluates every offset's padded
@@ -85,7 +89,12 @@ def padded(geom: Geometry) -> Geometry:
 
 
 def windows(
-    inputs: jax.Array, geom: Geometry, *, by_axis: bool = False, fuse: bool = False
+    inputs: jax.Array,
+    geom: Geometry,
+    *,
+    by_axis: bool = False,
+    fuse: bool = False,
+    shared: bool = False,
 ) -> jax.Array:
     """Every window of an unpadded-geometry input as ``(output_items, batch, feature_dim)``.
 
@@ -97,17 +106,26 @@ def windows(
         the same values, a cheaper transpose (see ``BY_AXIS_MIN_OFFSETS``).
       fuse: stack in one fused loop whatever the size (:func:`stack`), for a window
         tensor kept whole: each slice then writes no buffer of its own first.
+      shared: take the one-shot stack's slices at offsets XLA sees as run-time values,
+        so that they compile to one kernel (:func:`shared_windows`); the same values.
 
     Returns:
       The patch tensor, features in Keras's order for ``geom.data_format``.
     """
-    batch = inputs.shape[0]
     if _tiles_input(geom):
         return _disjoint_windows(inputs, geom)
     if by_axis:
         return _windows_by_axis(inputs, geom, fuse)
+    if shared:
+        return shared_windows(inputs, geom, fuse)
+    return _stacked(inputs, geom, fuse, _static_slices)
+
+
+def _stacked(inputs: jax.Array, geom: Geometry, fuse: bool, take: _Slicer) -> jax.Array:
+    """:func:`windows`' one-shot stack of every offset's slice, each taken by ``take``."""
+    batch = inputs.shape[0]
     offsets = itertools.product(*(range(k) for k in geom.kernel_size))
-    slices = [window_slice(inputs, geom, offset) for offset in offsets]
+    slices = take(inputs, geom, list(offsets))
     if geom.channels_last:  # (B, *out, W, C) -> (B, P, W*C)
         stacked = stack(slices, geom.ndim + 1, fuse=fuse)
         stacked = stacked.reshape(batch, geom.output_items, geom.feature_dim)
@@ -254,6 +272,67 @@ def _sliding(
         for o in range(geom.kernel_size[i])
     ]
     return stack(slices, lands, fuse=fuse)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def shared_windows(inputs: jax.Array, geom: Geometry, fuse: bool = False) -> jax.Array:
+    """:func:`windows`' one-shot stack, its slices compiled once (see ``_shared_slices``).
+
+    Differentiated, the tangent windows are plain static slices, whose transpose (the
+    input gradient) is a padded add that XLA fuses: a dynamic slice would transpose to
+    one dynamic update per offset, which compiled slower than the kernels it saves.
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((2, 5, 6, 3), (3, 2), (1, 2))
+    >>> x = jnp.arange(2 * 5 * 6 * 3.0).reshape(2, 5, 6, 3)
+    >>> bool((shared_windows(x, geom) == windows(x, geom)).all())
+    True
+    """
+    return _stacked(inputs, geom, fuse, _shared_slices)
+
+
+@shared_windows.defjvp
+def _shared_windows_jvp(geom: Geometry, fuse: bool, primals: tuple, tangents: tuple) -> tuple:
+    ((x,), (dx,)) = primals, tangents
+    return _stacked(x, geom, fuse, _shared_slices), _stacked(dx, geom, fuse, _static_slices)
+
+
+def _static_slices(inputs: jax.Array, geom: Geometry, offsets: list[tuple[int, ...]]) -> list:
+    return [window_slice(inputs, geom, offset) for offset in offsets]
+
+
+def _shared_slices(inputs: jax.Array, geom: Geometry, offsets: list[tuple[int, ...]]) -> list:
+    """Every offset's :func:`window_slice`, each one identical fusion for XLA.
+
+    Why: XLA's CPU backend compiles every distinct fusion into an LLVM module of its
+    own, and a static slice at each offset is a distinct one (10-36 ms apiece on a
+    2-core host: the copy over the channel axis is unrolled, more so for more
+    channels): a 3x3 window's nine slices were 40-50% of value_and_grad's compile time
+    in the tile loop. With the offsets as run-time scalars every slice is the same
+    fusion, which XLA compiles once and reuses. ``optimization_barrier`` keeps XLA
+    from folding them back into constants; they are in range by construction, so no
+    negative-index select (``allow_negative_indices=False``: one more kernel each).
+    Strides go to a static slice after the dynamic one: the same for every offset.
+    """
+    first = spatial_axis(geom)
+    # One scalar per axis and offset, so that no fusion sees the same scalar twice
+    # (equal offsets along two axes would give it one operand fewer: another kernel).
+    keys = [(i, o * d) for i, (k, d) in enumerate(zip(geom.kernel_size, geom.dilation))
+            for o in range(k)]  # fmt: skip
+    at = dict(zip(keys, lax.optimization_barrier(tuple(jnp.int32(v) for _, v in keys))))
+    sizes, strides = list(inputs.shape), [1] * inputs.ndim
+    for i, (n, s) in enumerate(zip(geom.output_shape, geom.strides)):
+        sizes[first + i], strides[first + i] = (n - 1) * s + 1, s
+    parts = []
+    for offset in offsets:
+        index = [jnp.int32(0)] * inputs.ndim
+        for i, (o, d) in enumerate(zip(offset, geom.dilation)):
+            index[first + i] = at[i, o * d]
+        part = lax.dynamic_slice(inputs, index, sizes, allow_negative_indices=False)
+        if any(s > 1 for s in strides):
+            part = lax.slice(part, [0] * part.ndim, part.shape, strides)
+        parts.append(part)
+    return parts
 
 
 def window_slice(inputs: jax.Array, geom: Geometry, offset: tuple[int, ...]) -> jax.Array:

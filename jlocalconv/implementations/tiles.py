@@ -271,12 +271,14 @@ def differentiated_by_loop(
     tangent = functools.partial(
         tiles_tangent, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
     )
-    for_kernel = None
+    # Windows of the inputs themselves (not of their tangent) are never transposed.
+    on_inputs = functools.partial(tangent, shared=True)
+    for_kernel = on_inputs
     if kernel_tangent_by_rows(geom, batch, itemsize):
         for_kernel = functools.partial(
             rows_kernel_tangent, geom=geom, preferred_element_type=pet, window_dtype=window_dtype
         )
-    return split_bilinear(values, tangent, for_kernel)
+    return split_bilinear(values, tangent, for_kernel, tangent_value=on_inputs)
 
 
 # Static and pure: "auto"'s choice and the implementation it picks plan the same problem
@@ -382,7 +384,12 @@ def local_conv_tiles(
         plan = plan_tiles(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
     pet = preferred_element_type
     loop = functools.partial(
-        _tile_loop, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
+        _tile_loop,
+        geom=geom,
+        plan=plan,
+        precision=precision,
+        preferred_element_type=pet,
+        shared=True,
     )
     batch, itemsize = inputs.shape[0], inputs.dtype.itemsize
     values: Callable[[jax.Array, jax.Array], jax.Array]
@@ -419,9 +426,12 @@ def tiles_tangent(
     plan: TilePlan,
     precision: lax.PrecisionLike = None,
     preferred_element_type: jax.typing.DTypeLike | None = None,
+    shared: bool = False,
 ) -> jax.Array:
     """The "tiles" route as it is differentiated: plain ``lax`` (a ``split_bilinear``
-    tangent), windows by axis where :func:`by_axis_derivatives` says so."""
+    tangent), windows by axis where :func:`by_axis_derivatives` says so. ``shared``
+    (as in :func:`_tile_loop`) is for calls on the inputs, not on their tangent: their
+    windows are never transposed, so they keep the one-shot stack."""
     return _tile_loop(
         inputs,
         kernel,
@@ -429,7 +439,8 @@ def tiles_tangent(
         plan=plan,
         precision=precision,
         preferred_element_type=preferred_element_type,
-        by_axis=by_axis_derivatives(geom),
+        by_axis=by_axis_derivatives(geom) and not shared,
+        shared=shared,
     )
 
 
@@ -443,12 +454,14 @@ def _tile_loop(
     preferred_element_type: jax.typing.DTypeLike | None,
     per_position: bool = False,
     by_axis: bool = False,
+    shared: bool = False,
 ) -> jax.Array:
     """The ``lax.scan`` over tiles, its body rematerialised for autodiff.
 
     ``per_position`` contracts each position's window with its own dot
     (:func:`~jlocalconv.implementations._common.contract_per_position`); ``by_axis``
-    builds windows axis by axis (:func:`~jlocalconv.implementations._windows.windows`).
+    builds windows axis by axis and ``shared`` with slices compiled once
+    (:func:`~jlocalconv.implementations._windows.windows`).
     """
     contraction = contract_per_position if per_position else contract
     batch, filters = inputs.shape[0], kernel.shape[-1]
@@ -465,7 +478,7 @@ def _tile_loop(
         # shape (a second kernel-sized buffer); a slice transposes to an in-place update.
         filters_block = lax.dynamic_slice_in_dim(kernel, _flat_start(origin, geom), positions)
         region = _input_region(padded_inputs, full, tile, origin)
-        patches = windows(region, tile, by_axis=by_axis)
+        patches = windows(region, tile, by_axis=by_axis, shared=shared)
         y = contraction(patches, filters_block, precision, preferred_element_type)
         at: list[int | jax.Array] = [0] * out.ndim
         first = spatial_axis(geom)
