@@ -106,8 +106,9 @@ def windows(
         the same values, a cheaper transpose (see ``BY_AXIS_MIN_OFFSETS``).
       fuse: stack in one fused loop whatever the size (:func:`stack`), for a window
         tensor kept whole: each slice then writes no buffer of its own first.
-      shared: take the one-shot stack's slices at offsets XLA sees as run-time values,
-        so that they compile to one kernel (:func:`shared_windows`); the same values.
+      shared: in a loop body, where the one-shot stack is not one fused loop, take
+        its slices at offsets XLA sees as run-time values, so that they compile to
+        one kernel (:func:`shared_windows`); the same values.
 
     Returns:
       The patch tensor, features in Keras's order for ``geom.data_format``.
@@ -116,7 +117,8 @@ def windows(
         return _disjoint_windows(inputs, geom)
     if by_axis:
         return _windows_by_axis(inputs, geom, fuse)
-    if shared:
+    nbytes = inputs.dtype.itemsize * inputs.shape[0] * geom.output_items * geom.feature_dim
+    if shared and not _one_fusion(geom.window_items, nbytes, fuse):
         return shared_windows(inputs, geom, fuse)
     return _stacked(inputs, geom, fuse, _static_slices)
 
@@ -151,7 +153,7 @@ def stack(parts: list[jax.Array], axis: int, *, fuse: bool = False) -> jax.Array
     """
     count = len(parts)
     nbytes = count * parts[0].size * parts[0].dtype.itemsize
-    if count <= STACK_FUSION_MAX_PARTS or (nbytes > STACK_FUSION_MAX_BYTES and not fuse):
+    if count <= STACK_FUSION_MAX_PARTS or not _one_fusion(count, nbytes, fuse):
         return jnp.stack(parts, axis)
     groups = _fusible_groups(count)
     padded_count = math.prod(groups)
@@ -161,6 +163,12 @@ def stack(parts: list[jax.Array], axis: int, *, fuse: bool = False) -> jax.Array
     (x,) = parts
     x = x.reshape(*x.shape[:axis], padded_count, *x.shape[axis + len(groups) :])
     return lax.slice_in_dim(x, 0, count, axis=axis) if padded_count > count else x
+
+
+def _one_fusion(count: int, nbytes: int, fuse: bool) -> bool:
+    """Whether XLA fuses a :func:`stack` of ``count`` parts (``nbytes`` in all) and the
+    slices feeding it into one loop (``STACK_FUSION_MAX_PARTS``)."""
+    return count <= STACK_FUSION_MAX_PARTS or fuse or nbytes <= STACK_FUSION_MAX_BYTES
 
 
 def _fusible_groups(count: int) -> list[int]:
@@ -310,8 +318,11 @@ def _shared_slices(inputs: jax.Array, geom: Geometry, offsets: list[tuple[int, .
     channels): a 3x3 window's nine slices were 40-50% of value_and_grad's compile time
     in the tile loop. With the offsets as run-time scalars every slice is the same
     fusion, which XLA compiles once and reuses. ``optimization_barrier`` keeps XLA
-    from folding them back into constants; they are in range by construction, so no
-    negative-index select (``allow_negative_indices=False``: one more kernel each).
+    from folding them back into constants, but only in a loop body, which receives
+    them as loop operands: elsewhere XLA drops the barrier and folds them (a "slices"
+    forward kept its 100 static slice kernels), so only the tile loop shares. They
+    are in range by construction: no negative-index select
+    (``allow_negative_indices=False``; one more kernel each).
     Strides go to a static slice after the dynamic one: the same for every offset.
     """
     first = spatial_axis(geom)
