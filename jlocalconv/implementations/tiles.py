@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jlocalconv.geometry import Geometry
@@ -477,7 +478,9 @@ def _tile_loop(
         # A dynamic slice of the closed-over kernel, not a scanned operand: scanning over
         # blocks made its gradient a stacked scan output that XLA copied into the kernel's
         # shape (a second kernel-sized buffer); a slice transposes to an in-place update.
-        filters_block = lax.dynamic_slice_in_dim(kernel, _flat_start(origin, geom), positions)
+        filters_block = lax.dynamic_slice_in_dim(
+            kernel, _flat_start(origin, geom), positions, allow_negative_indices=False
+        )
         region = _input_region(padded_inputs, full, tile, origin)
         patches = windows(region, tile, by_axis=by_axis, shared=shared)
         y = contraction(patches, filters_block, precision, preferred_element_type)
@@ -485,7 +488,8 @@ def _tile_loop(
         first = spatial_axis(geom)
         for axis, start in enumerate(origin):
             at[first + axis] = start
-        return lax.dynamic_update_slice(out, positions_to_result(y, tile), _int32(at)), None
+        y = positions_to_result(y, tile)
+        return lax.dynamic_update_slice(out, y, _int32(at), allow_negative_indices=False), None
 
     n_tiles = math.prod(counts)
     shape, dtype = geom.result_shape(batch, filters), result_dtype(inputs, preferred_element_type)
@@ -513,13 +517,15 @@ def _tile_origin(index: jax.Array, geom: Geometry, plan: TilePlan) -> list[jax.A
     extent = geom.output_shape[plan.level]
     origin = []
     for axis, count in reversed(list(enumerate(plan.counts(geom)))):
-        start = index % count
+        # lax.rem/div, not % and //: the index is not negative, and jnp's floor division
+        # traces a nested jit and puts sign fix-ups into every slice's index arithmetic.
+        start = lax.rem(index, np.int32(count))
         if axis == plan.level:
-            start = start * plan.size
+            start = start * np.int32(plan.size)
             if extent % plan.size:  # ragged: decided statically, no clamp in even loops
-                start = jnp.minimum(start, extent - plan.size)
+                start = lax.min(start, np.int32(extent - plan.size))
         origin.append(start)
-        index = index // count
+        index = lax.div(index, np.int32(count))
     return origin[::-1]
 
 
@@ -540,9 +546,11 @@ def _input_region(
     first = spatial_axis(full)
     for axis, start in enumerate(origin):
         at[first + axis] = start * full.strides[axis]
-    return lax.dynamic_slice(padded_inputs, _int32(at), tile.input_shape(padded_inputs.shape[0]))
+    shape = tile.input_shape(padded_inputs.shape[0])
+    return lax.dynamic_slice(padded_inputs, _int32(at), shape, allow_negative_indices=False)
 
 
 def _int32(indices: list) -> list[jax.Array]:
-    # dynamic_slice wants one index dtype; Python zeros would be int64 under x64.
+    # dynamic_slice wants one index dtype; Python zeros would be int64 under x64. The
+    # indices are in range by construction (``allow_negative_indices=False`` above).
     return [jnp.asarray(i, jnp.int32) for i in indices]
