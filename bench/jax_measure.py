@@ -25,10 +25,11 @@ def build(fn: Callable[[jax.Array, jax.Array], jax.Array], x, k, g) -> Built:
     """Jits ``fn(x, k)`` and ``value_and_grad`` of ``sum(fn(x, k) * g)`` w.r.t. ``x`` and ``k``.
 
     Both are compiled ahead of time (``jit(f).lower(...).compile()``), which gives the
-    compile time (tracing included, after a ``gc.collect()``: garbage left by the
-    contender before, collected during this one's trace, took up to 0.1 s of a 0.3 s
-    compile) and ``memory_analysis().temp_size_in_bytes``; the compiled executables
-    are what gets timed, so every JAX variant pays the same dispatch cost.
+    compile time (tracing included, after a ``gc.collect()``, so that garbage left by
+    earlier contenders is not collected inside this one's timing: the collector took 8%
+    of a compile profile's samples) and ``memory_analysis().temp_size_in_bytes``; the
+    compiled executables are what gets timed, so every JAX variant pays the same
+    dispatch cost.
 
     ``fn`` must return channels_last results; ``g`` is float32 and the product is taken in
     float32 (bf16 results are upcast), as for every peer.
