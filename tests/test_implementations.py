@@ -338,7 +338,10 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     # values by "slices" where derivatives are, but by the loop where it runs a dot per
     # position over several tiles (unless the kernel dominates or windows are few or 1-D).
     few = geom.channels <= SHIFTS_MAX_CHANNELS and geom.feature_dim * filters < 4096
-    few = few and (geom.channels <= 4 or (filters <= 16 and geom.channels * filters <= 200))
+    short = geom.feature_dim <= 15  # a few terms: any number of filters
+    few = few and (
+        geom.channels <= 4 or short or (filters <= 16 and geom.channels * filters <= 200)
+    )
     few = few and (geom.feature_dim < 200 or filters <= 4)  # deep windows: few filters only
     kernel_bound = batch > 1 and batch * tiles_module.MIN_TILES < filters
     patch_bytes = 4 * batch * geom.output_items * geom.feature_dim
@@ -457,6 +460,12 @@ def test_auto_specific_choices():
     assert choose(make_geometry((32, 32, 32, 12), 3), 32, 16, jnp.float32, "cpu") == "shifts"
     assert choose(make_geometry((32, 32, 32, 12), 3), 32, 17, jnp.float32, "cpu") == "tiles"
     assert choose(make_geometry((32, 32, 32, 17), 3), 32, 8, jnp.float32, "cpu") == "tiles"
+    # ... and whatever the filters for at most 15 features (sweep s17-19: 5 x 3, 52 filters)
+    short = make_geometry((166, 90, 29, 5), (1, 3), 2)
+    assert choose(short, 166, 52, jnp.float32, "cpu") == "shifts"
+    sixteen = make_geometry((166, 90, 29, 8), (1, 2), 2)  # 16 features
+    assert choose(sixteen, 166, 52, jnp.float32, "cpu") != "shifts"
+    assert choose(make_geometry((8, 90, 15), 1), 8, 820, jnp.float32, "cpu") != "shifts"  # bank
     # A prime output extent (sweep s9-9: 2551 positions) has no even tiling between one
     # tile of everything and single positions: ragged tiles, the last one overlapping.
     prime = make_geometry((136, 2551, 7), 4, 1, "causal")

@@ -64,6 +64,14 @@ SHIFTS_FEW_CHANNELS = 4
 SHIFTS_MAX_CHANNELS = 16
 SHIFTS_MANY_CHANNELS_MAX_FILTERS = 16
 SHIFTS_MANY_CHANNELS_MAX_PRODUCT = 200
+# ... but windows of at most SHIFTS_FEW_TERMS features (``window_items * channels``, one
+# fused multiply-add each) take "shifts" whatever the filters: a contraction that short
+# leaves a matmul kernel nothing to gain. On sweep seeds 11-17, of the five problems with
+# 5-16 channels, over 16 filters and at most 15 features, "shifts" computed values 1.47-2.84x
+# faster than auto's "slices" on three (s16-6, s16-20, s17-19), tied on one and was 1.15x
+# slower on a 0.09 ms one; from 16 features on the ratio was mixed (0.88-1.27x) and from 49
+# "slices" or the loop won (up to 11x).
+SHIFTS_FEW_TERMS = 15
 # ... while a position's filter bank (``feature_dim * filters`` weights, one multiply-add
 # each per batch row) stays under SHIFTS_MAX_BANK: above it a contraction's matmul
 # kernel wins. On sweep seeds 2, 5, 6 and 7, "shifts" computed values 1.2-4x slower
@@ -127,7 +135,8 @@ def choose(
 
       1. "shifts" if the input has at most ``SHIFTS_FEW_CHANNELS`` channels (or at
          most ``SHIFTS_MAX_CHANNELS`` and at most ``SHIFTS_MANY_CHANNELS_MAX_FILTERS``
-         filters, ``channels * filters`` at most ``SHIFTS_MANY_CHANNELS_MAX_PRODUCT``), a
+         filters, ``channels * filters`` at most ``SHIFTS_MANY_CHANNELS_MAX_PRODUCT``, or
+         at most ``SHIFTS_FEW_TERMS`` features whatever the filters), a
          position's filter bank fewer than ``SHIFTS_MAX_BANK`` weights
          (``feature_dim * filters``) and, for windows of at least
          ``SHIFTS_DEEP_FEATURES`` features, at most ``SHIFTS_DEEP_MAX_FILTERS`` filters:
@@ -214,9 +223,14 @@ def _shifts_values(geom: Geometry, filters: int) -> bool:
     """Whether "shifts" computes values fastest on CPU (rule 1 of :func:`choose`)."""
     if geom.channels > SHIFTS_MAX_CHANNELS or geom.feature_dim * filters >= SHIFTS_MAX_BANK:
         return False
-    if geom.channels > SHIFTS_FEW_CHANNELS and (
-        filters > SHIFTS_MANY_CHANNELS_MAX_FILTERS
-        or geom.channels * filters > SHIFTS_MANY_CHANNELS_MAX_PRODUCT
+    few_terms = geom.feature_dim <= SHIFTS_FEW_TERMS
+    if (
+        geom.channels > SHIFTS_FEW_CHANNELS
+        and not few_terms
+        and (
+            filters > SHIFTS_MANY_CHANNELS_MAX_FILTERS
+            or geom.channels * filters > SHIFTS_MANY_CHANNELS_MAX_PRODUCT
+        )
     ):
         return False
     return geom.feature_dim < SHIFTS_DEEP_FEATURES or filters <= SHIFTS_DEEP_MAX_FILTERS
