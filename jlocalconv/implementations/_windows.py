@@ -117,10 +117,21 @@ def windows(
         return _disjoint_windows(inputs, geom)
     if by_axis:
         return _windows_by_axis(inputs, geom, fuse)
-    nbytes = inputs.dtype.itemsize * inputs.shape[0] * geom.output_items * geom.feature_dim
-    if shared and not _one_fusion(geom.window_items, nbytes, fuse):
-        return shared_windows(inputs, geom, fuse)
+    if shared:
+        nbytes = window_bytes(geom, inputs.shape[0], inputs.dtype.itemsize)
+        if not _one_fusion(geom.window_items, nbytes, fuse):
+            return shared_windows(inputs, geom, fuse)
     return _stacked(inputs, geom, fuse, _static_slices)
+
+
+def window_bytes(geom: Geometry, batch: int, itemsize: int) -> int:
+    """Bytes of the whole window tensor: ``itemsize * batch * output_items * feature_dim``.
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> window_bytes(make_geometry((8, 63, 63, 16), 9), 8, 4)  # DeepFace L4: 120 MiB
+    125452800
+    """
+    return itemsize * batch * geom.output_items * geom.feature_dim
 
 
 def _stacked(inputs: jax.Array, geom: Geometry, fuse: bool, take: _Slicer) -> jax.Array:
@@ -302,7 +313,7 @@ def shared_windows(inputs: jax.Array, geom: Geometry, fuse: bool = False) -> jax
 @shared_windows.defjvp
 def _shared_windows_jvp(geom: Geometry, fuse: bool, primals: tuple, tangents: tuple) -> tuple:
     ((x,), (dx,)) = primals, tangents
-    return _stacked(x, geom, fuse, _shared_slices), _stacked(dx, geom, fuse, _static_slices)
+    return shared_windows(x, geom, fuse), _stacked(dx, geom, fuse, _static_slices)
 
 
 def _static_slices(inputs: jax.Array, geom: Geometry, offsets: list[tuple[int, ...]]) -> list:
@@ -328,19 +339,23 @@ def _shared_slices(inputs: jax.Array, geom: Geometry, offsets: list[tuple[int, .
     first = spatial_axis(geom)
     # One scalar per axis and offset, so that no fusion sees the same scalar twice
     # (equal offsets along two axes would give it one operand fewer: another kernel).
-    keys = [(i, o * d) for i, (k, d) in enumerate(zip(geom.kernel_size, geom.dilation))
-            for o in range(k)]  # fmt: skip
-    at = dict(zip(keys, lax.optimization_barrier(tuple(jnp.int32(v) for _, v in keys))))
+    starts = lax.optimization_barrier(
+        tuple(
+            tuple(jnp.int32(o * d) for o in range(k))
+            for k, d in zip(geom.kernel_size, geom.dilation)
+        )
+    )
     sizes, strides = list(inputs.shape), [1] * inputs.ndim
     for i, (n, s) in enumerate(zip(geom.output_shape, geom.strides)):
         sizes[first + i], strides[first + i] = (n - 1) * s + 1, s
+    strided = any(s > 1 for s in strides)
     parts = []
     for offset in offsets:
         index = [jnp.int32(0)] * inputs.ndim
-        for i, (o, d) in enumerate(zip(offset, geom.dilation)):
-            index[first + i] = at[i, o * d]
+        for i, o in enumerate(offset):
+            index[first + i] = starts[i][o]
         part = lax.dynamic_slice(inputs, index, sizes, allow_negative_indices=False)
-        if any(s > 1 for s in strides):
+        if strided:
             part = lax.slice(part, [0] * part.ndim, part.shape, strides)
         parts.append(part)
     return parts

@@ -46,6 +46,7 @@ from jlocalconv.implementations._windows import (
     pad_spatial,
     padded,
     spatial_axis,
+    window_bytes,
     windows,
 )
 from jlocalconv.implementations.slices import local_conv_slices
@@ -192,9 +193,8 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
         return True
     if input_per_output(geom) > SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT:
         return False
-    window_bytes = itemsize * geom.output_items * geom.feature_dim
-    one_row = window_bytes * filters if batch == 1 else 0
-    return 3 * batch * window_bytes + one_row <= SLICED_DERIVATIVES_BYTES
+    one_row = window_bytes(geom, 1, itemsize) * filters if batch == 1 else 0
+    return 3 * window_bytes(geom, batch, itemsize) + one_row <= SLICED_DERIVATIVES_BYTES
 
 
 def kernel_tangent_by_rows(geom: Geometry, batch: int, itemsize: int) -> bool:
@@ -211,10 +211,9 @@ def kernel_tangent_by_rows(geom: Geometry, batch: int, itemsize: int) -> bool:
     >>> kernel_tangent_by_rows(make_geometry((0, 25, 25, 16), 5), 0, itemsize=4)
     False
     """
-    window_bytes = itemsize * batch * geom.output_items * geom.feature_dim
     # An empty batch has no rows to sum (the loop gives its zero gradient).
     rows = 1 <= batch <= ROWS_KERNEL_TANGENT_MAX_BATCH
-    return rows and window_bytes <= ROWS_KERNEL_TANGENT_MAX_BYTES
+    return rows and window_bytes(geom, batch, itemsize) <= ROWS_KERNEL_TANGENT_MAX_BYTES
 
 
 def rows_kernel_tangent(
@@ -318,7 +317,7 @@ def plan_tiles(
         if math.prod(fitting[-1].counts(geom)) > MAX_TILES:  # e.g. a prime extent
             fitting = _within(_ragged_plans(geom), geom, 1, at_most)
         return dataclasses.replace(fitting[-1], one_shot_forward=True)
-    patch_bytes = itemsize * batch * geom.output_items * geom.feature_dim
+    patch_bytes = window_bytes(geom, batch, itemsize)
     per_position = max(position_bytes(geom, batch, filters, itemsize), 1)
     lower = max(-(-geom.output_items // MAX_TILES), -(-MIN_TILE_BYTES // per_position))
     upper = min(min(tile_bytes, 2 * patch_bytes // MIN_TILES) // per_position,
