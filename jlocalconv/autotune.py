@@ -3,16 +3,20 @@
 "auto" picks an implementation from static shapes with a cost model, which can be wrong
 on a shape or a machine it was not tuned on. "autotune" measures instead: the first time a
 static problem is traced (shapes, dtypes, geometry, options, backend and device kind), it
-compiles every implementation's forward and ``value_and_grad`` (w.r.t. inputs and
-kernel) on random operands of the call's shapes, times them on the default device and
-keeps one; later traces of the same problem reuse the choice without measuring.
+compiles every implementation's forward pass and every derivative route's
+``value_and_grad`` (w.r.t. inputs and kernel) on random operands of the call's shapes,
+times them on the default device and keeps the fastest of each: the choice is a pair
+``"values/derivatives"`` (``implementations.composed``), so an inference call runs the
+fastest forward pass and a training step the fastest derivatives, whichever
+implementations they come from (a differentiated call computes its values by the
+derivative route too). Later traces of the same problem reuse the choice without
+measuring.
 
-The choice minimises the worse of the two regrets, ``max(t_fwd / best_fwd,
-t_grad / best_grad)``, so a training step and an inference call both run near the fastest,
-among the candidates whose ``value_and_grad`` temp memory (XLA's own memory analysis)
-is at most ``MEMORY_FACTOR`` times the leanest candidate's plus ``MEMORY_SLACK_BYTES``, or
-at most ``MEMORY_FLOOR_BYTES``: autotune does not buy speed with a window tensor many
-times the layer's working set, unless that is small in absolute terms.
+Each of the two is the fastest among the candidates whose temp memory (XLA's own memory
+analysis of the forward, resp. ``value_and_grad``, program) is at most ``MEMORY_FACTOR``
+times the leanest candidate's plus ``MEMORY_SLACK_BYTES``, or at most
+``MEMORY_FLOOR_BYTES``: autotune does not buy speed with a window tensor many times the
+layer's working set, unless that is small in absolute terms.
 
 Measuring costs a few compilations and timed calls per candidate (a second on small
 layers, up to a minute on the largest real layers): pay it once per process, or once per
@@ -44,7 +48,12 @@ import numpy as np
 
 from jlocalconv._errors import fail
 from jlocalconv.geometry import Geometry
-from jlocalconv.implementations import IMPLEMENTATIONS, resolve, shifts_unrolls_few
+from jlocalconv.implementations import (
+    DERIVATIVE_ROUTES,
+    IMPLEMENTATIONS,
+    resolve,
+    shifts_unrolls_few,
+)
 
 # A candidate may use this many times the leanest candidate's temp memory, plus the slack,
 # or up to the floor: below it, memory does not decide (32 MiB is where the performance
@@ -111,11 +120,15 @@ def _environment() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Measurement:
-    """One candidate's median seconds (forward, value_and_grad) and temp bytes."""
+    """One candidate program's fastest call (seconds) and its temp bytes."""
 
-    forward_s: float
-    grad_s: float
+    seconds: float
     temp_bytes: int
+
+
+# What each candidate is timed as: forward passes of the value routes, value_and_grad of
+# the derivative routes.
+VALUES, DERIVATIVES = "values", "derivatives"
 
 
 def pick(
@@ -138,7 +151,8 @@ def pick(
       precision, preferred_element_type: the call's contraction options.
 
     Returns:
-      A key of ``jlocalconv.implementations.IMPLEMENTATIONS``.
+      ``"values/derivatives"``: a key of ``jlocalconv.implementations.IMPLEMENTATIONS``
+      and one of ``DERIVATIVE_ROUTES`` (``implementations.lookup`` runs it).
 
     Example:
       >>> import jax, jlocalconv
@@ -146,7 +160,8 @@ def pick(
       >>> geom = make_geometry((2, 6, 3), 3)
       >>> x = jax.ShapeDtypeStruct((2, 6, 3), "float32")
       >>> k = jax.ShapeDtypeStruct(geom.kernel_shape(4), "float32")
-      >>> pick(geom, x, k) in jlocalconv.implementations.IMPLEMENTATIONS
+      >>> values, derivatives = pick(geom, x, k).split("/")
+      >>> values in jlocalconv.implementations.IMPLEMENTATIONS
       True
     """
     pet = None if preferred_element_type is None else jnp.dtype(preferred_element_type).name
@@ -169,22 +184,20 @@ def choose(problem: Problem) -> str:
         if key not in _choices:
             _choices.update(_read_cache_file())
         if key not in _choices:
-            _choices[key] = decide(_measure_all(problem))
+            _choices[key] = decide(*_measure_all(problem))
             _write_cache_file(key, _choices[key])
         return _choices[key]
 
 
 def candidates(geom: Geometry, backend: str) -> tuple[str, ...]:
-    """The implementations autotune times for ``geom`` on ``backend``.
+    """The implementations autotune times forward (value routes) for ``geom`` on ``backend``.
 
     All of them, but "shifts" only where it unrolls few terms
     (:func:`~jlocalconv.implementations.shifts_unrolls_few`): one per window offset and
     channel, so beyond that it compiles for many seconds and is slower than the
     contractions it competes with. And not
     "patches" on CPU: autotune never picked it on the 240 problems of sweep seeds 2 and
-    5-7, and its ``value_and_grad`` (XLA convolutions, as lax's) on 3-D windows took
-    minutes per call, which autotune's warm-up call would pay in full (over 20 minutes
-    on a 6x21x8 bf16 problem of seed 8).
+    5-7.
 
     >>> from jlocalconv.geometry import make_geometry
     >>> candidates(make_geometry((1, 8, 8, 32), 3), "cpu")
@@ -199,23 +212,44 @@ def candidates(geom: Geometry, backend: str) -> tuple[str, ...]:
     return tuple(n for n in IMPLEMENTATIONS if (n != "shifts" or few) and n not in skip)
 
 
-def decide(measured: dict[str, Measurement]) -> str:
-    """The candidate with the smallest worse regret among those lean enough.
+def derivative_candidates(backend: str) -> tuple[str, ...]:
+    """The derivative routes autotune times (``value_and_grad``) on ``backend``.
 
-    Ties go to the first in ``measured``'s order.
+    Not "patches" on CPU: its ``value_and_grad`` (XLA convolutions, as lax's) on 3-D
+    windows took minutes per call, which the warm-up call would pay in full (over 20
+    minutes on a 6x21x8 bf16 problem of sweep seed 8).
+
+    >>> derivative_candidates("cpu"), derivative_candidates("gpu")
+    (('slices', 'tiles'), ('patches', 'slices', 'tiles'))
+    """
+    return tuple(r for r in DERIVATIVE_ROUTES if backend != "cpu" or r != "patches")
+
+
+def decide(values: dict[str, Measurement], derivatives: dict[str, Measurement]) -> str:
+    """``"values/derivatives"``: the fastest of each among those lean enough.
+
+    Ties go to the first in each dict's order.
 
     >>> m = Measurement
-    >>> decide({"a": m(1.0, 4.0, 10), "b": m(1.5, 2.0, 10), "c": m(0.1, 0.1, 10**9)})
-    'b'
+    >>> decide({"a": m(1.0, 10), "b": m(0.1, 10**9)}, {"c": m(2.0, 10), "d": m(1.0, 10)})
+    'a/d'
     """
+    return f"{_fastest_lean(VALUES, values)}/{_fastest_lean(DERIVATIVES, derivatives)}"
+
+
+def _fastest_lean(kind: str, measured: dict[str, Measurement]) -> str:
     if not measured:
-        fail("autotune", "measured", "at least one candidate", "none")
+        fail("autotune", f"measured {kind}", "at least one candidate", "none")
     leanest = min(m.temp_bytes for m in measured.values())
     limit = max(MEMORY_FACTOR * leanest + MEMORY_SLACK_BYTES, MEMORY_FLOOR_BYTES)
-    lean = {k: m for k, m in measured.items() if m.temp_bytes <= limit}
-    best_fwd = min(m.forward_s for m in lean.values())
-    best_grad = min(m.grad_s for m in lean.values())
-    return min(lean, key=lambda k: max(lean[k].forward_s / best_fwd, lean[k].grad_s / best_grad))
+    lean = [name for name, m in measured.items() if m.temp_bytes <= limit]
+    return min(lean, key=lambda name: measured[name].seconds)
+
+
+def _known(name: str) -> bool:
+    """Whether a cached choice names what this version can run (older caches: one name)."""
+    values, _, derivatives = name.partition("/")
+    return values in IMPLEMENTATIONS and derivatives in ("", *DERIVATIVE_ROUTES)
 
 
 def choices() -> dict[str, str]:
@@ -262,7 +296,7 @@ def _read_cache_file() -> dict[str, str]:
             f"autotune: the cache file {str(path)!r} is not a jlocalconv autotune cache "
             f"({error}); delete it or set another with set_cache_file / {CACHE_ENV}."
         ) from error
-    return {k: v for k, v in found.items() if v in IMPLEMENTATIONS}
+    return {k: v for k, v in found.items() if isinstance(v, str) and _known(v)}
 
 
 def _write_cache_file(key: str, name: str) -> None:
@@ -293,42 +327,55 @@ def _operands(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
     )
 
 
-def _measure_all(problem: Problem) -> dict[str, Measurement]:
-    """Compiles every candidate, then times them in alternation (drift hits all alike).
+def _measure_all(problem: Problem) -> tuple[dict[str, Measurement], dict[str, Measurement]]:
+    """Compiles every candidate and times them all (:func:`_fastest_calls`).
 
-    Each compiled call is run once (warm-up); one more than ``PRUNE_FACTOR`` times slower
-    than the fastest warm-up of its kind keeps that time. The others are called in
-    rounds, ``MIN_ROUNDS`` at least and then while ``BUDGET_S`` per call lasts, up to
-    ``MAX_ROUNDS``, and keep their fastest call: noise only ever adds time.
+    Returns:
+      The value routes' forward measurements and the derivative routes'
+      ``value_and_grad`` ones.
     """
     with jax.ensure_compile_time_eval():  # run now, even while an outer jit traces
         x, k, g = _operands(problem)
-        names = candidates(problem.geom, jax.default_backend())
-        compiled = {name: _compile(name, problem, x, k, g) for name in names}
-        calls: dict[tuple[str, int], Callable] = {}
-        for name, (fwd, grad, _) in compiled.items():
-            calls[(name, 0)], calls[(name, 1)] = fwd, grad
-        times = {key: [_seconds(call, x, k)] for key, call in calls.items()}
-        best = [min(t[0] for (_, phase), t in times.items() if phase == p) for p in (0, 1)]
-        live = [key for key, t in times.items() if t[0] <= PRUNE_FACTOR * best[key[1]]]
-        deadline = time.perf_counter() + BUDGET_S * len(live)
-        for key in live:
-            times[key] = []  # the warm-up paid for first-call work: not a sample
-        rounds = 0
-        while rounds < MIN_ROUNDS or (rounds < MAX_ROUNDS and time.perf_counter() < deadline):
-            for key in live:
-                times[key].append(_seconds(calls[key], x, k))
-            rounds += 1
-        return {
-            name: Measurement(min(times[(name, 0)]), min(times[(name, 1)]), c[2])
-            for name, c in compiled.items()
+        backend = jax.default_backend()
+        compiled = {
+            (VALUES, name): _compile(name, problem, x, k, None)
+            for name in candidates(problem.geom, backend)
         }
+        for route in derivative_candidates(backend):  # its values never run: any will do
+            compiled[(DERIVATIVES, route)] = _compile(f"{route}/{route}", problem, x, k, g)
+        seconds = _fastest_calls({key: call for key, (call, _) in compiled.items()}, x, k)
+    measured = {key: Measurement(seconds[key], temp) for key, (_, temp) in compiled.items()}
+    values = {name: m for (kind, name), m in measured.items() if kind == VALUES}
+    derivatives = {name: m for (kind, name), m in measured.items() if kind == DERIVATIVES}
+    return values, derivatives
+
+
+def _fastest_calls(calls: dict[tuple[str, str], Callable], *args: Any) -> dict[Any, float]:
+    """Each call's fastest time, the calls run in alternation (drift hits all alike).
+
+    Each is run once (warm-up); one more than ``PRUNE_FACTOR`` times slower than the
+    fastest warm-up of its kind keeps that time. The others are called in rounds,
+    ``MIN_ROUNDS`` at least and then while ``BUDGET_S`` per call lasts, up to
+    ``MAX_ROUNDS``, and keep their fastest call: noise only ever adds time.
+    """
+    times = {key: [_seconds(call, *args)] for key, call in calls.items()}
+    best = {kind: min(t[0] for (of, _), t in times.items() if of == kind) for kind, _ in calls}
+    live = [key for key, t in times.items() if t[0] <= PRUNE_FACTOR * best[key[0]]]
+    deadline = time.perf_counter() + BUDGET_S * len(live)
+    for key in live:
+        times[key] = []  # the warm-up paid for first-call work: not a sample
+    rounds = 0
+    while rounds < MIN_ROUNDS or (rounds < MAX_ROUNDS and time.perf_counter() < deadline):
+        for key in live:
+            times[key].append(_seconds(calls[key], *args))
+        rounds += 1
+    return {key: min(t) for key, t in times.items()}
 
 
 def _compile(
-    name: str, problem: Problem, x: jax.Array, k: jax.Array, g: jax.Array
-) -> tuple[Callable, Callable, int]:
-    """One candidate's compiled forward and value_and_grad, and the latter's temp bytes."""
+    name: str, problem: Problem, x: jax.Array, k: jax.Array, g: jax.Array | None
+) -> tuple[Callable, int]:
+    """``name``'s compiled forward (``g`` None) or value_and_grad, and its temp bytes."""
     impl = resolve(name, x, k, problem.preferred_element_type, jax.default_backend())
 
     def forward(x, k):
@@ -343,10 +390,10 @@ def _compile(
     def loss(x, k):
         return jnp.vdot(forward(x, k).astype(g.dtype), g).real
 
-    fwd = jax.jit(forward).lower(x, k).compile()
-    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
-    memory = grad.memory_analysis()  # None where a backend does not report it
-    return fwd, grad, 0 if memory is None else int(memory.temp_size_in_bytes)
+    program = forward if g is None else jax.value_and_grad(loss, argnums=(0, 1))
+    compiled = jax.jit(program).lower(x, k).compile()
+    memory = compiled.memory_analysis()  # None where a backend does not report it
+    return compiled, 0 if memory is None else int(memory.temp_size_in_bytes)
 
 
 def _seconds(call: Callable, *args: Any) -> float:
@@ -364,6 +411,7 @@ __all__ = [
     "choose",
     "clear",
     "decide",
+    "derivative_candidates",
     "pick",
     "set_cache_file",
 ]

@@ -16,9 +16,10 @@ from jlocalconv.implementations import IMPLEMENTATIONS
 from tests.reference import local_conv_ref
 
 M = autotune.Measurement
-EVEN = {n: (1.0, 1.0, 0) for n in IMPLEMENTATIONS}  # fake times: every candidate alike
+EVEN = {n: 1.0 for n in IMPLEMENTATIONS}  # fake times: every candidate alike
 # What autotune times on this backend: not "patches" on CPU (see autotune.candidates)
 TIMED = set(IMPLEMENTATIONS) - ({"patches"} if jax.default_backend() == "cpu" else set())
+ROUTES = autotune.derivative_candidates(jax.default_backend())
 
 
 @pytest.fixture(autouse=True)
@@ -32,13 +33,16 @@ def _fresh(monkeypatch):
     monkeypatch.setattr(autotune, "_cache_file_set", False)
 
 
-def _fake(times: dict[str, tuple[float, float, int]], calls: list[str]):
-    """A stand-in for the measurement: the given times for autotune's candidates."""
+def _fake(values: dict[str, float], calls: list[str], derivatives: dict[str, float] = EVEN):
+    """A stand-in for the measurement: the given seconds for autotune's candidates."""
 
     def measure_all(problem):
         names = autotune.candidates(problem.geom, jax.default_backend())
         calls.extend(names)
-        return {name: M(*times[name]) for name in names}
+        return (
+            {name: M(values[name], 0) for name in names},
+            {route: M(derivatives[route], 0) for route in ROUTES},
+        )
 
     return measure_all
 
@@ -50,27 +54,35 @@ def _operands(shape=(3, 9, 8, 2), filters=4, window=3, dtype=np.float32):
     return x, k
 
 
-def test_decide_balances_forward_and_gradient_regret():
-    measured = {"a": M(1.0, 4.0, 10), "b": M(1.2, 1.3, 10), "c": M(3.0, 1.0, 10)}
-    assert autotune.decide(measured) == "b"  # worse regrets 4.0, 1.3, 3.0
+def test_decide_pairs_the_fastest_values_with_the_fastest_derivatives():
+    values = {"a": M(1.0, 10), "b": M(1.2, 10), "c": M(3.0, 10)}
+    derivatives = {"a": M(4.0, 10), "b": M(1.3, 10), "c": M(1.0, 10)}
+    assert autotune.decide(values, derivatives) == "a/c"
+    assert autotune.decide(values, {"b": M(1.0, 10), "c": M(1.0, 10)}) == "a/b"  # first tie
 
 
 def test_decide_leaves_out_memory_hungry_candidates():
     lean, hungry = 20 << 20, 100 << 20
-    measured = {"lean": M(2.0, 2.0, lean), "hungry": M(1.0, 1.0, hungry)}
-    assert autotune.decide(measured) == "lean"
+    measured = {"lean": M(2.0, lean), "hungry": M(1.0, hungry)}
+    assert autotune.decide(measured, measured) == "lean/lean"
+    # each kind by its own memory: a lean forward may pair with lean derivatives
+    assert autotune.decide(measured | {"hungry": M(1.0, lean)}, measured) == "hungry/lean"
     # within MEMORY_FACTOR * leanest + slack, speed decides
-    close = int(autotune.MEMORY_FACTOR * lean)
-    assert autotune.decide({"lean": M(2.0, 2.0, lean), "close": M(1.0, 1.0, close)}) == "close"
+    close = {"lean": M(2.0, lean), "close": M(1.0, int(autotune.MEMORY_FACTOR * lean))}
+    assert autotune.decide(close, close) == "close/close"
     # and below the floor, whatever the ratio
     tiny, small = 1 << 20, autotune.MEMORY_FLOOR_BYTES
-    assert autotune.decide({"tiny": M(2.0, 2.0, tiny), "small": M(1.0, 1.0, small)}) == "small"
-    assert autotune.decide({"tiny": M(2.0, 2.0, tiny), "big": M(1, 1, small + 1)}) == "tiny"
+    floor = {"tiny": M(2.0, tiny), "small": M(1.0, small)}
+    assert autotune.decide(floor, floor) == "small/small"
+    over = {"tiny": M(2.0, tiny), "big": M(1, small + 1)}
+    assert autotune.decide(over, over) == "tiny/tiny"
 
 
 def test_decide_refuses_an_empty_measurement():
-    with pytest.raises(ValueError, match="autotune"):
-        autotune.decide({})
+    with pytest.raises(ValueError, match=r"autotune.*measured values"):
+        autotune.decide({}, {"a": M(1.0, 0)})
+    with pytest.raises(ValueError, match=r"autotune.*measured derivatives"):
+        autotune.decide({"a": M(1.0, 0)}, {})
 
 
 def test_spec_accepts_autotune_and_lists_it_in_errors():
@@ -82,18 +94,24 @@ def test_spec_accepts_autotune_and_lists_it_in_errors():
 
 def test_fake_timings_decide_and_the_choice_is_measured_once(monkeypatch):
     calls: list[str] = []
-    times = {n: (1.0, 1.0, 0) for n in IMPLEMENTATIONS} | {"shifts": (0.5, 0.5, 0)}
-    monkeypatch.setattr(autotune, "_measure_all", _fake(times, calls))
+    faster = {"shifts": 0.5}, {"tiles": 0.5}
+    values, derivatives = (EVEN | fast for fast in faster)
+    monkeypatch.setattr(autotune, "_measure_all", _fake(values, calls, derivatives))
     x, k = _operands()
     f = jax.jit(lambda x, k: jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune"))
     y = f(x, k)
     assert sorted(calls) == sorted(TIMED)  # 2 channels: "shifts" is a candidate
-    assert list(autotune.choices().values()) == ["shifts"]
-    # the chosen implementation ran: its result, bit for bit
+    assert list(autotune.choices().values()) == ["shifts/tiles"]
+    # the chosen value route ran: its result, bit for bit
     expected = jlocalconv.local_conv2d(x, k, 3, 1, implementation="shifts")
     np.testing.assert_array_equal(np.asarray(y), np.asarray(expected))
+    # and the chosen derivative route differentiated it: the loop's gradient, bit for bit
+    loop = implementations.lookup("slices/tiles")  # any value route: it is not differentiated
+    geom = make_geometry(x.shape, 3)
+    by_loop = lambda x: (loop(x, k, geom, precision=None, preferred_element_type=None) ** 2).sum()
+    tuned = lambda x: (jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune") ** 2).sum()
+    np.testing.assert_array_equal(jax.grad(tuned)(x), jax.grad(by_loop)(x))
     # retraced (another jit, grad, eager): no new measurement for the same problem
-    jax.grad(lambda x: jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune").sum())(x)
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
     assert len(calls) == len(TIMED)
 
@@ -135,10 +153,11 @@ def test_real_measurement_matches_the_numpy_reference_under_jit_grad_and_vmap():
     y = jax.jit(conv)(x, k)
     np.testing.assert_allclose(np.asarray(y), local_conv_ref(x, k, (3, 3), (1, 1)), atol=1e-4)
     (choice,) = autotune.choices().values()
-    assert choice in IMPLEMENTATIONS
+    values, derivatives = choice.split("/")
+    assert values in TIMED and derivatives in ROUTES
     gx, gk = jax.grad(lambda x, k: (conv(x, k) ** 2).sum(), argnums=(0, 1))(x, k)
     rx, rk = jax.grad(
-        lambda x, k: (jlocalconv.local_conv2d(x, k, 3, 1, implementation=choice) ** 2).sum(),
+        lambda x, k: (jlocalconv.local_conv2d(x, k, 3, 1, implementation=derivatives) ** 2).sum(),
         argnums=(0, 1),
     )(x, k)
     np.testing.assert_allclose(gx, rx, rtol=1e-6, atol=1e-5)
@@ -152,9 +171,9 @@ def test_bfloat16_is_widened_as_auto_does(monkeypatch):
     x, k = (jnp.asarray(a, jnp.bfloat16) for a in _operands())
     y = jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
     assert y.dtype == jnp.bfloat16
-    choice = next(iter(autotune.choices().values()))
+    values = next(iter(autotune.choices().values())).split("/")[0]
     expected = jlocalconv.local_conv2d(
-        x.astype(jnp.float32), k.astype(jnp.float32), 3, 1, implementation=choice
+        x.astype(jnp.float32), k.astype(jnp.float32), 3, 1, implementation=values
     ).astype(jnp.bfloat16)
     np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(expected, np.float32))
 
@@ -162,12 +181,12 @@ def test_bfloat16_is_widened_as_auto_does(monkeypatch):
 def test_cache_file_keeps_choices_across_processes(monkeypatch, tmp_path):
     path = tmp_path / "sub" / "autotune.json"
     autotune.set_cache_file(path)
-    times = {n: (1.0, 1.0, 0) for n in IMPLEMENTATIONS} | {"tiles": (0.1, 0.1, 0)}
-    monkeypatch.setattr(autotune, "_measure_all", _fake(times, []))
+    faster = EVEN | {"tiles": 0.1}
+    monkeypatch.setattr(autotune, "_measure_all", _fake(faster, [], faster))
     x, k = _operands()
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
     stored = json.loads(path.read_text())["choices"]
-    assert list(stored.values()) == ["tiles"]
+    assert list(stored.values()) == ["tiles/tiles"]
     autotune.clear()  # a new process: nothing in memory, the file remains
 
     def refuse(*args):
@@ -175,7 +194,7 @@ def test_cache_file_keeps_choices_across_processes(monkeypatch, tmp_path):
 
     monkeypatch.setattr(autotune, "_measure_all", refuse)
     jlocalconv.local_conv2d(x, k, 3, 1, implementation="autotune")
-    assert list(autotune.choices().values()) == ["tiles"]
+    assert list(autotune.choices().values()) == ["tiles/tiles"]
 
 
 def test_cache_file_from_the_environment(monkeypatch, tmp_path):
@@ -205,7 +224,8 @@ def test_pick_takes_shape_dtype_structs():
     geom = make_geometry((2, 6, 3), 3)
     x = jax.ShapeDtypeStruct((2, 6, 3), jnp.float32)
     k = jax.ShapeDtypeStruct(geom.kernel_shape(4), jnp.float32)
-    assert autotune.pick(geom, x, k) in IMPLEMENTATIONS
+    values, derivatives = autotune.pick(geom, x, k).split("/")
+    assert values in IMPLEMENTATIONS and derivatives in implementations.DERIVATIVE_ROUTES
 
 
 def test_measurement_alternates_candidates_prunes_the_hopeless_and_keeps_the_fastest_call(
@@ -214,9 +234,12 @@ def test_measurement_alternates_candidates_prunes_the_hopeless_and_keeps_the_fas
     """The timing loop, with a fake clock: no real timing asserted."""
     speeds = {"patches": 1.0, "slices": 1.1, "tiles": 10.0}  # tiles: beyond PRUNE_FACTOR
     monkeypatch.setattr(autotune, "candidates", lambda geom, backend: tuple(speeds))
-    monkeypatch.setattr(
-        autotune, "_compile", lambda name, *a: (("fwd", name), ("grad", name), len(name))
-    )
+    monkeypatch.setattr(autotune, "derivative_candidates", lambda backend: tuple(speeds))
+
+    def fake_compile(name, problem, x, k, g):
+        return ("fwd" if g is None else "grad", name.split("/")[0]), len(name)
+
+    monkeypatch.setattr(autotune, "_compile", fake_compile)
     order: list[tuple[str, str]] = []
 
     def fake_seconds(call, *args):
@@ -228,13 +251,15 @@ def test_measurement_alternates_candidates_prunes_the_hopeless_and_keeps_the_fas
     monkeypatch.setattr(autotune, "BUDGET_S", 0.0)  # MIN_ROUNDS rounds exactly
     geom = make_geometry((2, 6, 6, 8), 3)
     problem = autotune.Problem(geom, 2, 4, "float32", "float32", None, None)
-    measured = autotune._measure_all(problem)
-    assert measured["patches"] == M(1.0, 2.0, len("patches"))  # the fastest call, not noise
-    assert measured["tiles"] == M(10.0, 20.0, len("tiles"))  # its warm-up time, kept
+    values, derivatives = autotune._measure_all(problem)
+    assert values["patches"] == M(1.0, len("patches"))  # the fastest call, not noise
+    assert derivatives["patches"] == M(2.0, len("patches/patches"))  # its own program
+    assert values["tiles"] == M(10.0, len("tiles"))  # its warm-up time, kept
+    assert derivatives["tiles"] == M(20.0, len("tiles/tiles"))
     assert order.count(("fwd", "tiles")) == 1 and order.count(("grad", "tiles")) == 1
     assert order.count(("fwd", "slices")) == 1 + autotune.MIN_ROUNDS
     # after the warm-ups, rounds alternate the live calls
     rounds = order[2 * len(speeds) :]
-    live = [("fwd", "patches"), ("grad", "patches"), ("fwd", "slices"), ("grad", "slices")]
+    live = [("fwd", "patches"), ("fwd", "slices"), ("grad", "patches"), ("grad", "slices")]
     assert rounds == live * autotune.MIN_ROUNDS
-    assert autotune.decide(measured) == "patches"
+    assert autotune.decide(values, derivatives) == "patches/patches"

@@ -15,6 +15,7 @@ grad of any order, jvp, linear_transpose, low-precision dtypes).
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 
@@ -23,12 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jlocalconv.geometry import Geometry
-from jlocalconv.implementations._bilinear import split_bilinear
+from jlocalconv.implementations import _routes
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._windows import sliced_by_axis
 from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.shifts import local_conv_shifts
-from jlocalconv.implementations.slices import local_conv_slices, slices_tangent
+from jlocalconv.implementations.slices import local_conv_slices
 from jlocalconv.implementations.tiles import (
     derivatives_by_slices,
     kernel_dominates,
@@ -113,11 +114,8 @@ SLICED_VALUES_MAX_OFFSETS = 4
 # worst 2.35), always by "slices" 1.075 (worst 2.04), this rule 1.037 (worst 1.50);
 # the loop won on 6 of the 8 per-position problems of several tiles (1.04-2.04x), and
 # "slices" on most of the others (up to 2x: 30 tiles of one position on s9-22).
-# The implementations that may keep a window tensor for the backward pass
-# (``tiles.rows_kernel_tangent``), which take its dtype as ``window_dtype``.
-_HOLDS_WINDOWS = (local_conv_tiles, local_conv_shifts)
-# Tangents of the routes "auto" may differentiate by (plain lax: see split_bilinear).
-TANGENTS: dict[str, Implementation] = {"slices": slices_tangent}
+# A composed route's derivatives: ``_routes.DERIVATIVE_ROUTES`` (re-exported).
+DERIVATIVE_ROUTES = _routes.DERIVATIVE_ROUTES
 
 
 def choose(
@@ -289,7 +287,7 @@ def widened(impl: Implementation) -> Implementation:
 
     # The tile loop's rows kernel gradient keeps a window tensor for the backward pass:
     # held in the inputs' own 16-bit dtype, which represents the widened values exactly.
-    holds_windows = impl in _HOLDS_WINDOWS
+    holds_windows = "window_dtype" in inspect.signature(impl).parameters
 
     def run(inputs, kernel, geom, *, precision, preferred_element_type):
         out_dtype = result_dtype(inputs, preferred_element_type)
@@ -323,8 +321,9 @@ def lookup(name: str) -> Implementation:
 @functools.cache  # one function per pair: callers may cache compiled programs by it
 def composed(values: str, derivatives: str) -> Implementation:
     """An implementation whose values come from ``IMPLEMENTATIONS[values]`` and which is
-    differentiated (values included) by ``TANGENTS[derivatives]``
-    (:func:`~jlocalconv.implementations._bilinear.split_bilinear`).
+    differentiated (values included) by the derivative route ``derivatives`` (one of
+    ``DERIVATIVE_ROUTES``: "slices", "patches" or the "tiles" loop; see
+    :func:`~jlocalconv.implementations._routes.differentiated`).
 
     >>> import jax, jax.numpy as jnp
     >>> from jlocalconv.geometry import make_geometry
@@ -335,14 +334,17 @@ def composed(values: str, derivatives: str) -> Implementation:
     ...                   local_conv_slices(x, k, geom)))
     True
     """
-    value_impl, tangent = IMPLEMENTATIONS[values], TANGENTS[derivatives]
+    value_impl = IMPLEMENTATIONS[values]
+    if derivatives not in DERIVATIVE_ROUTES:
+        raise KeyError(f"{derivatives!r} is not one of {DERIVATIVE_ROUTES}")
 
-    def run(inputs, kernel, geom, *, precision, preferred_element_type):
-        options = dict(
-            geom=geom, precision=precision, preferred_element_type=preferred_element_type
+    def run(inputs, kernel, geom, *, precision, preferred_element_type, window_dtype=None):
+        options = dict(precision=precision, preferred_element_type=preferred_element_type)
+        value_route = functools.partial(value_impl, geom=geom, **options)
+        op = _routes.differentiated(
+            value_route, derivatives, inputs, kernel, geom, **options, window_dtype=window_dtype
         )
-        value_route = functools.partial(value_impl, **options)
-        return split_bilinear(value_route, functools.partial(tangent, **options))(inputs, kernel)
+        return op(inputs, kernel)
 
     return run
 

@@ -21,22 +21,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jlocalconv.geometry import Geometry
-from jlocalconv.implementations._bilinear import split_bilinear
 from jlocalconv.implementations._common import result_dtype
+from jlocalconv.implementations._routes import differentiated
 from jlocalconv.implementations._windows import pad_spatial, padded, window_slice
-from jlocalconv.implementations.slices import slices_tangent
-from jlocalconv.implementations.tiles import (
-    derivatives_by_slices,
-    differentiated_by_loop,
-    plan_tiles,
-)
+from jlocalconv.implementations.tiles import derivatives_by_slices
 
 # A 16-bit kernel read by more than WIDEN_ONCE_MIN_TERMS fused terms is widened to the
 # accumulator's dtype once, before the terms slice it: widened term by term, XLA's CPU
@@ -71,20 +65,21 @@ def local_conv_shifts(
     products accumulated in float32 (or ``preferred_element_type``, if wider).
     """
     batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
-    options: dict[str, Any] = dict(
-        precision=precision, preferred_element_type=preferred_element_type
-    )
     values = functools.partial(
         _shift_accumulate, geom=geom, out_dtype=result_dtype(inputs, preferred_element_type)
     )
-    if derivatives_by_slices(geom, batch, filters, itemsize):
-        tangent = functools.partial(slices_tangent, geom=geom, **options)
-        return split_bilinear(values, tangent)(inputs, kernel)
-    plan = plan_tiles(geom, batch, filters, itemsize)
-    loop = differentiated_by_loop(
-        values, geom, plan, batch, itemsize, **options, window_dtype=window_dtype
+    route = "slices" if derivatives_by_slices(geom, batch, filters, itemsize) else "tiles"
+    op = differentiated(
+        values,
+        route,
+        inputs,
+        kernel,
+        geom,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        window_dtype=window_dtype,
     )
-    return loop(inputs, kernel)
+    return op(inputs, kernel)
 
 
 def _shift_accumulate(

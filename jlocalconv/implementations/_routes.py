@@ -1,0 +1,83 @@
+"""Derivative routes: any route's values, differentiated by "slices", "patches" or the loop.
+
+Local convolution is bilinear, so the route that computes undifferentiated values and
+the route that computes values and tangents under differentiation can differ
+(:func:`~jlocalconv.implementations._bilinear.split_bilinear`). A *derivative route*
+names the second: "slices" and "patches" (plain ``lax``, transposed by JAX) or "tiles"
+(the tile loop's own tangents, :func:`~jlocalconv.implementations.tiles.differentiated_by_loop`).
+"shifts" picks one of them from static shapes; "auto"'s ``"tiles/slices"`` and autotune's
+measured pairs (``implementations.composed``) name it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+from jax import lax
+
+from jlocalconv.geometry import Geometry
+from jlocalconv.implementations._bilinear import Bilinear, split_bilinear
+from jlocalconv.implementations.patches import local_conv_patches
+from jlocalconv.implementations.slices import slices_tangent
+from jlocalconv.implementations.tiles import differentiated_by_loop, plan_tiles
+
+# The plain-lax tangents (a value route differentiated by one of these is transposed by
+# JAX); "tiles" is the loop, built by differentiated_by_loop.
+_TANGENTS: dict[str, Callable[..., jax.Array]] = {
+    "patches": local_conv_patches,
+    "slices": slices_tangent,
+}
+DERIVATIVE_ROUTES = (*_TANGENTS, "tiles")
+
+
+def differentiated(
+    values: Bilinear,
+    route: str,
+    inputs: jax.Array,
+    kernel: jax.Array,
+    geom: Geometry,
+    *,
+    precision: lax.PrecisionLike,
+    preferred_element_type: jax.typing.DTypeLike | None,
+    window_dtype: jax.typing.DTypeLike | None = None,
+) -> Bilinear:
+    """``values`` (``(x, k) -> y``, any route), differentiated by ``route``.
+
+    Args:
+      values: the undifferentiated route, bilinear; never transposed.
+      route: one of ``DERIVATIVE_ROUTES``.
+      inputs, kernel: the operands (only their static shapes and dtypes are read, to
+        plan the tile loop).
+      geom: their geometry.
+      precision, preferred_element_type: the contractions' options.
+      window_dtype: the dtype in which the loop's rows kernel gradient holds its window
+        tensor (``tiles.rows_kernel_tangent``); other routes ignore it.
+
+    Returns:
+      ``(x, k) -> y``, equal to ``values``, differentiable to any order.
+
+    Raises:
+      KeyError: for an unknown ``route`` (names come from the library, not from users).
+    """
+    if route != "tiles":
+        tangent = functools.partial(
+            _TANGENTS[route],
+            geom=geom,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+        return split_bilinear(values, tangent)
+    batch, itemsize = inputs.shape[0], inputs.dtype.itemsize
+    plan = plan_tiles(geom, batch, kernel.shape[-1], itemsize)
+    return differentiated_by_loop(
+        values,
+        geom,
+        plan,
+        batch,
+        itemsize,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        window_dtype=window_dtype,
+    )
