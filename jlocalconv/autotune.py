@@ -350,7 +350,9 @@ def _measure_all(problem: Problem) -> tuple[dict[str, Measurement], dict[str, Me
     return values, derivatives
 
 
-def _fastest_calls(calls: dict[tuple[str, str], Callable], *args: Any) -> dict[Any, float]:
+def _fastest_calls(
+    calls: dict[tuple[str, str], Callable], *args: Any
+) -> dict[tuple[str, str], float]:
     """Each call's fastest time, the calls run in alternation (drift hits all alike).
 
     Each is run once (warm-up); one more than ``PRUNE_FACTOR`` times slower than the

@@ -402,27 +402,29 @@ def test_auto_specific_choices():
     assert choose(yolo, 8, 256, jnp.float32, "cpu") == "slices"
     assert choose(d, 1, 64, jnp.float32, "cpu") == "tiles"  # one row: see choose
     tiny = make_geometry((2, 6, 6, 20), 3)  # values: one tile, one contraction
-    assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices"
+    assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices/slices"  # kernel grad by rows
     assert choose(make_geometry((2, 6, 6, 3), 3), 2, 4, jnp.float32, "cpu") == "shifts"
     # derivatives by "slices" while three window tensors fit in 32 MiB
     many = make_geometry((2, 12, 12, 20), 6)
-    assert choose(many, 2, 8, jnp.float32, "cpu") == "slices"
-    assert choose(many, 2, 8, jnp.bfloat16, "cpu") == "slices"  # computed in float32
+    # (at most 16 rows: "slices/slices", the kernel gradient by rows)
+    assert choose(many, 2, 8, jnp.float32, "cpu") == "slices/slices"
+    assert choose(many, 2, 8, jnp.bfloat16, "cpu") == "slices/slices"  # computed in float32
+    assert choose(make_geometry((17, 12, 12, 20), 6), 17, 8, jnp.float32, "cpu") == "slices"
     # ... values by the loop where it runs a dot per position over several tiles
     same = make_geometry((8, 24, 24, 32), 3, padding="same")  # 48 tiles of 12 positions
     assert choose(same, 8, 64, jnp.float32, "cpu") == "tiles/slices"
     wider = make_geometry((9, 24, 24, 32), 3, padding="same")  # 9 rows: one batched dot
-    assert choose(wider, 9, 64, jnp.float32, "cpu") == "slices"
+    assert choose(wider, 9, 64, jnp.float32, "cpu") == "slices/slices"
     # ... and unstrided windows of 20+ offsets differentiated axis by axis
     assert choose(make_geometry((4, 40, 40, 20), 5), 4, 8, jnp.float32, "cpu") == "slices/slices"
-    assert choose(make_geometry((9, 40, 40, 20), 5, 2), 9, 8, jnp.float32, "cpu") == "slices"
+    assert choose(make_geometry((17, 40, 40, 20), 5, 2), 17, 8, jnp.float32, "cpu") == "slices"
     big = make_geometry((64, 40, 40, 8), 6)  # 64 x 35x35 x 288 x 4 B = 90 MiB of windows
     assert choose(big, 64, 8, jnp.float32, "cpu") == "tiles"
     edge = make_geometry((8, 16, 16, 16), 2, 2)  # 4 offsets; 3 x 2 MiB of windows
-    assert choose(edge, 8, 17, jnp.float32, "cpu") == "slices"  # 17 filters: not "shifts"
-    assert choose(make_geometry((9, 16, 16, 16), 3), 9, 17, jnp.float32, "cpu") == "slices"
+    assert choose(edge, 8, 17, jnp.float32, "cpu") == "slices/slices"  # 17 filters: not "shifts"
+    assert choose(make_geometry((9, 16, 16, 16), 3), 9, 17, jnp.float32, "cpu") == "slices/slices"
     sequence = make_geometry((8, 705, 11), 5)  # 1-D windows: slices of one sequence
-    assert choose(sequence, 8, 24, jnp.float32, "cpu") == "slices"
+    assert choose(sequence, 8, 24, jnp.float32, "cpu") == "slices/slices"
     long = make_geometry((64, 8192, 16), 9)  # 1-D but 288 MiB of windows: the loop
     assert choose(long, 64, 17, jnp.float32, "cpu") == "tiles"
     # The budget's edge: 3 x 2 x n x 16 features x 4 B against 32 MiB (n <= 87381)
@@ -488,12 +490,13 @@ def test_auto_runs_the_chosen_implementation():
         assert choose(_geom(case), 8, 64, x.dtype, "cpu") == "tiles/slices"
     got = jlocalconv.local_conv(x, k, 3, 1, padding="same", precision="highest")
     np.testing.assert_allclose(got, _ref(case, x, k), rtol=1e-5, atol=1e-5)
-    # Differentiated, values and tangents come from "slices": one dot per contraction,
+    # Differentiated, values and tangents come from "slices": one dot per contraction
+    # but the kernel gradient's, which 8 rows take by rows (tiles.rows_kernel_tangent);
     # no tile loop (a scan) anywhere in the program.
     loss = lambda x, k: jnp.sum(jlocalconv.local_conv(x, k, 3, 1, padding="same") ** 2)
     text = str(jax.make_jaxpr(jax.value_and_grad(loss, (0, 1)))(x, k))
     if jax.default_backend() == "cpu":
-        assert "scan" not in text and text.count("dot_general") == 3
+        assert "scan" not in text and text.count("dot_general") == 2
     plain = lambda x, k: jnp.sum(local_conv_tiles(x, k, _geom(case)) ** 2)  # another route
     for got, want in zip(jax.grad(loss, (0, 1))(x, k), jax.grad(plain, (0, 1))(x, k)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -735,6 +738,55 @@ def test_widened_rows_kernel_gradient_holds_exact_16_bit_windows():
     wide = lambda x, k: local_conv_tiles(x.astype(jnp.float32), k, geom).astype(x.dtype)
     want = kernel_grad(wide)
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
+SLICED_ROWS = [  # (input shape, window, strides, padding, data format, filters)
+    ((3, 12, 11, 4), (3, 2), (2, 1), "valid", "channels_last", 5),
+    ((2, 3, 9, 9, 6), (3, 3, 3), 1, "same", "channels_first", 3),  # 27 offsets: by axis
+    ((1, 40, 7), 5, 3, "causal", "channels_last", 6),  # one row, 1-D
+    ((4, 30, 9), 1, 1, "valid", "channels_last", 2),  # 1-wide windows
+]
+
+
+@pytest.mark.parametrize("shape, ks, st, pad, fmt, filters", SLICED_ROWS, ids=str)
+def test_slices_derivatives_take_the_kernel_gradient_by_rows(shape, ks, st, pad, fmt, filters):
+    """With at most 16 rows (and no dominant kernel), the "slices" derivative route takes
+    its kernel gradient from ``tiles.rows_kernel_tangent`` (no ``dot_general`` writes a
+    kernel-shaped result) and gives plain "slices"' values, gradients and forward-mode
+    derivatives."""
+    from jlocalconv.implementations.slices import local_conv_slices
+
+    geom = make_geometry(shape, ks, st, pad, data_format=fmt)
+    batch = shape[0]
+    assert tiles_module.sliced_kernel_tangent_by_rows(geom, batch, filters, 4)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    k = jnp.asarray(rng.standard_normal(geom.kernel_shape(filters)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(geom.result_shape(batch, filters)), jnp.float32)
+    route = implementations.lookup("slices/slices")
+    ours = lambda x, k: route(x, k, geom, precision="highest", preferred_element_type=None)
+    plain = lambda x, k: local_conv_slices(x, k, geom, precision="highest")
+    loss = lambda f: lambda x, k: jnp.vdot(f(x, k), w)
+    got, got_grads = jax.value_and_grad(loss(ours), (0, 1))(x, k)
+    want, want_grads = jax.value_and_grad(loss(plain), (0, 1))(x, k)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for got, want in zip(got_grads, want_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    tangents = (x[::-1], k[::-1])
+    got, want = (jax.jvp(f, (x, k), tangents)[1] for f in (ours, plain))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    jaxpr = jax.make_jaxpr(jax.grad(loss(ours), 1))(x, k).jaxpr
+    dots = [e for e in _equations(jaxpr) if e.primitive.name == "dot_general"]
+    assert not any(v.aval.shape == k.shape for e in dots for v in e.outvars)
+
+
+def test_slices_derivatives_keep_the_contraction_where_the_kernel_dominates():
+    """YOLOv1's local layer (8 rows, 256 filters): the kernel gradient stays one
+    contraction per position (the rows' products held twice the temporaries there)."""
+    geom = make_geometry((8, 7, 7, 1024), 3, padding="same")
+    assert tiles_module.kernel_tangent_by_rows(geom, 8, 4)
+    assert not tiles_module.sliced_kernel_tangent_by_rows(geom, 8, 256, 4)
+    assert choose(geom, 8, 256, jnp.float32, "cpu") == "slices"
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from jlocalconv.implementations.tiles import (
     kernel_dominates,
     local_conv_tiles,
     plan_tiles,
+    sliced_kernel_tangent_by_rows,
 )
 
 Implementation = Callable[..., jax.Array]
@@ -148,7 +149,9 @@ def choose(
          axis by axis where :func:`~jlocalconv.implementations._windows.sliced_by_axis`
          says so), else by the "tiles" loop;
       3. values by "slices" where derivatives are ("slices"; ``"slices/slices"``
-         where the derivatives stack windows axis by axis), except by "tiles"
+         where the derivatives stack windows axis by axis or take the kernel gradient
+         by rows: :func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows`),
+         except by "tiles"
          (``"tiles/slices"``) where the tile loop contracts each position with its
          own dot over more than one tile (``TilePlan.per_position_values``; see
          :mod:`jlocalconv.implementations.tiles` for how it sizes its tiles) and
@@ -183,14 +186,16 @@ def choose(
       'shifts'
       >>> choose(make_geometry((8, 7, 7, 1024), 3), 8, 256, "float32", "cpu")  # kernel-bound
       'slices'
-      >>> choose(make_geometry((2, 12, 12, 8), 6), 2, 8, "float32", "cpu")  # small windows
+      >>> choose(make_geometry((32, 12, 12, 8), 6), 32, 8, "float32", "cpu")  # small windows
       'slices'
+      >>> choose(make_geometry((2, 12, 12, 8), 6), 2, 8, "float32", "cpu")  # 2 rows: by rows
+      'slices/slices'
       >>> choose(make_geometry((4, 40, 40, 8), 5), 4, 8, "float32", "cpu")  # unstrided 5x5
       'slices/slices'
       >>> same = make_geometry((8, 24, 24, 32), 3, padding="same")  # 48 tiles, a dot each
       >>> choose(same, 8, 64, "float32", "cpu")
       'tiles/slices'
-      >>> choose(make_geometry((8, 705, 11), 5), 8, 24, "float32", "cpu")  # 1-D
+      >>> choose(make_geometry((32, 705, 11), 5), 32, 24, "float32", "cpu")  # 1-D
       'slices'
     """
     if backend != "cpu":
@@ -202,12 +207,13 @@ def choose(
         return "tiles"
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     cheap_windows = geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
+    # One route; composed where the tangent differs from "slices" itself.
+    by_rows = sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize)
     if kernel_bound or cheap_windows:
-        return "slices"
+        return "slices/slices" if by_rows else "slices"
     if _loop_values(geom, batch, filters, itemsize):
         return "tiles/slices"
-    # One route; composed only where the tangent stacks windows axis by axis.
-    return "slices/slices" if sliced_by_axis(geom) else "slices"
+    return "slices/slices" if by_rows or sliced_by_axis(geom) else "slices"
 
 
 def _loop_values(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:

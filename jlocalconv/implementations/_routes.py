@@ -3,8 +3,11 @@
 Local convolution is bilinear, so the route that computes undifferentiated values and
 the route that computes values and tangents under differentiation can differ
 (:func:`~jlocalconv.implementations._bilinear.split_bilinear`). A *derivative route*
-names the second: "slices" and "patches" (plain ``lax``, transposed by JAX) or "tiles"
-(the tile loop's own tangents, :func:`~jlocalconv.implementations.tiles.differentiated_by_loop`).
+names the second: "slices" and "patches" (plain ``lax``, transposed by JAX; "slices"
+takes its kernel gradient by rows where
+:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows` says so) or
+"tiles" (the tile loop's own tangents,
+:func:`~jlocalconv.implementations.tiles.differentiated_by_loop`).
 "shifts" picks one of them from static shapes; "auto"'s ``"tiles/slices"`` and autotune's
 measured pairs (``implementations.composed``) name it.
 """
@@ -19,9 +22,15 @@ from jax import lax
 
 from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._bilinear import Bilinear, split_bilinear
+from jlocalconv.implementations._windows import sliced_by_axis
 from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.slices import slices_tangent
-from jlocalconv.implementations.tiles import differentiated_by_loop, plan_tiles
+from jlocalconv.implementations.tiles import (
+    differentiated_by_loop,
+    plan_tiles,
+    rows_kernel_tangent,
+    sliced_kernel_tangent_by_rows,
+)
 
 # The plain-lax tangents (a value route differentiated by one of these is transposed by
 # JAX); "tiles" is the loop, built by differentiated_by_loop.
@@ -61,6 +70,7 @@ def differentiated(
     Raises:
       KeyError: for an unknown ``route`` (names come from the library, not from users).
     """
+    batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
     if route != "tiles":
         tangent = functools.partial(
             _TANGENTS[route],
@@ -68,9 +78,16 @@ def differentiated(
             precision=precision,
             preferred_element_type=preferred_element_type,
         )
-        return split_bilinear(values, tangent)
-    batch, itemsize = inputs.shape[0], inputs.dtype.itemsize
-    plan = plan_tiles(geom, batch, kernel.shape[-1], itemsize)
+        rows = route == "slices" and sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize)
+        # Windows stacked as the tangent's, in its dtype: XLA computes one tensor for both.
+        for_kernel = functools.partial(
+            rows_kernel_tangent,
+            geom=geom,
+            preferred_element_type=preferred_element_type,
+            by_axis=sliced_by_axis(geom),
+        )
+        return split_bilinear(values, tangent, for_kernel if rows else None)
+    plan = plan_tiles(geom, batch, filters, itemsize)
     return differentiated_by_loop(
         values,
         geom,

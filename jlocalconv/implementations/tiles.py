@@ -216,12 +216,39 @@ def kernel_tangent_by_rows(geom: Geometry, batch: int, itemsize: int) -> bool:
     return rows and window_bytes(geom, batch, itemsize) <= ROWS_KERNEL_TANGENT_MAX_BYTES
 
 
+def sliced_kernel_tangent_by_rows(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
+    """Whether "slices" derivatives take their kernel gradient from
+    :func:`rows_kernel_tangent` too: where :func:`kernel_tangent_by_rows` says so, unless
+    the kernel dominates a batch of several rows (there one contraction per position
+    already streams the kernel once, and the rows' products held 27.6 against 14.8 MiB
+    of temporaries on YOLOv1's local layer, at the same speed).
+
+    The batched contraction's kernel gradient contracts each position over the batch
+    rows: with at most ``ROWS_KERNEL_TANGENT_MAX_BATCH`` of them a thin product that XLA's
+    CPU backend runs one position at a time (and, for one row, as a kernel-sized outer
+    product first). value_and_grad by "slices" with and without it (float32, one process,
+    alternated): sweep s18-58 (1169 positions of 9 -> 2, 5 rows) 0.34x the time, s18-57
+    (7 positions, 252 -> 377, one row) 0.27x with 12.8 -> 0.1 MiB of temporaries, s12-30
+    0.58x, s19-32 0.84x, s19-47 0.80x, s19-50 0.89x, s19-57 0.91x, s10-50 0.86x; temp up on
+    s19-50 (13.9 -> 21.0 MiB, lax 21.4: a by-axis window stack copied to the rows' layout)
+    and s10-50 (2.3 -> 4.5 MiB: XLA copies the one-filter gradient between layouts).
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((8, 7, 7, 1024), 3, padding="same")
+    >>> [sliced_kernel_tangent_by_rows(geom, 8, filters, 4) for filters in (16, 256)]
+    [True, False]
+    """
+    kernel_bound = batch > 1 and kernel_dominates(batch, filters)
+    return kernel_tangent_by_rows(geom, batch, itemsize) and not kernel_bound
+
+
 def rows_kernel_tangent(
     inputs: jax.Array,
     kernel: jax.Array,
     geom: Geometry,
     preferred_element_type: jax.typing.DTypeLike | None = None,
     window_dtype: jax.typing.DTypeLike | None = None,
+    by_axis: bool | None = None,
 ) -> jax.Array:
     """The op as one sum of products per batch row, for the kernel's tangent term.
 
@@ -234,6 +261,9 @@ def rows_kernel_tangent(
     slower than a contraction; the products are elementwise, so no ``precision``.
     ``window_dtype`` holds that residual narrower than ``inputs`` (which it must
     represent exactly: 16-bit inputs that "auto" widened, ``implementations.widened``).
+    ``by_axis`` given, the windows are stacked as :func:`~jlocalconv.implementations.
+    slices.local_conv_slices` stacks them (``by_axis``, not fused into one loop): beside
+    "slices" derivatives, XLA then computes one window tensor for both.
     """
     dtype = result_dtype(inputs, preferred_element_type)
     accumulate = jnp.promote_types(inputs.dtype, dtype)
@@ -242,8 +272,10 @@ def rows_kernel_tangent(
         # windows of widened bf16 inputs held twice the bytes of lax's bf16 patches.
         # Narrowing the inputs, not the windows, lets XLA cancel the widening.
         inputs = inputs.astype(window_dtype)
-    by_axis = geom.window_items >= ROWS_BY_AXIS_MIN_OFFSETS
-    patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis, fuse=True)
+    fuse = by_axis is None
+    if by_axis is None:
+        by_axis = geom.window_items >= ROWS_BY_AXIS_MIN_OFFSETS
+    patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis, fuse=fuse)
     filters = kernel.astype(accumulate)
     rows = [
         jnp.sum(patches[:, b, :, None].astype(accumulate) * filters, axis=1)
