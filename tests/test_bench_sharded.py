@@ -59,9 +59,15 @@ def test_parameter_and_halo_bytes_are_the_plans(rows):
 
 def test_tpu_pod_script_dry_run(capsys):
     """bench/studies/tpu_pod.py's code path on this process's one device (a 1x1 mesh, no
-    jax.distributed): the sharded first step equals the one-device step."""
+    jax.distributed): the sharded first step equals the one-device step, to float32
+    rounding (the two are separate XLA programs, which may fuse the kernel gradient's sum
+    over batch rows differently: one ulp of the updated kernel, as test_sharding allows)."""
+    import re
+
     from bench.studies import tpu_pod
 
     assert tpu_pod.main(["--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "kernel shard max |diff|: 0.0" in out and "mesh: {'data': 1, 'space': 1}" in out
+    assert "mesh: {'data': 1, 'space': 1}" in out
+    (diff,) = re.findall(r"kernel shard max \|diff\|: (\S+)", out)
+    assert float(diff) <= 1e-7
