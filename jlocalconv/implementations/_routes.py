@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
-from jax import lax
 
 from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._bilinear import Bilinear, split_bilinear
@@ -27,7 +27,6 @@ from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.slices import slices_tangent
 from jlocalconv.implementations.tiles import (
     differentiated_by_loop,
-    plan_tiles,
     rows_kernel_tangent,
     sliced_kernel_tangent_by_rows,
 )
@@ -47,22 +46,18 @@ def differentiated(
     inputs: jax.Array,
     kernel: jax.Array,
     geom: Geometry,
-    *,
-    precision: lax.PrecisionLike,
-    preferred_element_type: jax.typing.DTypeLike | None,
-    window_dtype: jax.typing.DTypeLike | None = None,
+    **options: Any,
 ) -> Bilinear:
     """``values`` (``(x, k) -> y``, any route), differentiated by ``route``.
 
     Args:
       values: the undifferentiated route, bilinear; never transposed.
       route: one of ``DERIVATIVE_ROUTES``.
-      inputs, kernel: the operands (only their static shapes and dtypes are read, to
-        plan the tile loop).
+      inputs, kernel: the operands (only their static shapes and dtypes are read).
       geom: their geometry.
-      precision, preferred_element_type: the contractions' options.
-      window_dtype: the dtype in which the loop's rows kernel gradient holds its window
-        tensor (``tiles.rows_kernel_tangent``); other routes ignore it.
+      **options: ``precision`` and ``preferred_element_type`` (the contractions'), and
+        ``window_dtype``, in which the loop's rows kernel gradient holds its window tensor
+        (``tiles.rows_kernel_tangent``; the other routes ignore it).
 
     Returns:
       ``(x, k) -> y``, equal to ``values``, differentiable to any order.
@@ -70,31 +65,18 @@ def differentiated(
     Raises:
       KeyError: for an unknown ``route`` (names come from the library, not from users).
     """
+    if route == "tiles":
+        return differentiated_by_loop(values, inputs, kernel, geom, **options)
+    options.pop("window_dtype", None)
+    tangent = functools.partial(_TANGENTS[route], geom=geom, **options)
     batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
-    if route != "tiles":
-        tangent = functools.partial(
-            _TANGENTS[route],
-            geom=geom,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
-        rows = route == "slices" and sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize)
-        # Windows stacked as the tangent's, in its dtype: XLA computes one tensor for both.
-        for_kernel = functools.partial(
-            rows_kernel_tangent,
-            geom=geom,
-            preferred_element_type=preferred_element_type,
-            by_axis=sliced_by_axis(geom),
-        )
-        return split_bilinear(values, tangent, for_kernel if rows else None)
-    plan = plan_tiles(geom, batch, filters, itemsize)
-    return differentiated_by_loop(
-        values,
-        geom,
-        plan,
-        batch,
-        itemsize,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        window_dtype=window_dtype,
+    if route != "slices" or not sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize):
+        return split_bilinear(values, tangent)
+    # Windows stacked as the tangent's, in its dtype: XLA computes one tensor for both.
+    for_kernel = functools.partial(
+        rows_kernel_tangent,
+        geom=geom,
+        preferred_element_type=options.get("preferred_element_type"),
+        by_axis=sliced_by_axis(geom),
     )
+    return split_bilinear(values, tangent, for_kernel)

@@ -286,19 +286,24 @@ def rows_kernel_tangent(
 
 def differentiated_by_loop(
     values: Callable[[jax.Array, jax.Array], jax.Array],
+    inputs: jax.Array,
+    kernel: jax.Array,
     geom: Geometry,
-    plan: TilePlan,
-    batch: int,
-    itemsize: int,
     *,
     precision: lax.PrecisionLike,
     preferred_element_type: jax.typing.DTypeLike | None,
     window_dtype: jax.typing.DTypeLike | None = None,
+    plan: TilePlan | None = None,
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """``values`` (any route), differentiated by the tile loop (:func:`tiles_tangent`
-    through ``split_bilinear``); its kernel gradient by :func:`rows_kernel_tangent` where
+    through ``split_bilinear``) over ``plan`` (:func:`plan_tiles` for the operands'
+    static shapes if None); its kernel gradient by :func:`rows_kernel_tangent` where
     :func:`kernel_tangent_by_rows` says so, its windows held in ``window_dtype``.
-    "tiles" and "shifts" both build theirs here."""
+    "tiles" and the "tiles" derivative route (``implementations._routes``) build theirs
+    here."""
+    batch, itemsize = inputs.shape[0], inputs.dtype.itemsize
+    if plan is None:
+        plan = plan_tiles(geom, batch, kernel.shape[-1], itemsize)
     pet = preferred_element_type
     tangent = functools.partial(
         tiles_tangent, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
@@ -437,17 +442,10 @@ def local_conv_tiles(
         values = functools.partial(loop, per_position=plan.per_position_values)
     else:
         return loop(inputs, kernel)
-    op = differentiated_by_loop(
-        values,
-        geom,
-        plan,
-        batch,
-        itemsize,
-        precision=precision,
-        preferred_element_type=pet,
-        window_dtype=window_dtype,
+    op = functools.partial(differentiated_by_loop, plan=plan, window_dtype=window_dtype)
+    return op(values, inputs, kernel, geom, precision=precision, preferred_element_type=pet)(
+        inputs, kernel
     )
-    return op(inputs, kernel)
 
 
 def tiles_tangent(
