@@ -261,9 +261,9 @@ def rows_kernel_tangent(
     slower than a contraction; the products are elementwise, so no ``precision``.
     ``window_dtype`` holds that residual narrower than ``inputs`` (which it must
     represent exactly: 16-bit inputs that "auto" widened, ``implementations.widened``).
-    ``by_axis`` given, the windows are stacked as :func:`~jlocalconv.implementations.
-    slices.local_conv_slices` stacks them (``by_axis``, not fused into one loop): beside
-    "slices" derivatives, XLA then computes one window tensor for both.
+    ``by_axis`` given, the windows are stacked as ``slices.local_conv_slices`` stacks
+    them (``by_axis``, not fused into one loop): beside "slices" derivatives, XLA then
+    computes one window tensor for both.
     """
     dtype = result_dtype(inputs, preferred_element_type)
     accumulate = jnp.promote_types(inputs.dtype, dtype)
