@@ -361,7 +361,8 @@ def _fastest_calls(
     ``MAX_ROUNDS``, and keep their fastest call: noise only ever adds time.
     """
     times = {key: [_seconds(call, *args)] for key, call in calls.items()}
-    best = {kind: min(t[0] for (of, _), t in times.items() if of == kind) for kind, _ in calls}
+    kinds = {kind for kind, _ in calls}
+    best = {kind: min(t[0] for (of, _), t in times.items() if of == kind) for kind in kinds}
     live = [key for key, t in times.items() if t[0] <= PRUNE_FACTOR * best[key[0]]]
     deadline = time.perf_counter() + BUDGET_S * len(live)
     for key in live:

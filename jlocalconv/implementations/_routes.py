@@ -78,5 +78,6 @@ def differentiated(
         geom=geom,
         preferred_element_type=options.get("preferred_element_type"),
         by_axis=sliced_by_axis(geom),
+        fuse=False,
     )
     return split_bilinear(values, tangent, for_kernel)

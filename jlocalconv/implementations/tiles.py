@@ -249,6 +249,7 @@ def rows_kernel_tangent(
     preferred_element_type: jax.typing.DTypeLike | None = None,
     window_dtype: jax.typing.DTypeLike | None = None,
     by_axis: bool | None = None,
+    fuse: bool = True,
 ) -> jax.Array:
     """The op as one sum of products per batch row, for the kernel's tangent term.
 
@@ -261,9 +262,10 @@ def rows_kernel_tangent(
     slower than a contraction; the products are elementwise, so no ``precision``.
     ``window_dtype`` holds that residual narrower than ``inputs`` (which it must
     represent exactly: 16-bit inputs that "auto" widened, ``implementations.widened``).
-    ``by_axis`` given, the windows are stacked as ``slices.local_conv_slices`` stacks
-    them (``by_axis``, not fused into one loop): beside "slices" derivatives, XLA then
-    computes one window tensor for both.
+    ``by_axis`` (None: from ``ROWS_BY_AXIS_MIN_OFFSETS``) and ``fuse`` say how the
+    windows are stacked (:func:`~jlocalconv.implementations._windows.windows`); beside
+    "slices" derivatives they are stacked as the tangent stacks its own (``fuse=False``),
+    so that XLA computes one window tensor for both.
     """
     dtype = result_dtype(inputs, preferred_element_type)
     accumulate = jnp.promote_types(inputs.dtype, dtype)
@@ -272,7 +274,6 @@ def rows_kernel_tangent(
         # windows of widened bf16 inputs held twice the bytes of lax's bf16 patches.
         # Narrowing the inputs, not the windows, lets XLA cancel the widening.
         inputs = inputs.astype(window_dtype)
-    fuse = by_axis is None
     if by_axis is None:
         by_axis = geom.window_items >= ROWS_BY_AXIS_MIN_OFFSETS
     patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis, fuse=fuse)
@@ -442,10 +443,17 @@ def local_conv_tiles(
         values = functools.partial(loop, per_position=plan.per_position_values)
     else:
         return loop(inputs, kernel)
-    op = functools.partial(differentiated_by_loop, plan=plan, window_dtype=window_dtype)
-    return op(values, inputs, kernel, geom, precision=precision, preferred_element_type=pet)(
-        inputs, kernel
+    op = differentiated_by_loop(
+        values,
+        inputs,
+        kernel,
+        geom,
+        precision=precision,
+        preferred_element_type=pet,
+        window_dtype=window_dtype,
+        plan=plan,
     )
+    return op(inputs, kernel)
 
 
 def tiles_tangent(
