@@ -162,8 +162,8 @@ def test_unstrided_tangent_study_runs_and_takes_what_the_rule_takes(capsys):
     out = capsys.readouterr().out
     assert "| 2, 24x22, 1->2, 5x5, 1 | shifts |" in out and "\n1 problems; rule on / off" in out
     with study._rule(False):
-        assert not slices.sliced_by_axis(study.SMOKE.geometry())
+        assert not slices.sliced_by_axis(study.SMOKE.geometry(), study.SMOKE.batch, 4)
     assert slices.sliced_by_axis is sliced_by_axis  # restored
     shapes = study.problems((9,), 30)
     assert shapes and all(s.strides == (1,) * s.ndim for s in shapes)
-    assert all(sliced_by_axis(s.geometry()) for s in shapes)
+    assert all(sliced_by_axis(s.geometry(), s.batch, 4) for s in shapes)

@@ -355,7 +355,8 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     values_sliced = kernel_bound or geom.window_items <= 4 or geom.ndim == 1 or not loop_values
     cheap = kernel_bound or geom.window_items <= 4 or geom.ndim == 1
     # sliced_by_axis: its own doctests and the slices_tangent tests below
-    sliced_values = "slices/slices" if not cheap and sliced_by_axis(geom) else "slices"
+    by_axis = sliced_by_axis(geom, batch, 4)
+    sliced_values = "slices/slices" if not cheap and by_axis else "slices"
     want = "tiles" if not sliced else sliced_values if values_sliced else "tiles/slices"
     assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else want)
     for backend in ("gpu", "tpu"):
@@ -790,20 +791,22 @@ def test_slices_derivatives_keep_the_contraction_where_the_kernel_dominates():
 
 
 @pytest.mark.parametrize(
-    "shape, ks, pad, fmt",
+    "shape, ks, strides, pad, fmt",
     [
-        ((3, 24, 22, 1), (5, 5), "valid", "channels_last"),  # 22 columns -> 18
-        ((2, 2, 9, 9, 6), (3, 3, 3), "same", "channels_first"),  # 27 offsets, 3-D
+        ((3, 24, 22, 1), (5, 5), 1, "valid", "channels_last"),  # 22 columns -> 18
+        ((2, 2, 9, 9, 6), (3, 3, 3), 1, "same", "channels_first"),  # 27 offsets, 3-D
+        ((5, 10, 21, 2), (8, 8), (2, 3), "valid", "channels_last"),  # strided, small
+        ((2, 3, 7, 10, 4), (2, 8, 3), (1, 2, 1), "same", "channels_first"),  # 3-D, strided
     ],
 )
-def test_slices_tangent_by_axis_matches_the_one_shot_route(shape, ks, pad, fmt):
-    """Unstrided windows of many offsets: the tangent route stacks them axis by axis
-    (``_windows.sliced_by_axis``) and must give the one-shot route's values, gradients
-    and forward-mode derivatives."""
+def test_slices_tangent_by_axis_matches_the_one_shot_route(shape, ks, strides, pad, fmt):
+    """Windows of many offsets, unstrided or small: the tangent route stacks them axis
+    by axis (``_windows.sliced_by_axis``) and must give the one-shot route's values,
+    gradients and forward-mode derivatives."""
     from jlocalconv.implementations.slices import local_conv_slices, slices_tangent
 
-    geom = make_geometry(shape, ks, 1, pad, data_format=fmt)
-    assert sliced_by_axis(geom)
+    geom = make_geometry(shape, ks, strides, pad, data_format=fmt)
+    assert sliced_by_axis(geom, shape[0], 4)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     k = jnp.asarray(rng.standard_normal(geom.kernel_shape(3)), jnp.float32)
@@ -816,6 +819,23 @@ def test_slices_tangent_by_axis_matches_the_one_shot_route(shape, ks, pad, fmt):
     tangents = (jnp.ones_like(x), jnp.ones_like(k))
     forward = [jax.jvp(f, (x, k), tangents)[1] for f in (ours, one_shot)]
     np.testing.assert_allclose(*forward, rtol=1e-5, atol=1e-4)
+
+
+def test_strided_windows_go_axis_by_axis_only_while_their_last_stage_is_small():
+    """Strided windows hold their last stage's padded slices in the backward pass (about
+    input per output times the window tensor): axis by axis up to
+    ``SLICED_BY_AXIS_MAX_STAGE_BYTES`` of it, one shot beyond; unstrided ones always."""
+    from jlocalconv.implementations import _windows
+
+    strided = make_geometry((1, 10, 21, 2), (8, 8), (2, 3))  # 2 x 5 outputs of 128 features
+    full = _windows.padded(strided)
+    last = _windows._stage_order(full)[-1]
+    ratio = full.spatial_shape[last] / full.output_shape[last]
+    assert ratio > _windows.SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT
+    row_bytes = ratio * _windows.window_bytes(strided, 1, 4)
+    fits = int(_windows.SLICED_BY_AXIS_MAX_STAGE_BYTES // row_bytes)
+    assert sliced_by_axis(strided, fits, 4) and not sliced_by_axis(strided, fits + 1, 4)
+    assert sliced_by_axis(make_geometry((4096, 28, 28, 1), 5), 4096, 4)  # unstrided
 
 
 def test_slices_tangent_by_axis_holds_less_than_the_one_shot_stack():

@@ -62,7 +62,7 @@ def _qualifies(shape: Shape) -> bool:
     window_bytes = 4 * geom.output_items * shape.batch * geom.feature_dim
     route = ours.auto_choice(shape)
     return (
-        sliced_by_axis(geom)
+        sliced_by_axis(geom, shape.batch, 4)
         and route in ("shifts", "tiles/slices", "slices/slices")
         and window_bytes <= MAX_WINDOW_BYTES
     )
@@ -73,7 +73,7 @@ def _rule(on: bool) -> Iterator[None]:
     """The rule as it is, or off (the one-shot stack): ``slices_tangent`` reads it at trace
     time from its module, so this swaps it there for the builds inside."""
     saved = slices.sliced_by_axis
-    slices.sliced_by_axis = saved if on else (lambda geom: False)
+    slices.sliced_by_axis = saved if on else (lambda *_: False)
     jax.clear_caches()  # traces are cached by function and shapes, not by this switch
     try:
         yield

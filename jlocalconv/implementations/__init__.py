@@ -213,7 +213,7 @@ def choose(
         return "slices/slices" if by_rows else "slices"
     if _loop_values(geom, batch, filters, itemsize):
         return "tiles/slices"
-    return "slices/slices" if by_rows or sliced_by_axis(geom) else "slices"
+    return "slices/slices" if by_rows or sliced_by_axis(geom, batch, itemsize) else "slices"
 
 
 def _loop_values(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:

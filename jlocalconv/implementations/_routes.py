@@ -77,7 +77,7 @@ def differentiated(
         rows_kernel_tangent,
         geom=geom,
         preferred_element_type=options.get("preferred_element_type"),
-        by_axis=sliced_by_axis(geom),
+        by_axis=sliced_by_axis(geom, batch, itemsize),
         fuse=False,
     )
     return split_bilinear(values, tangent, for_kernel)

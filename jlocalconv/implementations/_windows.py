@@ -51,6 +51,16 @@ BY_AXIS_MIN_OFFSETS = 20
 # 3d (0.9-1.3x across runs). Strided ones (sweep seeds 5 and 6, 1.26-3.75) ran 0.34-1.15x
 # the time but held up to 2.4x, over lax's on six of 27.
 SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT = 1.25
+# Any window goes axis by axis where that stage's input (the ratio times the window
+# tensor) is at most SLICED_BY_AXIS_MAX_STAGE_BYTES: the extra memory is then small in
+# absolute terms. value_and_grad of "auto" with and without it (one process, alternated,
+# float32) on 50 strided sweep problems of seeds 2-20 that "auto" differentiates by
+# "slices": up to 1 MiB (31 problems) 0.31-1.06x the time (under 0.6x on 14: s20-20 0.42x,
+# s20-47 0.45x, s20-15 0.52x, s2-3 0.45x, s11-54 0.31x), compile time mostly 0.4-0.8x
+# (s13-30 1.9 -> 0.6 s), temp at most 0.9 MiB over the one-shot stack's and 0.6 MiB over
+# lax's; from 1.5 MiB it held 1.7-2.5 MiB more (over lax's + 1 MiB on s5-29 and s17-57),
+# from 7 MiB it ran up to 1.5x slower (s5-10, s15-8, s19-50).
+SLICED_BY_AXIS_MAX_STAGE_BYTES = 1 << 20
 # XLA's CPU backend fuses a concatenate of at most STACK_FUSION_MAX_PARTS operands, with
 # the slices that feed it, into one loop; from nine operands on it launches one fusion
 # per slice, each writing its own buffer, and copies them into the concatenate (a 3x3
@@ -217,23 +227,29 @@ def by_axis_derivatives(geom: Geometry) -> bool:
     return geom.window_items >= BY_AXIS_MIN_OFFSETS
 
 
-def sliced_by_axis(geom: Geometry) -> bool:
-    """Whether differentiated "slices" builds ``geom``'s windows axis by axis
-    (``SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT``).
+def sliced_by_axis(geom: Geometry, batch: int, itemsize: int) -> bool:
+    """Whether differentiated "slices" builds ``geom``'s windows axis by axis: windows
+    of at least ``BY_AXIS_MIN_OFFSETS`` offsets whose last stage (:func:`_stage_order`)
+    has at most ``SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT`` input elements per output index
+    along its axis, or an input of at most ``SLICED_BY_AXIS_MAX_STAGE_BYTES`` (that
+    ratio times the :func:`window_bytes` of ``batch`` rows of ``itemsize`` bytes).
 
     >>> from jlocalconv.geometry import make_geometry
-    >>> sliced_by_axis(make_geometry((32, 28, 28, 1), 5))  # 25 offsets, 28 rows -> 24
+    >>> sliced_by_axis(make_geometry((32, 28, 28, 1), 5), 32, 4)  # 25 offsets, 28 rows -> 24
     True
-    >>> sliced_by_axis(make_geometry((32, 28, 28, 1), 5, 2))  # strided: 28 rows -> 12
-    False
-    >>> sliced_by_axis(make_geometry((32, 28, 28, 1), 3))  # 9 offsets
+    >>> strided = make_geometry((256, 28, 28, 1), 5, 2)  # 28 rows -> 12: 8.6 MB of stage
+    >>> sliced_by_axis(strided, 256, 4), sliced_by_axis(strided, 8, 4)  # or 0.27 MB
+    (False, True)
+    >>> sliced_by_axis(make_geometry((32, 28, 28, 1), 3), 32, 4)  # 9 offsets
     False
     """
     if not by_axis_derivatives(geom):
         return False
     full = padded(geom)
     last = _stage_order(full)[-1]
-    return full.spatial_shape[last] / full.output_shape[last] <= SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT
+    ratio = full.spatial_shape[last] / full.output_shape[last]
+    stage_bytes = ratio * window_bytes(geom, batch, itemsize)
+    return ratio <= SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT or stage_bytes <= SLICED_BY_AXIS_MAX_STAGE_BYTES
 
 
 def _windows_by_axis(inputs: jax.Array, geom: Geometry, fuse: bool = False) -> jax.Array:

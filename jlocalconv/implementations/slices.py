@@ -11,8 +11,8 @@ Everything is plain ``lax``, so "slices" also serves as the tangent route of
 differentiated: the axis-by-axis stack (which "tiles" differentiates from) held 4-8x the
 window tensor's bytes in value_and_grad on strided and 3-D problems, the one-shot stack
 2x (sweep seed 5: 33 against 8 MiB); the tangent route stacks axis by axis only where
-the last stage's input is about its output (unstrided windows: see
-``_windows.SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT``).
+the last stage's input is about its output (unstrided windows) or small (see
+``_windows.SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT`` and ``SLICED_BY_AXIS_MAX_STAGE_BYTES``).
 """
 
 from __future__ import annotations
@@ -53,5 +53,6 @@ def slices_tangent(
     :func:`~jlocalconv.implementations._bilinear.split_bilinear` in "tiles/slices" and
     "shifts". Windows are stacked axis by axis where
     :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so: on unstrided
-    windows of many offsets XLA compiles and runs that transpose faster."""
-    return local_conv_slices(inputs, kernel, geom, by_axis=sliced_by_axis(geom), **options)
+    or small windows of many offsets XLA compiles and runs that transpose faster."""
+    by_axis = sliced_by_axis(geom, inputs.shape[0], inputs.dtype.itemsize)
+    return local_conv_slices(inputs, kernel, geom, by_axis=by_axis, **options)
