@@ -249,7 +249,8 @@ def sliced_by_axis(geom: Geometry, batch: int, itemsize: int) -> bool:
     last = _stage_order(full)[-1]
     ratio = full.spatial_shape[last] / full.output_shape[last]
     stage_bytes = ratio * window_bytes(geom, batch, itemsize)
-    return ratio <= SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT or stage_bytes <= SLICED_BY_AXIS_MAX_STAGE_BYTES
+    small = stage_bytes <= SLICED_BY_AXIS_MAX_STAGE_BYTES
+    return ratio <= SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT or small
 
 
 def _windows_by_axis(inputs: jax.Array, geom: Geometry, fuse: bool = False) -> jax.Array:
