@@ -797,6 +797,7 @@ def test_slices_derivatives_keep_the_contraction_where_the_kernel_dominates():
         ((2, 2, 9, 9, 6), (3, 3, 3), 1, "same", "channels_first"),  # 27 offsets, 3-D
         ((5, 10, 21, 2), (8, 8), (2, 3), "valid", "channels_last"),  # strided, small
         ((2, 3, 7, 10, 4), (2, 8, 3), (1, 2, 1), "same", "channels_first"),  # 3-D, strided
+        ((4, 9, 11, 3), (3, 3), (1, 2), "same", "channels_last"),  # 9 offsets, small
     ],
 )
 def test_slices_tangent_by_axis_matches_the_one_shot_route(shape, ks, strides, pad, fmt):

@@ -59,8 +59,12 @@ SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT = 1.25
 # s20-47 0.45x, s20-15 0.52x, s2-3 0.45x, s11-54 0.31x), compile time mostly 0.4-0.8x
 # (s13-30 1.9 -> 0.6 s), temp at most 0.9 MiB over the one-shot stack's and 0.6 MiB over
 # lax's; from 1.5 MiB it held 1.7-2.5 MiB more (over lax's + 1 MiB on s5-29 and s17-57),
-# from 7 MiB it ran up to 1.5x slower (s5-10, s15-8, s19-50).
+# from 7 MiB it ran up to 1.5x slower (s5-10, s15-8, s19-50). Small stages pay from
+# SLICED_BY_AXIS_MIN_OFFSETS offsets on: on 20 sweep problems of 8-19 offsets in two or
+# more axes (seeds 2-19) 0.46-1.02x the time, 0.84x the geometric mean, but for a 0.07 ms
+# one (s18-9, 1.29x).
 SLICED_BY_AXIS_MAX_STAGE_BYTES = 1 << 20
+SLICED_BY_AXIS_MIN_OFFSETS = 8
 # XLA's CPU backend fuses a concatenate of at most STACK_FUSION_MAX_PARTS operands, with
 # the slices that feed it, into one loop; from nine operands on it launches one fusion
 # per slice, each writing its own buffer, and copies them into the concatenate (a 3x3
@@ -231,8 +235,9 @@ def sliced_by_axis(geom: Geometry, batch: int, itemsize: int) -> bool:
     """Whether differentiated "slices" builds ``geom``'s windows axis by axis: windows
     of at least ``BY_AXIS_MIN_OFFSETS`` offsets whose last stage (:func:`_stage_order`)
     has at most ``SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT`` input elements per output index
-    along its axis, or an input of at most ``SLICED_BY_AXIS_MAX_STAGE_BYTES`` (that
-    ratio times the :func:`window_bytes` of ``batch`` rows of ``itemsize`` bytes).
+    along its axis, and windows of at least ``SLICED_BY_AXIS_MIN_OFFSETS`` whose last
+    stage has an input of at most ``SLICED_BY_AXIS_MAX_STAGE_BYTES`` (that ratio times
+    the :func:`window_bytes` of ``batch`` rows of ``itemsize`` bytes).
 
     >>> from jlocalconv.geometry import make_geometry
     >>> sliced_by_axis(make_geometry((32, 28, 28, 1), 5), 32, 4)  # 25 offsets, 28 rows -> 24
@@ -240,17 +245,18 @@ def sliced_by_axis(geom: Geometry, batch: int, itemsize: int) -> bool:
     >>> strided = make_geometry((256, 28, 28, 1), 5, 2)  # 28 rows -> 12: 8.6 MB of stage
     >>> sliced_by_axis(strided, 256, 4), sliced_by_axis(strided, 8, 4)  # or 0.27 MB
     (False, True)
-    >>> sliced_by_axis(make_geometry((32, 28, 28, 1), 3), 32, 4)  # 9 offsets
-    False
+    >>> three = make_geometry((64, 28, 28, 1), 3)  # 9 offsets: 1.7 MB of stage, or 0.2
+    >>> sliced_by_axis(three, 64, 4), sliced_by_axis(three, 8, 4)
+    (False, True)
     """
-    if not by_axis_derivatives(geom):
+    if geom.window_items < SLICED_BY_AXIS_MIN_OFFSETS:
         return False
     full = padded(geom)
     last = _stage_order(full)[-1]
     ratio = full.spatial_shape[last] / full.output_shape[last]
-    stage_bytes = ratio * window_bytes(geom, batch, itemsize)
-    small = stage_bytes <= SLICED_BY_AXIS_MAX_STAGE_BYTES
-    return ratio <= SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT or small
+    if ratio <= SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT and by_axis_derivatives(geom):
+        return True
+    return ratio * window_bytes(geom, batch, itemsize) <= SLICED_BY_AXIS_MAX_STAGE_BYTES
 
 
 def _windows_by_axis(inputs: jax.Array, geom: Geometry, fuse: bool = False) -> jax.Array:
