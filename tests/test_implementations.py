@@ -22,7 +22,7 @@ from reference import local_conv_ref
 import jlocalconv
 from jlocalconv import implementations
 from jlocalconv.geometry import make_geometry
-from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, choose
+from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, _routes, choose
 from jlocalconv.implementations import tiles as tiles_module
 from jlocalconv.implementations._windows import (
     STACK_FUSION_MAX_BYTES,
@@ -356,7 +356,8 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     cheap = kernel_bound or geom.window_items <= 4 or geom.ndim == 1
     # sliced_by_axis: its own doctests and the slices_tangent tests below
     by_axis = sliced_by_axis(geom, batch, 4)
-    sliced_values = "slices/slices" if not cheap and by_axis else "slices"
+    kernel_major = batch > 1 and filters >= 4 * batch  # the inputs' gradient kernel first
+    sliced_values = "slices/slices" if kernel_major or (not cheap and by_axis) else "slices"
     want = "tiles" if not sliced else sliced_values if values_sliced else "tiles/slices"
     assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else want)
     for backend in ("gpu", "tpu"):
@@ -400,7 +401,7 @@ def test_auto_specific_choices():
     d = make_geometry((1, 32, 32, 64), 3)  # batch 1: the kernel is all that matters
     assert plan_tiles(d, 1, 64, 4) == TilePlan(0, 3, one_shot_forward=True)
     yolo = make_geometry((8, 7, 7, 1024), 3, padding="same")  # a 441 MiB kernel
-    assert choose(yolo, 8, 256, jnp.float32, "cpu") == "slices"
+    assert choose(yolo, 8, 256, jnp.float32, "cpu") == "slices/slices"  # kernel first
     assert choose(d, 1, 64, jnp.float32, "cpu") == "tiles"  # one row: see choose
     tiny = make_geometry((2, 6, 6, 20), 3)  # values: one tile, one contraction
     assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices/slices"  # kernel grad by rows
@@ -783,11 +784,55 @@ def test_slices_derivatives_take_the_kernel_gradient_by_rows(shape, ks, st, pad,
 
 def test_slices_derivatives_keep_the_contraction_where_the_kernel_dominates():
     """YOLOv1's local layer (8 rows, 256 filters): the kernel gradient stays one
-    contraction per position (the rows' products held twice the temporaries there)."""
+    contraction per position (the rows' products held twice the temporaries there); the
+    inputs' gradient goes kernel first, hence the composite name."""
     geom = make_geometry((8, 7, 7, 1024), 3, padding="same")
     assert tiles_module.kernel_tangent_by_rows(geom, 8, 4)
     assert not tiles_module.sliced_kernel_tangent_by_rows(geom, 8, 256, 4)
-    assert choose(geom, 8, 256, jnp.float32, "cpu") == "slices"
+    assert _routes.kernel_major_inputs_gradient(8, 256)
+    assert choose(geom, 8, 256, jnp.float32, "cpu") == "slices/slices"
+
+
+@pytest.mark.parametrize(
+    "shape, ks, strides, filters, fmt",
+    [
+        ((3, 6, 20, 20), (5, 8), (1, 2), 26, "channels_last"),  # 2-D, by axis too
+        ((2, 20, 11, 9, 7), (2, 3, 2), 1, 40, "channels_first"),  # 3-D
+        ((4, 30, 20), 3, 2, 64, "channels_last"),  # 1-D, strided
+    ],
+)
+def test_inputs_gradient_kernel_first_matches_the_reference(shape, ks, strides, filters, fmt):
+    """Where filters outnumber rows "slices" derivatives take the inputs' gradient
+    kernel first (``_routes.kernel_major_inputs_gradient``): "auto"'s values, gradients,
+    forward-mode derivatives and batched gradients must match the float64 reference and
+    "patches", and the transposed program must hold the kernel-first product behind its
+    barrier."""
+    geom = make_geometry(shape, ks, strides, data_format=fmt)
+    assert _routes.kernel_major_inputs_gradient(shape[0], filters)
+    name = choose(geom, shape[0], filters, jnp.float32, "cpu")
+    assert name.endswith("slices")
+    rng = np.random.default_rng(3)
+    x, dx = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    k, dk = (rng.standard_normal(geom.kernel_shape(filters)).astype(np.float32) for _ in range(2))
+    w = rng.standard_normal(geom.result_shape(shape[0], filters)).astype(np.float32)
+    ref = lambda x, k: local_conv_ref(x, k, geom.kernel_size, geom.strides, fmt)
+    run = implementations.lookup(name)
+    op = lambda x, k: run(x, k, geom, precision="highest", preferred_element_type=None)
+    np.testing.assert_allclose(op(x, k), ref(x, k), rtol=1e-5, atol=1e-4)
+    gx, gk = _grads(op, x, k, w)
+    # <f(x, k), w> is bilinear: <grad_x, dx> = <f(dx, k), w>, <grad_k, dk> = <f(x, dk), w>
+    np.testing.assert_allclose(np.vdot(gx, dx), np.vdot(ref(dx, k), w), rtol=1e-4)
+    np.testing.assert_allclose(np.vdot(gk, dk), np.vdot(ref(x, dk), w), rtol=1e-4)
+    patches = lambda x, k: IMPLEMENTATIONS["patches"](x, k, geom, precision="highest")
+    for ours, theirs in zip((gx, gk), _grads(patches, x, k, w)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    forward = jax.jvp(op, (x, k), (dx, np.zeros_like(k)))[1]
+    np.testing.assert_allclose(forward, ref(dx, k), rtol=1e-5, atol=1e-4)
+    one_row = lambda x, w: jax.grad(lambda x: jnp.sum(op(x[None], k)[0] * w))(x)
+    rows = jax.vmap(one_row)(x, w)  # per-row gradients, batched: the same sums
+    np.testing.assert_allclose(rows, gx, rtol=1e-5, atol=1e-5)
+    program = jax.jit(jax.grad(lambda x: jnp.sum(op(x, k) * w))).lower(x).as_text()
+    assert "optimization_barrier" in program
 
 
 @pytest.mark.parametrize(

@@ -149,8 +149,10 @@ def choose(
          axis by axis where :func:`~jlocalconv.implementations._windows.sliced_by_axis`
          says so), else by the "tiles" loop;
       3. values by "slices" where derivatives are ("slices"; ``"slices/slices"``
-         where the derivatives stack windows axis by axis or take the kernel gradient
-         by rows: :func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows`),
+         where the derivatives stack windows axis by axis, take the kernel gradient
+         by rows (:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows`)
+         or the inputs' gradient kernel first
+         (:func:`~jlocalconv.implementations._routes.kernel_major_inputs_gradient`)),
          except by "tiles"
          (``"tiles/slices"``) where the tile loop contracts each position with its
          own dot over more than one tile (``TilePlan.per_position_values``; see
@@ -208,12 +210,13 @@ def choose(
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     cheap_windows = geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
     # One route; composed where the tangent differs from "slices" itself.
-    by_rows = sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize)
+    differs = sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize)
+    differs = differs or _routes.kernel_major_inputs_gradient(batch, filters)
     if kernel_bound or cheap_windows:
-        return "slices/slices" if by_rows else "slices"
+        return "slices/slices" if differs else "slices"
     if _loop_values(geom, batch, filters, itemsize):
         return "tiles/slices"
-    return "slices/slices" if by_rows or sliced_by_axis(geom, batch, itemsize) else "slices"
+    return "slices/slices" if differs or sliced_by_axis(geom, batch, itemsize) else "slices"
 
 
 def _loop_values(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:

@@ -89,6 +89,34 @@ def contract(
     )
 
 
+def contract_kernel_major(
+    patches: jax.Array,
+    kernel: jax.Array,
+    precision: lax.PrecisionLike,
+    preferred_element_type: jax.typing.DTypeLike | None,
+) -> jax.Array:
+    """:func:`contract` as ``(P, F, B)`` kernel first, for a tangent that reverse mode
+    transposes into the windows' cotangent.
+
+    That transpose is then the kernel ``(P, features, F)`` contracted on its last axis with
+    the cotangent as second operand, a form XLA's CPU backend runs fast (see
+    ``_routes.KERNEL_MAJOR_MIN_FILTERS_PER_ROW``), and a ``(P, features, B)`` result that
+    is then transposed. The optimization barrier keeps XLA from folding that transpose
+    back into the dot (which gives the slow form again); it is linear, so ``jvp``,
+    ``vmap`` and transposition go through it. Same values as :func:`contract`.
+    """
+    kernel = kernel.astype(patches.dtype)  # as in contract
+    batch_minor = lax.optimization_barrier(jnp.swapaxes(patches, 1, 2))
+    out = lax.dot_general(
+        kernel,
+        batch_minor,
+        dimension_numbers=(((1,), (1,)), ((0,), (0,))),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return jnp.swapaxes(out, 1, 2)
+
+
 def contract_per_position(
     patches: jax.Array,
     kernel: jax.Array,

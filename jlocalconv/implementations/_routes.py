@@ -38,6 +38,31 @@ _TANGENTS: dict[str, Callable[..., jax.Array]] = {
     "slices": slices_tangent,
 }
 DERIVATIVE_ROUTES = (*_TANGENTS, "tiles")
+# The inputs' gradient of a batched contraction is a batched dot of the cotangent with the
+# kernel that contracts the kernel's last (filter) axis; XLA's CPU backend runs that
+# transposed kernel far below its speed as a dot's first operand (a 91-position bank of
+# 2600 x 26, 3 rows: 24 ms against 3.6 ms). With at least KERNEL_MAJOR_MIN_FILTERS_PER_ROW
+# filters per batch row (the kernel outweighs the cotangent) "slices" derivatives write
+# the inputs' tangent kernel first (``_common.contract_kernel_major``). value_and_grad by
+# "slices" derivatives with and without it (one process, alternated), on 24 problems of
+# sweep seeds 2-21, the suite and the real layers with 4.4-218 filters per row: 0.47-0.63x
+# the time on nine (s21-25, s12-16, s13-24, s15-7, the suite's "same" 0.55x), 0.72-0.99x
+# on eleven (YOLOv1's local layer 0.88x), 1.03-1.16x on four (s18-45, 2.8 ms, the most);
+# temp memory unchanged. On 29 problems with 0.01-2.9 filters per row it ran 0.93-1.51x,
+# and with one row (a product of vectors) there is nothing to gain: 0.98-1.05x on six.
+KERNEL_MAJOR_MIN_FILTERS_PER_ROW = 4
+
+
+def kernel_major_inputs_gradient(batch: int, filters: int) -> bool:
+    """Whether "slices" derivatives take the inputs' gradient kernel first: at least two
+    batch rows and ``KERNEL_MAJOR_MIN_FILTERS_PER_ROW`` filters per row.
+
+    >>> kernel_major_inputs_gradient(8, 256), kernel_major_inputs_gradient(128, 16)
+    (True, False)
+    >>> kernel_major_inputs_gradient(1, 64)
+    False
+    """
+    return batch > 1 and filters >= KERNEL_MAJOR_MIN_FILTERS_PER_ROW * batch
 
 
 def differentiated(
@@ -69,9 +94,16 @@ def differentiated(
         return differentiated_by_loop(values, inputs, kernel, geom, **options)
     options.pop("window_dtype", None)
     tangent = functools.partial(_TANGENTS[route], geom=geom, **options)
-    batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
-    if route != "slices" or not sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize):
+    if route != "slices":
         return split_bilinear(values, tangent)
+    batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
+    # Only the inputs' tangent, which reverse mode transposes into their gradient: the
+    # differentiated values are computed forward, where kernel first is a transpose more.
+    on_inputs = tangent
+    if kernel_major_inputs_gradient(batch, filters):
+        on_inputs = functools.partial(tangent, kernel_major=True)
+    if not sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize):
+        return split_bilinear(values, on_inputs, tangent, tangent_value=tangent)
     # Windows stacked as the tangent's, in its dtype: XLA computes one tensor for both.
     for_kernel = functools.partial(
         rows_kernel_tangent,
@@ -80,4 +112,4 @@ def differentiated(
         by_axis=sliced_by_axis(geom, batch, itemsize),
         fuse=False,
     )
-    return split_bilinear(values, tangent, for_kernel)
+    return split_bilinear(values, on_inputs, for_kernel, tangent_value=tangent)

@@ -23,7 +23,11 @@ import jax
 from jax import lax
 
 from jlocalconv.geometry import Geometry
-from jlocalconv.implementations._common import contract, positions_to_result
+from jlocalconv.implementations._common import (
+    contract,
+    contract_kernel_major,
+    positions_to_result,
+)
 from jlocalconv.implementations._windows import pad_spatial, padded, sliced_by_axis, windows
 
 
@@ -35,14 +39,18 @@ def local_conv_slices(
     precision: lax.PrecisionLike = None,
     preferred_element_type: jax.typing.DTypeLike | None = None,
     by_axis: bool = False,
+    kernel_major: bool = False,
 ) -> jax.Array:
     """Local convolution via strided-slice windows + one ``dot_general``.
 
     ``by_axis`` stacks the windows one spatial axis at a time (the same values; see
-    :func:`~jlocalconv.implementations._windows.windows`).
+    :func:`~jlocalconv.implementations._windows.windows`); ``kernel_major`` contracts
+    kernel first (:func:`~jlocalconv.implementations._common.contract_kernel_major`: the
+    same values, a faster transpose in the inputs where filters outnumber batch rows).
     """
     patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis)
-    out = contract(patches, kernel, precision, preferred_element_type)
+    contraction = contract_kernel_major if kernel_major else contract
+    out = contraction(patches, kernel, precision, preferred_element_type)
     return positions_to_result(out, geom)
 
 
