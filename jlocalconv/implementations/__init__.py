@@ -187,7 +187,7 @@ def choose(
       >>> choose(make_geometry((32, 28, 28, 1), 5), 32, 8, "float32", "cpu")  # 1 channel
       'shifts'
       >>> choose(make_geometry((8, 7, 7, 1024), 3), 8, 256, "float32", "cpu")  # kernel-bound
-      'slices'
+      'slices/slices'
       >>> choose(make_geometry((32, 12, 12, 8), 6), 32, 8, "float32", "cpu")  # small windows
       'slices'
       >>> choose(make_geometry((2, 12, 12, 8), 6), 2, 8, "float32", "cpu")  # 2 rows: by rows
