@@ -235,8 +235,8 @@ def sliced_by_axis(geom: Geometry, batch: int, itemsize: int) -> bool:
     """Whether differentiated "slices" builds ``geom``'s windows axis by axis: windows
     of at least ``BY_AXIS_MIN_OFFSETS`` offsets whose last stage (:func:`_stage_order`)
     has at most ``SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT`` input elements per output index
-    along its axis, and windows of at least ``SLICED_BY_AXIS_MIN_OFFSETS`` whose last
-    stage has an input of at most ``SLICED_BY_AXIS_MAX_STAGE_BYTES`` (that ratio times
+    along its axis, and windows of at least ``SLICED_BY_AXIS_MIN_OFFSETS`` offsets whose
+    last stage has an input of at most ``SLICED_BY_AXIS_MAX_STAGE_BYTES`` (that ratio times
     the :func:`window_bytes` of ``batch`` rows of ``itemsize`` bytes).
 
     >>> from jlocalconv.geometry import make_geometry
