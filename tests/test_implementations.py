@@ -828,9 +828,9 @@ def test_inputs_gradient_kernel_first_matches_the_reference(shape, ks, strides, 
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
     forward = jax.jvp(op, (x, k), (dx, np.zeros_like(k)))[1]
     np.testing.assert_allclose(forward, ref(dx, k), rtol=1e-5, atol=1e-4)
-    one_row = lambda x, w: jax.grad(lambda x: jnp.sum(op(x[None], k)[0] * w))(x)
-    rows = jax.vmap(one_row)(x, w)  # per-row gradients, batched: the same sums
-    np.testing.assert_allclose(rows, gx, rtol=1e-5, atol=1e-5)
+    grad_x = lambda w: jax.grad(lambda x: jnp.sum(op(x, k) * w))(x)
+    batched = jax.vmap(grad_x)(np.stack([w, -2 * w]))  # through the barrier's batching
+    np.testing.assert_allclose(batched, np.stack([gx, -2 * gx]), rtol=1e-5, atol=1e-4)
     program = jax.jit(jax.grad(lambda x: jnp.sum(op(x, k) * w))).lower(x).as_text()
     assert "optimization_barrier" in program
 
