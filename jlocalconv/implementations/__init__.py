@@ -35,7 +35,6 @@ from jlocalconv.implementations.tiles import (
     kernel_dominates,
     local_conv_tiles,
     plan_tiles,
-    sliced_kernel_tangent_by_rows,
 )
 
 Implementation = Callable[..., jax.Array]
@@ -210,8 +209,7 @@ def choose(
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     cheap_windows = geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
     # One route; composed where the tangent differs from "slices" itself.
-    differs = sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize)
-    differs = differs or _routes.kernel_major_inputs_gradient(batch, filters)
+    differs = _routes.sliced_gradients_differ(geom, batch, filters, itemsize)
     if kernel_bound or cheap_windows:
         return "slices/slices" if differs else "slices"
     if _loop_values(geom, batch, filters, itemsize):

@@ -65,6 +65,22 @@ def kernel_major_inputs_gradient(batch: int, filters: int) -> bool:
     return batch > 1 and filters >= KERNEL_MAJOR_MIN_FILTERS_PER_ROW * batch
 
 
+def sliced_gradients_differ(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
+    """Whether the "slices" derivative route computes a gradient otherwise than "slices"
+    differentiated as it is: the kernel gradient by rows
+    (:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows`) or the
+    inputs' gradient kernel first (:func:`kernel_major_inputs_gradient`). (Its windows
+    may also be stacked axis by axis: ``_windows.sliced_by_axis``.)
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((32, 12, 12, 8), 6)
+    >>> sliced_gradients_differ(geom, 32, 8, 4), sliced_gradients_differ(geom, 2, 8, 4)
+    (False, True)
+    """
+    by_rows = sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize)
+    return by_rows or kernel_major_inputs_gradient(batch, filters)
+
+
 def differentiated(
     values: Bilinear,
     route: str,
