@@ -348,7 +348,13 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     kernel_bytes = 4 * geom.output_items * geom.feature_dim * filters
     in_budget = 3 * patch_bytes + (kernel_bytes if batch == 1 else 0) <= (32 << 20)
     compact = np.prod(geom.padded_shape) <= 32 * geom.output_items  # input per output
-    sliced = kernel_bound or (compact and in_budget)
+    # ... and the loop where 24+ offsets' transposed stack outweighs the contraction
+    transpose_bound = geom.window_items >= 24 and (
+        np.prod(geom.padded_shape) >= 1.4 * filters * geom.output_items
+    )
+    transpose_bound = transpose_bound and not sliced_by_axis(geom, batch, 4)
+    fits = compact and in_budget
+    sliced = kernel_bound or (fits and not transpose_bound)
     assert tiles_module.derivatives_by_slices(geom, batch, filters, 4) == sliced
     plan = plan_tiles(geom, batch, filters, 4)  # per_position_values: checked below
     loop_values = plan.per_position_values and np.prod(plan.counts(geom)) > 1
@@ -358,7 +364,9 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     by_axis = sliced_by_axis(geom, batch, 4)
     kernel_major = batch > 1 and filters >= 4 * batch  # the inputs' gradient kernel first
     sliced_values = "slices/slices" if kernel_major or (not cheap and by_axis) else "slices"
-    want = "tiles" if not sliced else sliced_values if values_sliced else "tiles/slices"
+    want = sliced_values if values_sliced else "tiles/slices"
+    if not sliced:
+        want = "slices/tiles" if fits and values_sliced else "tiles"
     assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else want)
     for backend in ("gpu", "tpu"):
         assert choose(geom, batch, filters, jnp.float32, backend) == "slices"
@@ -481,6 +489,42 @@ def test_auto_specific_choices():
     assert plan == TilePlan(0, 113, one_shot_forward=True) and plan.counts(dominated) == (9,)
     # Deterministic: the same arguments, the same answer.
     assert {choose(a, 32, 16, jnp.float32, "cpu") for _ in range(3)} == {"tiles"}
+
+
+def test_the_loop_differentiates_where_the_window_stack_transposes_slowly():
+    """Many offsets over an input large for the filters (``tiles.loop_transposes_faster``):
+    derivatives by the loop, values still by "slices" ("slices/tiles"); the bounds'
+    edges, and windows stacked axis by axis (whose transpose is cheap) keep "slices"."""
+    geom = make_geometry((15, 65, 25, 7), 9, 3)  # 81 offsets over 19 x 6 positions
+    ratio = np.prod(geom.padded_shape) / geom.output_items  # 14.25 inputs per output
+    most = int(ratio / tiles_module.LOOP_DERIVATIVES_MIN_INPUT_PER_FILTER)  # 10 filters
+    assert tiles_module.loop_transposes_faster(geom, 15, most, 4)
+    assert not tiles_module.loop_transposes_faster(geom, 15, most + 1, 4)
+    assert not tiles_module.derivatives_by_slices(geom, 15, most, 4)
+    assert choose(geom, 15, most, jnp.float32, "cpu") == "slices/tiles"
+    assert choose(geom, 15, most, jnp.bfloat16, "cpu") == "slices/tiles"  # computed in f32
+    assert choose(geom, 15, most + 1, jnp.float32, "cpu") == "slices/slices"
+    # One row: a 0.26 MB window tensor, stacked axis by axis in "slices" derivatives
+    assert sliced_by_axis(geom, 1, 4) and not tiles_module.loop_transposes_faster(geom, 1, 2, 4)
+    # Offsets: 24 along one axis, 23 not (the same 20 x 33 positions, 3.6 inputs each)
+    rows = [make_geometry((15, 20, 120, 7), (1, n), (1, 3)) for n in (24, 23)]
+    assert [g.output_shape for g in rows] == [(20, 33), (20, 33)]
+    assert tiles_module.loop_transposes_faster(rows[0], 15, 2, 4)
+    assert not tiles_module.loop_transposes_faster(rows[1], 15, 2, 4)
+    # The route computes the op: values by "slices", gradients by the loop (a scan)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(geom.input_shape(2)).astype(np.float32)
+    k = rng.standard_normal(geom.kernel_shape(most)).astype(np.float32)
+    w = rng.standard_normal(geom.result_shape(2, most)).astype(np.float32)
+    impl = implementations.lookup("slices/tiles")
+    run = lambda x, k: impl(x, k, geom, precision="highest", preferred_element_type=None)
+    ref = local_conv_ref(x, k, geom.kernel_size, geom.strides)
+    np.testing.assert_allclose(run(x, k), ref, rtol=1e-5, atol=1e-4)
+    assert "scan" not in str(jax.make_jaxpr(run)(x, k))
+    assert "scan" in str(jax.make_jaxpr(jax.grad(lambda x, k: jnp.sum(run(x, k) * w)))(x, k))
+    patches = lambda x, k: IMPLEMENTATIONS["patches"](x, k, geom, precision="highest")
+    for ours, theirs in zip(_grads(run, x, k, w), _grads(patches, x, k, w)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
 
 
 def test_auto_runs_the_chosen_implementation():

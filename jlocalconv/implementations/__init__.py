@@ -35,6 +35,7 @@ from jlocalconv.implementations.tiles import (
     kernel_dominates,
     local_conv_tiles,
     plan_tiles,
+    sliced_windows_fit,
 )
 
 Implementation = Callable[..., jax.Array]
@@ -144,9 +145,12 @@ def choose(
          :func:`~jlocalconv.implementations.tiles.derivatives_by_slices` says so (a
          dominant kernel, disjoint windows, or three window tensors within
          ``SLICED_DERIVATIVES_BYTES`` over an input at most
-         ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` times the output; windows stacked
-         axis by axis where :func:`~jlocalconv.implementations._windows.sliced_by_axis`
-         says so), else by the "tiles" loop;
+         ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` times the output, unless
+         :func:`~jlocalconv.implementations.tiles.loop_transposes_faster`: many offsets
+         over an input large for the filters; windows stacked axis by axis where
+         :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so), else by
+         the "tiles" loop (``"slices/tiles"`` where only the transposition decided it
+         and rule 3 gives values to "slices");
       3. values by "slices" where derivatives are ("slices"; ``"slices/slices"``
          where the derivatives stack windows axis by axis, take the kernel gradient
          by rows (:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows`)
@@ -174,7 +178,8 @@ def choose(
       backend: ``jax.default_backend()`` (e.g. ``"cpu"``, ``"gpu"``, ``"tpu"``).
 
     Returns:
-      A key of ``IMPLEMENTATIONS``, ``"tiles/slices"`` or ``"slices/slices"``.
+      A key of ``IMPLEMENTATIONS``, ``"tiles/slices"``, ``"slices/slices"`` or
+      ``"slices/tiles"``.
 
     Example:
       >>> from jlocalconv.geometry import make_geometry
@@ -198,16 +203,24 @@ def choose(
       'tiles/slices'
       >>> choose(make_geometry((32, 705, 11), 5), 32, 24, "float32", "cpu")  # 1-D
       'slices'
+      >>> strided = make_geometry((15, 65, 25, 7), 9, 3)  # 81 offsets, 14 inputs per output
+      >>> choose(strided, 15, 5, "float32", "cpu"), choose(strided, 15, 16, "float32", "cpu")
+      ('slices/tiles', 'slices/slices')
     """
     if backend != "cpu":
         return "slices"
     if _shifts_values(geom, filters):
         return "shifts"  # values without windows; its derivatives pick their own route
     itemsize = max(np.dtype(dtype).itemsize, 4)  # 16-bit floats are computed in float32
-    if not derivatives_by_slices(geom, batch, filters, itemsize):
-        return "tiles"
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     cheap_windows = geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
+    if not derivatives_by_slices(geom, batch, filters, itemsize):
+        # The loop differentiates; where only because it transposes the windows faster
+        # (their tensor fits), values still follow rule 3.
+        if not sliced_windows_fit(geom, batch, filters, itemsize):
+            return "tiles"
+        loop_values = not cheap_windows and _loop_values(geom, batch, filters, itemsize)
+        return "tiles" if loop_values else "slices/tiles"
     # One route; composed where the tangent differs from "slices" itself.
     differs = _routes.sliced_gradients_differ(geom, batch, filters, itemsize)
     if kernel_bound or cheap_windows:

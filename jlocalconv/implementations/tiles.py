@@ -45,6 +45,7 @@ from jlocalconv.implementations._windows import (
     input_per_output,
     pad_spatial,
     padded,
+    sliced_by_axis,
     spatial_axis,
     window_bytes,
     windows,
@@ -84,6 +85,22 @@ SLICED_DERIVATIVES_BYTES = 32 << 20
 # over 6 positions), one 1.25x slower; none of the 100 below was 2x faster in the loop
 # but one 2 ms problem.
 SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT = 32
+# ... nor, below that, where the stack's transpose outweighs the contraction itself: it
+# sums every offset's padded slice over the whole input (``padded input * window_items``
+# additions per batch row and channel) while the contraction does ``output_items *
+# window_items * filters`` multiply-adds, so their ratio is ``input_per_output /
+# filters``; the loop transposes one tile's windows at a time, axis by axis. Where that
+# ratio is at least LOOP_DERIVATIVES_MIN_INPUT_PER_FILTER over at least
+# LOOP_DERIVATIVES_MIN_OFFSETS offsets (and the windows are not stacked axis by axis,
+# ``_windows.sliced_by_axis``), the loop differentiates. value_and_grad with the loop's
+# derivatives against "slices"' (values unchanged; one process, alternated) on the 56
+# such problems of sweep seeds 2-21: 0.67x the time (geometric mean; 0.26-0.6x on 20,
+# e.g. s22-38's class: 81 offsets of 7 channels, stride 3, 5 filters), 1.1-1.28x on six
+# (1.7-4.6 ms), compile 0.76x; temp memory down on 51, up on five by at most 2.1 MiB
+# (s12-41: 2.0 -> 4.1, lax 2.1). Fewer offsets or more filters were mixed (0.7-5.8x:
+# s16-48, 12 offsets and 161 filters, 5.8x).
+LOOP_DERIVATIVES_MIN_OFFSETS = 24
+LOOP_DERIVATIVES_MIN_INPUT_PER_FILTER = 1.4
 # Undifferentiated values of tiles of at most PER_POSITION_MAX_POSITIONS positions and
 # batches of at most PER_POSITION_MAX_BATCH rows take one dot per position: XLA's CPU
 # backend runs a batched dot of such thin matrices on one core, independent dots
@@ -171,11 +188,9 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
 
     True where the kernel dominates (``batch > 1`` and ``batch * MIN_TILES < filters``:
     one contraction reads it once and writes its gradient once), for disjoint windows
-    (:func:`~jlocalconv.implementations._windows.disjoint`), and wherever three window
-    tensors (``itemsize * batch * output_items * feature_dim`` bytes each), plus the
-    kernel for a batch of one, fit in ``SLICED_DERIVATIVES_BYTES`` and there are at most
-    ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` padded input elements per output position
-    (:func:`~jlocalconv.implementations._windows.input_per_output`).
+    (:func:`~jlocalconv.implementations._windows.disjoint`), and wherever the window
+    tensors fit (:func:`sliced_windows_fit`) unless the loop transposes them faster
+    (:func:`loop_transposes_faster`).
 
     >>> from jlocalconv.geometry import make_geometry
     >>> derivatives_by_slices(make_geometry((2, 12, 12, 8), 6), 2, 8, itemsize=4)
@@ -191,10 +206,45 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
         return True
     if disjoint(geom):
         return True
+    fits = sliced_windows_fit(geom, batch, filters, itemsize)
+    return fits and not loop_transposes_faster(geom, batch, filters, itemsize)
+
+
+def sliced_windows_fit(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
+    """Whether three window tensors (``itemsize * batch * output_items * feature_dim``
+    bytes each), plus the kernel for a batch of one, fit in ``SLICED_DERIVATIVES_BYTES``
+    over an input of at most ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` padded elements
+    per output position (:func:`~jlocalconv.implementations._windows.input_per_output`).
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> sliced_windows_fit(make_geometry((8, 24, 24, 32), 3), 8, 64, itemsize=4)
+    True
+    >>> sliced_windows_fit(make_geometry((64, 40, 40, 8), 6), 64, 8, itemsize=4)
+    False
+    """
     if input_per_output(geom) > SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT:
         return False
     one_row = window_bytes(geom, 1, itemsize) * filters if batch == 1 else 0
     return 3 * window_bytes(geom, batch, itemsize) + one_row <= SLICED_DERIVATIVES_BYTES
+
+
+def loop_transposes_faster(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
+    """Whether the tile loop differentiates faster than the one-shot window stack of
+    "slices" whatever the budget: at least ``LOOP_DERIVATIVES_MIN_OFFSETS`` offsets, at
+    least ``LOOP_DERIVATIVES_MIN_INPUT_PER_FILTER`` padded input elements per output
+    position and filter, and windows not stacked axis by axis
+    (:func:`~jlocalconv.implementations._windows.sliced_by_axis`, whose transpose is cheap).
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((15, 65, 25, 7), 9, 3)  # 81 offsets, 14.3 inputs per output
+    >>> loop_transposes_faster(geom, 15, 5, 4), loop_transposes_faster(geom, 15, 16, 4)
+    (True, False)
+    """
+    if geom.window_items < LOOP_DERIVATIVES_MIN_OFFSETS:
+        return False
+    if input_per_output(geom) < LOOP_DERIVATIVES_MIN_INPUT_PER_FILTER * filters:
+        return False
+    return not sliced_by_axis(geom, batch, itemsize)
 
 
 def kernel_tangent_by_rows(geom: Geometry, batch: int, itemsize: int) -> bool:
