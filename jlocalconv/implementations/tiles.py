@@ -92,13 +92,15 @@ SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT = 32
 # filters``; the loop transposes one tile's windows at a time, axis by axis. Where that
 # ratio is at least LOOP_DERIVATIVES_MIN_INPUT_PER_FILTER over at least
 # LOOP_DERIVATIVES_MIN_OFFSETS offsets (and the windows are not stacked axis by axis,
-# ``_windows.sliced_by_axis``), the loop differentiates. value_and_grad with the loop's
-# derivatives against "slices"' (values unchanged; one process, alternated) on the 56
-# such problems of sweep seeds 2-21: 0.67x the time (geometric mean; 0.26-0.6x on 20,
-# e.g. s22-38's class: 81 offsets of 7 channels, stride 3, 5 filters), 1.1-1.28x on six
-# (1.7-4.6 ms), compile 0.76x; temp memory down on 51, up on five by at most 2.1 MiB
-# (s12-41: 2.0 -> 4.1, lax 2.1). Fewer offsets or more filters were mixed (0.7-5.8x:
-# s16-48, 12 offsets and 161 filters, 5.8x).
+# ``_windows.sliced_by_axis``), the loop differentiates. Found on sweep seed 22's worst
+# cases (s22-38: 81 offsets of 7 channels, stride 3, 5 filters, "slices" derivatives 2.4x
+# the loop's time). value_and_grad with the loop's derivatives against "slices"' (values
+# unchanged; one process, alternated) on the 56 such problems of seeds 2-21: 0.67x the
+# time (geometric mean; 0.26-0.6x on 20), 1.1-1.28x on six (1.7-4.6 ms), compile 0.76x;
+# temp memory down on 51, up on five by at most 2.1 MiB (s12-41: 2.0 -> 4.1, lax 2.1).
+# Fewer offsets or more filters were mixed (0.7-5.8x: s16-48, 12 offsets and 161
+# filters, 5.8x). On the 15 such problems of seeds 23-29, drawn after this was fixed:
+# 0.87x (0.39-0.98x on ten, 1.01-1.49x on five), temp memory down on twelve.
 LOOP_DERIVATIVES_MIN_OFFSETS = 24
 LOOP_DERIVATIVES_MIN_INPUT_PER_FILTER = 1.4
 # Undifferentiated values of tiles of at most PER_POSITION_MAX_POSITIONS positions and
