@@ -126,7 +126,7 @@ def choose(
 
     The cost model (deterministic: no timing, the same arguments give the same name;
     constants tuned on the bench suite and sweep seeds 2 and 5-9, evaluated on seeds 10
-    and 11; later bounds each evaluated on a seed drawn after it, the last on seed 22)
+    and 11; later bounds each evaluated on a seed drawn after it, the last on seed 23)
     picks one route for undifferentiated values and one for derivatives; a name
     ``"values/derivatives"`` (e.g. ``"tiles/slices"``) says they differ (:func:`composed`).
 
