@@ -525,6 +525,14 @@ def test_the_loop_differentiates_where_the_window_stack_transposes_slowly():
     patches = lambda x, k: IMPLEMENTATIONS["patches"](x, k, geom, precision="highest")
     for ours, theirs in zip(_grads(run, x, k, w), _grads(patches, x, k, w)):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+    # "shifts" (4 channels) differentiates such windows by the loop too (sweep s22-5)
+    few = make_geometry((13, 24, 9, 15, 4), (4, 3, 6), (2, 3, 3), "same")
+    assert choose(few, 13, 2, jnp.float32, "cpu") == "shifts"
+    assert tiles_module.loop_transposes_faster(few, 13, 2, 4)
+    x = jax.ShapeDtypeStruct(few.input_shape(13), jnp.float32)
+    k = jax.ShapeDtypeStruct(few.kernel_shape(2), jnp.float32)
+    loss = lambda x, k: jnp.sum(local_conv_shifts(x, k, few))
+    assert "scan" in str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, k))
 
 
 def test_auto_runs_the_chosen_implementation():
