@@ -213,21 +213,19 @@ def choose(
         return "shifts"  # values without windows; its derivatives pick their own route
     itemsize = max(np.dtype(dtype).itemsize, 4)  # 16-bit floats are computed in float32
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
-    cheap_windows = geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
+    plain = kernel_bound or geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
+    loop_values = not plain and _loop_values(geom, batch, filters, itemsize)  # rule 3
     if not derivatives_by_slices(geom, batch, filters, itemsize):
         # The loop differentiates; where only because it transposes the windows faster
         # (their tensor fits), values still follow rule 3.
-        if not sliced_windows_fit(geom, batch, filters, itemsize):
-            return "tiles"
-        loop_values = not cheap_windows and _loop_values(geom, batch, filters, itemsize)
-        return "tiles" if loop_values else "slices/tiles"
+        fits = sliced_windows_fit(geom, batch, filters, itemsize)
+        return "slices/tiles" if fits and not loop_values else "tiles"
+    if loop_values:
+        return "tiles/slices"
     # One route; composed where the tangent differs from "slices" itself.
     differs = _routes.sliced_gradients_differ(geom, batch, filters, itemsize)
-    if kernel_bound or cheap_windows:
-        return "slices/slices" if differs else "slices"
-    if _loop_values(geom, batch, filters, itemsize):
-        return "tiles/slices"
-    return "slices/slices" if differs or sliced_by_axis(geom, batch, itemsize) else "slices"
+    by_axis = not plain and sliced_by_axis(geom, batch, itemsize)
+    return "slices/slices" if differs or by_axis else "slices"
 
 
 def _loop_values(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
