@@ -794,6 +794,56 @@ def test_widened_rows_kernel_gradient_holds_exact_16_bit_windows():
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
 
 
+def test_widened_rows_windows_are_stored_in_16_bits(monkeypatch):
+    """Sweep problem s23-46 (bf16, 1-D windows over 339 channels, one filter): the
+    rows kernel gradient's window tensor costs its bf16 bytes and no more (compile
+    only). XLA moved the widening of plain bf16 windows into their stack and stored
+    them in float32 (42.3 MiB of temporaries against 28.1 stacked as bits)."""
+    geom = make_geometry((7, 539, 339), 6, dilation=3)
+    x = jax.ShapeDtypeStruct((7, 539, 339), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(1), jnp.bfloat16)
+    g = jax.ShapeDtypeStruct((7, *geom.output_shape, 1), jnp.float32)
+    assert choose(geom, 7, 1, jnp.bfloat16, "cpu") == "tiles"
+    assert tiles_module.kernel_tangent_by_rows(geom, 7, 4)
+
+    def temp():
+        jax.clear_caches()  # the rule is read at trace time
+        loss = lambda x, k, g: jnp.sum(
+            jlocalconv.local_conv(x, k, 6, 1, dilation=3).astype(jnp.float32) * g
+        )
+        compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k, g).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    by_rows = temp()
+    monkeypatch.setattr(tiles_module, "ROWS_KERNEL_TANGENT_MAX_BATCH", 0)
+    window_bf16 = 2 * 7 * geom.output_items * geom.feature_dim
+    assert by_rows <= temp() + window_bf16 + (1 << 20)
+
+
+def test_widened_rows_windows_differentiate_in_the_inputs():
+    """The 16-bit windows are stacked as integer bits, which have no derivative: the
+    kernel gradient still differentiates in the inputs (second order), as the
+    float32-windows route does up to bf16 rounding."""
+    geom = make_geometry((3, 9, 11, 4), (3, 2))
+    assert tiles_module.kernel_tangent_by_rows(geom, 3, 4)
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.standard_normal(geom.input_shape(3)), jnp.bfloat16)
+    k = jnp.asarray(rng.standard_normal(geom.kernel_shape(5)), jnp.bfloat16)
+
+    def second_order(f):
+        kernel_grad = lambda x: jax.grad(lambda k: jnp.sum(f(x, k).astype(jnp.float32) ** 2))(k)
+        norm = lambda x: jnp.sum(kernel_grad(x).astype(jnp.float32) ** 2)
+        return np.asarray(jax.grad(norm)(x), np.float32)
+
+    narrow = implementations.widened(local_conv_tiles)
+    got = second_order(lambda x, k: narrow(x, k, geom, precision=None, preferred_element_type=None))
+    wide = lambda x, k: local_conv_tiles(x.astype(jnp.float32), k, geom).astype(x.dtype)
+    want = second_order(wide)
+    scale = np.abs(want).max()
+    assert scale > 0
+    np.testing.assert_allclose(got, want, rtol=0, atol=2**-6 * scale)
+
+
 SLICED_ROWS = [  # (input shape, window, strides, padding, data format, filters)
     ((3, 12, 11, 4), (3, 2), (2, 1), "valid", "channels_last", 5),
     ((2, 3, 9, 9, 6), (3, 3, 3), 1, "same", "channels_first", 3),  # 27 offsets: by axis
