@@ -777,21 +777,32 @@ def test_widened_tile_loop_holds_no_float32_kernel(monkeypatch):
 def test_widened_rows_kernel_gradient_holds_exact_16_bit_windows():
     """Widened bf16 operands: the rows kernel gradient keeps its windows in bf16
     (``window_dtype``), which hold the widened inputs exactly, so the gradient is the
-    float32-windows one bit for bit (both accumulate in float32 and round once)."""
+    float32-windows one bit for bit (both accumulate in float32 and round once). The
+    windows are stacked as integer bits, which have no derivative: the kernel gradient
+    still differentiates in the inputs (second order), as the float32-windows one does
+    up to bf16 rounding."""
     geom = make_geometry((3, 9, 11, 4), (3, 2))
     assert tiles_module.kernel_tangent_by_rows(geom, 3, 4)
     rng = np.random.default_rng(7)
     x = jnp.asarray(rng.standard_normal(geom.input_shape(3)), jnp.bfloat16)
     k = jnp.asarray(rng.standard_normal(geom.kernel_shape(5)), jnp.bfloat16)
 
-    def kernel_grad(f):
+    def kernel_grad(f, x):
         return jax.grad(lambda k: jnp.sum(f(x, k).astype(jnp.float32) ** 2))(k)
 
+    def second_order(f):
+        norm = lambda x: jnp.sum(kernel_grad(f, x).astype(jnp.float32) ** 2)
+        return np.asarray(jax.grad(norm)(x), np.float32)
+
     narrow = implementations.widened(local_conv_tiles)
-    got = kernel_grad(lambda x, k: narrow(x, k, geom, precision=None, preferred_element_type=None))
-    wide = lambda x, k: local_conv_tiles(x.astype(jnp.float32), k, geom).astype(x.dtype)
-    want = kernel_grad(wide)
-    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    got = lambda x, k: narrow(x, k, geom, precision=None, preferred_element_type=None)
+    want = lambda x, k: local_conv_tiles(x.astype(jnp.float32), k, geom).astype(x.dtype)
+    np.testing.assert_array_equal(
+        np.asarray(kernel_grad(got, x), np.float32), np.asarray(kernel_grad(want, x), np.float32)
+    )
+    scale = np.abs(second_order(want)).max()
+    assert scale > 0
+    np.testing.assert_allclose(second_order(got), second_order(want), rtol=0, atol=2**-6 * scale)
 
 
 def test_widened_rows_windows_are_stored_in_16_bits(monkeypatch):
@@ -818,30 +829,6 @@ def test_widened_rows_windows_are_stored_in_16_bits(monkeypatch):
     monkeypatch.setattr(tiles_module, "ROWS_KERNEL_TANGENT_MAX_BATCH", 0)
     window_bf16 = 2 * 7 * geom.output_items * geom.feature_dim
     assert by_rows <= temp() + window_bf16 + (1 << 20)
-
-
-def test_widened_rows_windows_differentiate_in_the_inputs():
-    """The 16-bit windows are stacked as integer bits, which have no derivative: the
-    kernel gradient still differentiates in the inputs (second order), as the
-    float32-windows route does up to bf16 rounding."""
-    geom = make_geometry((3, 9, 11, 4), (3, 2))
-    assert tiles_module.kernel_tangent_by_rows(geom, 3, 4)
-    rng = np.random.default_rng(8)
-    x = jnp.asarray(rng.standard_normal(geom.input_shape(3)), jnp.bfloat16)
-    k = jnp.asarray(rng.standard_normal(geom.kernel_shape(5)), jnp.bfloat16)
-
-    def second_order(f):
-        kernel_grad = lambda x: jax.grad(lambda k: jnp.sum(f(x, k).astype(jnp.float32) ** 2))(k)
-        norm = lambda x: jnp.sum(kernel_grad(x).astype(jnp.float32) ** 2)
-        return np.asarray(jax.grad(norm)(x), np.float32)
-
-    narrow = implementations.widened(local_conv_tiles)
-    got = second_order(lambda x, k: narrow(x, k, geom, precision=None, preferred_element_type=None))
-    wide = lambda x, k: local_conv_tiles(x.astype(jnp.float32), k, geom).astype(x.dtype)
-    want = second_order(wide)
-    scale = np.abs(want).max()
-    assert scale > 0
-    np.testing.assert_allclose(got, want, rtol=0, atol=2**-6 * scale)
 
 
 SLICED_ROWS = [  # (input shape, window, strides, padding, data format, filters)
