@@ -321,48 +321,20 @@ def rows_kernel_tangent(
     """
     dtype = result_dtype(inputs, preferred_element_type)
     accumulate = jnp.promote_types(inputs.dtype, dtype)
+    if window_dtype is not None:
+        # A 16-bit residual, widened again inside the gradient's fused loop: float32
+        # windows of widened bf16 inputs held twice the bytes of lax's bf16 patches.
+        # Narrowing the inputs, not the windows, lets XLA cancel the widening.
+        inputs = inputs.astype(window_dtype)
     if by_axis is None:
         by_axis = geom.window_items >= ROWS_BY_AXIS_MIN_OFFSETS
-    if window_dtype is None:
-        patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis, fuse=fuse)
-    else:
-        patches = _narrow_windows(inputs, geom, jnp.dtype(window_dtype), by_axis, fuse)
+    patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis, fuse=fuse)
     filters = kernel.astype(accumulate)
     rows = [
         jnp.sum(patches[:, b, :, None].astype(accumulate) * filters, axis=1)
         for b in range(inputs.shape[0])
     ]
     return positions_to_result(jnp.stack(rows, axis=1).astype(dtype), geom)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
-def _narrow_windows(
-    inputs: jax.Array, geom: Geometry, dtype: np.dtype, by_axis: bool, fuse: bool
-) -> jax.Array:
-    """:func:`~jlocalconv.implementations._windows.windows` of ``inputs`` rounded to
-    ``dtype``, held in ``dtype`` (16-bit windows of widened 16-bit inputs, exact).
-
-    Float32 windows of widened bf16 inputs held twice the bytes of lax's bf16 patches.
-    Narrowing the inputs, not the windows, lets XLA cancel the widening; stacking their
-    bits (unsigned integers, which no conversion follows) keeps XLA from moving the
-    widening back into the stack, which stored the stack in float32 (sweep s23-46,
-    1-D windows of 339 channels: 42.3 -> 28.1 MiB of temporaries). Bits have no
-    derivative: the tangent's windows are stacked as floats (:func:`_narrow_windows_jvp`).
-    """
-    bits = jnp.dtype(f"uint{8 * dtype.itemsize}")
-    narrow = lax.bitcast_convert_type(inputs.astype(dtype), bits)
-    patches = windows(pad_spatial(narrow, geom), padded(geom), by_axis=by_axis, fuse=fuse)
-    return lax.bitcast_convert_type(patches, dtype)
-
-
-@_narrow_windows.defjvp
-def _narrow_windows_jvp(
-    geom: Geometry, dtype: np.dtype, by_axis: bool, fuse: bool, primals: tuple, tangents: tuple
-) -> tuple:
-    ((x,), (dx,)) = primals, tangents
-    narrow = pad_spatial(dx.astype(dtype), geom)
-    dwindows = windows(narrow, padded(geom), by_axis=by_axis, fuse=fuse)
-    return _narrow_windows(x, geom, dtype, by_axis, fuse), dwindows
 
 
 def differentiated_by_loop(
