@@ -130,6 +130,20 @@ def test_batched_dot_ceiling_script_runs(capsys):
         assert float(line.split()[-4]) > 0 and line.endswith("GFLOP/s")  # a time and a rate
 
 
+def test_bf16_copies_study_runs_and_bits_hold_no_more(capsys):
+    """The study behind the README's bf16 paragraph: both programs compile both ways, and
+    moving the bf16 data as bits never holds more than moving it as bf16 (where XLA
+    widens bf16 data movement, less by the data's own size)."""
+    from bench.studies import bf16_copies
+
+    bf16_copies.main(["--smoke"])
+    lines = capsys.readouterr().out.splitlines()
+    for name, data, plain, bits in bf16_copies.report(1):
+        (line,) = [line for line in lines if line.startswith(name)]
+        assert line.split()[-3:] == [f"{data:.2f}", f"{plain:.2f}", f"{bits:.2f}"]
+        assert data > 0 and 0 < bits <= plain
+
+
 def test_keras3_deepface_report_command_is_the_one_run():
     import argparse
 
