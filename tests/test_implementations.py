@@ -774,24 +774,34 @@ def test_widened_tile_loop_holds_no_float32_kernel(monkeypatch):
     assert by_rows <= auto + window_bf16 + (1 << 20)
 
 
+def _widened_rows_problem(seed: int) -> tuple:
+    """bf16 operands whose tile loop takes the kernel gradient by rows, and the tiles route
+    on them widened by ``implementations.widened`` (16-bit rows windows) and by hand
+    (float32 windows), each rounding its result to bf16."""
+    geom = make_geometry((3, 9, 11, 4), (3, 2))
+    assert tiles_module.kernel_tangent_by_rows(geom, 3, 4)
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal(geom.input_shape(3)), jnp.bfloat16)
+    k = jnp.asarray(rng.standard_normal(geom.kernel_shape(5)), jnp.bfloat16)
+    narrow = implementations.widened(local_conv_tiles)
+    got = lambda x, k: narrow(x, k, geom, precision=None, preferred_element_type=None)
+    wide = lambda x, k: local_conv_tiles(x.astype(jnp.float32), k, geom).astype(x.dtype)
+    return x, k, got, wide
+
+
 def test_widened_rows_kernel_gradient_holds_exact_16_bit_windows():
     """Widened bf16 operands: the rows kernel gradient keeps its windows in bf16
     (``window_dtype``), which hold the widened inputs exactly, so the gradient is the
     float32-windows one bit for bit (both accumulate in float32 and round once)."""
-    geom = make_geometry((3, 9, 11, 4), (3, 2))
-    assert tiles_module.kernel_tangent_by_rows(geom, 3, 4)
-    rng = np.random.default_rng(7)
-    x = jnp.asarray(rng.standard_normal(geom.input_shape(3)), jnp.bfloat16)
-    k = jnp.asarray(rng.standard_normal(geom.kernel_shape(5)), jnp.bfloat16)
+    x, k, got, wide = _widened_rows_problem(7)
 
     def kernel_grad(f):
         return jax.grad(lambda k: jnp.sum(f(x, k).astype(jnp.float32) ** 2))(k)
 
-    narrow = implementations.widened(local_conv_tiles)
-    got = kernel_grad(lambda x, k: narrow(x, k, geom, precision=None, preferred_element_type=None))
-    wide = lambda x, k: local_conv_tiles(x.astype(jnp.float32), k, geom).astype(x.dtype)
     want = kernel_grad(wide)
-    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(kernel_grad(got), np.float32), np.asarray(want, np.float32)
+    )
 
 
 def test_widened_rows_kernel_gradient_differentiates_in_the_inputs_inside_a_scan():
@@ -800,14 +810,7 @@ def test_widened_rows_kernel_gradient_differentiates_in_the_inputs_inside_a_scan
     float32 route's up to bf16 rounding, not zero. A ``custom_jvp`` whose value route is
     not itself differentiable (windows stacked as integer bits, tried for their memory)
     loses its rule there: JAX's partial evaluation of the scan inlines the value route."""
-    geom = make_geometry((3, 9, 11, 4), (3, 2))
-    assert tiles_module.kernel_tangent_by_rows(geom, 3, 4)
-    rng = np.random.default_rng(8)
-    x = jnp.asarray(rng.standard_normal(geom.input_shape(3)), jnp.bfloat16).astype(jnp.float32)
-    k = jnp.asarray(rng.standard_normal(geom.kernel_shape(5)), jnp.bfloat16)
-    narrow = implementations.widened(local_conv_tiles)
-    got = lambda x, k: narrow(x, k, geom, precision=None, preferred_element_type=None)
-    want = lambda x, k: local_conv_tiles(x, k.astype(jnp.float32), geom)
+    x, k, got, wide = _widened_rows_problem(8)
 
     def scanned(f):
         def kernel_grad(x):
@@ -820,8 +823,9 @@ def test_widened_rows_kernel_gradient_differentiates_in_the_inputs_inside_a_scan
 
         return lambda x: jax.lax.scan(body, (0.0, x), jnp.arange(1.0, 3.0))[0][0]
 
+    x = x.astype(jnp.float32)
     tangent = jax.jvp(jax.grad(scanned(got)), (x,), (x,))[1]
-    expected = jax.jvp(jax.grad(scanned(want)), (x,), (x,))[1]
+    expected = jax.jvp(jax.grad(scanned(wide)), (x,), (x,))[1]
     scale = float(jnp.abs(expected).max())
     assert scale > 0
     np.testing.assert_allclose(tangent, expected, rtol=0, atol=2**-5 * scale)

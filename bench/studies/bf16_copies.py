@@ -53,15 +53,15 @@ def kernel_blocks(kernel: jax.Array, windows: jax.Array, bits: bool) -> jax.Arra
     return lax.scan(step, jnp.zeros(shape, jnp.float32), jnp.arange(steps))[0]
 
 
+def _stack(x: jax.Array, offsets: int = 8) -> jax.Array:
+    """Every offset's slice of a sequence, stacked: a window tensor."""
+    return jnp.stack([x[:, o : o + x.shape[1] - offsets] for o in range(offsets)], -1)
+
+
 def window_stack(inputs: jax.Array, other: jax.Array, bits: bool) -> jax.Array:
-    """bf16 windows (every offset's slice, stacked) kept while ``other`` is reduced,
-    then widened and reduced themselves: a residual stored between two computations."""
-    offsets = 8
-
-    def stack(x: jax.Array) -> jax.Array:
-        return jnp.stack([x[:, o : o + x.shape[1] - offsets] for o in range(offsets)], -1)
-
-    patches = _moved(inputs, bits, stack)
+    """bf16 windows (:func:`_stack`) kept while ``other`` is reduced, then widened and
+    reduced themselves: a residual stored between two computations."""
+    patches = _moved(inputs, bits, _stack)
     first = jnp.sum(jnp.sin(other) ** 2)  # something else between the stack and its use
     return first + jnp.sum(patches.astype(jnp.float32) ** 2)
 
@@ -80,14 +80,13 @@ def report(scale: int) -> list[tuple[str, float, float, float]]:
     windows = jax.ShapeDtypeStruct((positions, batch, features), jnp.float32)
     inputs = jax.ShapeDtypeStruct((batch, 4096 * scale), jnp.bfloat16)
     other = jax.ShapeDtypeStruct((batch, 4096 * scale), jnp.float32)
-    stacked = 2 * batch * (4096 * scale - 8) * 8  # bytes of the bf16 window stack
     rows = []
-    for name, fn, args, data_bytes in (
-        ("kernel blocks", kernel_blocks, (kernel, windows), 2 * kernel.size),
-        ("window stack", window_stack, (inputs, other), stacked),
+    for name, fn, args, data in (
+        ("kernel blocks", kernel_blocks, (kernel, windows), kernel),
+        ("window stack", window_stack, (inputs, other), jax.eval_shape(_stack, inputs)),
     ):
         plain, bits = (_temp_mib(functools.partial(fn, bits=b), *args) for b in (False, True))
-        rows.append((name, data_bytes / 2**20, plain, bits))
+        rows.append((name, data.size * data.dtype.itemsize / 2**20, plain, bits))
     return rows
 
 
