@@ -102,6 +102,15 @@ def padded(geom: Geometry) -> Geometry:
     return dataclasses.replace(geom, spatial_shape=geom.padded_shape, padding=((0, 0),) * geom.ndim)
 
 
+def channels_last_padded(inputs: jax.Array, geom: Geometry) -> tuple[jax.Array, Geometry]:
+    """``inputs`` channels-last and padded, and the :func:`padded` geometry that sees
+    them so: each :func:`window_slice` is then ``(batch, *output_shape, channels)``."""
+    if not geom.channels_last:
+        inputs = jnp.moveaxis(inputs, 1, -1)
+    last = dataclasses.replace(geom, data_format="channels_last")
+    return pad_spatial(inputs, last), padded(last)
+
+
 def windows(
     inputs: jax.Array,
     geom: Geometry,

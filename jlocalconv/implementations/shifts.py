@@ -11,6 +11,9 @@ The transpose of that sum would hold one product per term for the backward pass,
 under differentiation values and derivatives come from "slices" or the "tiles" loop
 instead (through :func:`~jlocalconv.implementations._bilinear.split_bilinear`, which
 keeps forward mode, higher orders and ``linear_transpose``): fast values, lean gradients.
+Where the result outweighs windows of a few features, the derivatives are elementwise
+products in the result's layout instead (:mod:`~jlocalconv.implementations.products`),
+and the differentiated values stay these.
 The number of fused terms is ``prod(kernel_size) * channels``, each over all filters,
 which is why "auto" only picks this for a handful of channels and small filter banks
 (``implementations.SHIFTS_MAX_BANK``).
@@ -18,7 +21,6 @@ which is why "auto" only picks this for a handful of channels and small filter b
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 
@@ -29,7 +31,8 @@ from jax import lax
 from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._routes import differentiated
-from jlocalconv.implementations._windows import pad_spatial, padded, window_slice
+from jlocalconv.implementations._windows import channels_last_padded, window_slice
+from jlocalconv.implementations.products import derivatives_by_products, differentiated_by_products
 from jlocalconv.implementations.tiles import derivatives_by_slices
 
 # A 16-bit kernel read by more than WIDEN_ONCE_MIN_TERMS fused terms is widened to the
@@ -54,20 +57,29 @@ def local_conv_shifts(
     preferred_element_type: jax.typing.DTypeLike | None = None,
     window_dtype: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
-    """Local convolution: shift-and-accumulate values; "slices" or "tiles" when
-    differentiated (``window_dtype``: see ``tiles.rows_kernel_tangent``).
+    """Local convolution: shift-and-accumulate values; products, "slices" or "tiles"
+    when differentiated (``window_dtype``: see ``tiles.rows_kernel_tangent``).
 
-    Derivatives come from "slices" wherever ``tiles.derivatives_by_slices``
-    says so (a dominant kernel, disjoint windows, or a window tensor within budget over
-    an input not much larger than the output): one contraction, which the tile loop's
-    backward pass is far slower than.
+    Derivatives are elementwise products where ``products.derivatives_by_products``
+    says so (a result that outweighs windows of few features), else they come from
+    "slices" wherever ``tiles.derivatives_by_slices`` says so (a dominant kernel,
+    disjoint windows, or a window tensor within budget over an input not much larger
+    than the output): one contraction, which the tile loop's backward pass is far
+    slower than.
     ``precision`` applies to the derivatives' contractions; values are elementwise
     products accumulated in float32 (or ``preferred_element_type``, if wider).
     """
     batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
-    values = functools.partial(
-        _shift_accumulate, geom=geom, out_dtype=result_dtype(inputs, preferred_element_type)
-    )
+    out_dtype = result_dtype(inputs, preferred_element_type)
+    values = functools.partial(_shift_accumulate, geom=geom, out_dtype=out_dtype)
+    # A kernel narrower than the accumulator (widened 16-bit operands) is widened whole.
+    accumulate = jnp.promote_types(inputs.dtype, out_dtype)
+    widened_kernel = jnp.dtype(kernel.dtype).itemsize < accumulate.itemsize
+    if derivatives_by_products(geom, batch, filters, widened_kernel=widened_kernel):
+        by_products = differentiated_by_products(
+            values, geom, preferred_element_type=preferred_element_type
+        )
+        return by_products(inputs, kernel)
     route = "slices" if derivatives_by_slices(geom, batch, filters, itemsize) else "tiles"
     op = differentiated(
         values,
@@ -86,10 +98,7 @@ def _shift_accumulate(
     inputs: jax.Array, kernel: jax.Array, *, geom: Geometry, out_dtype: jnp.dtype
 ) -> jax.Array:
     """``sum over (offset, channel)`` of a strided input slice times its filters."""
-    if not geom.channels_last:  # work channels-last: each term is then (B, *out, 1)
-        inputs = jnp.moveaxis(inputs, 1, -1)
-    view = dataclasses.replace(padded(geom), data_format="channels_last")
-    x = pad_spatial(inputs, dataclasses.replace(geom, data_format="channels_last"))
+    x, view = channels_last_padded(inputs, geom)  # each term is then (B, *out, 1)
     # Keras's feature order: (k..., C) for channels_last, (C, k...) for channels_first.
     per_offset = (geom.window_items, geom.channels)
     acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
