@@ -31,6 +31,7 @@ from jlocalconv.implementations._windows import (
     stack,
 )
 from jlocalconv.implementations.shifts import local_conv_shifts
+from jlocalconv.implementations.slices import local_conv_slices
 from jlocalconv.implementations.tiles import TilePlan, local_conv_tiles, plan_tiles
 
 FAST = ("slices", "tiles", "shifts")
@@ -313,6 +314,27 @@ def test_tiles_backward_keeps_under_half_of_lax_temp_memory():
     patch_bytes = 4 * 32 * 900 * 144
     assert ours <= theirs / 2
     assert ours <= patch_bytes / 2  # never the whole patch tensor
+
+
+@pytest.mark.parametrize("kernel_major", [False, True])
+def test_a_single_position_is_one_matmul_without_a_kernel_copy(kernel_major):
+    """One output position (a window over the whole input, a dense layer): "slices"
+    contracts with one plain matmul; as a batched dot of one position XLA transposed
+    the kernel gradient through a kernel-sized buffer (compile only for the memory)."""
+    case = Case((11,), 256, 120, (9,), (3,), batch=3)
+    geom = _geom(case)
+    assert geom.output_items == 1
+    x, k, _ = case.arrays()
+    f = lambda x, k: local_conv_slices(x, k, geom, precision="highest", kernel_major=kernel_major)
+    w = np.random.default_rng(1).standard_normal(_ref(case, x, k).shape).astype(np.float32)
+    np.testing.assert_allclose(jax.jit(f)(x, k), _ref(case, x, k), rtol=1e-5, atol=1e-5)
+    gx, gk = _grads(f, x, k, w)
+    dx, dk, _ = case.arrays(seed=3)
+    np.testing.assert_allclose(np.vdot(gx, dx), np.vdot(_ref(case, dx, k), w), rtol=1e-4)
+    np.testing.assert_allclose(np.vdot(gk, dk), np.vdot(_ref(case, x, dk), w), rtol=1e-4)
+    loss = lambda x, k: jnp.sum(f(x, k) * w)
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < k.nbytes / 4
 
 
 SUITE = [  # (input shape, kernel_size, strides, padding, filters): the benchmark suite

@@ -79,10 +79,21 @@ def contract(
     contracted) order, so XLA inserts no transposes. A narrower kernel (16-bit filters
     with widened windows: see ``implementations.widened``) is widened here, where it is
     read: a tile loop then converts one block at a time.
+
+    A single position is one plain matmul: XLA drops a batch dimension of one, and the
+    kernel's gradient then came out filters-major, transposed through a kernel-sized
+    buffer (sweep s30-38, 7416 features x 120 filters: 0.62 against 0.10 ms and 3.4 MiB
+    of temporaries against none, for that gradient alone).
     """
+    kernel = kernel.astype(patches.dtype)
+    if patches.shape[0] == 1:
+        plain = (((1,), (0,)), ((), ()))
+        out = lax.dot_general(patches[0], kernel[0], plain, precision=precision,
+                              preferred_element_type=preferred_element_type)  # fmt: skip
+        return out[None]
     return lax.dot_general(
         patches,
-        kernel.astype(patches.dtype),
+        kernel,
         dimension_numbers=(((2,), (1,)), ((0,), (0,))),
         precision=precision,
         preferred_element_type=preferred_element_type,
@@ -105,6 +116,8 @@ def contract_kernel_major(
     back into the dot (which gives the slow form again); it is linear, so ``jvp``,
     ``vmap`` and transposition go through it. Same values as :func:`contract`.
     """
+    if patches.shape[0] == 1:  # one plain matmul (see contract)
+        return contract(patches, kernel, precision, preferred_element_type)
     kernel = kernel.astype(patches.dtype)  # as in contract
     batch_minor = lax.optimization_barrier(jnp.swapaxes(patches, 1, 2))
     out = lax.dot_general(

@@ -32,18 +32,19 @@ from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._windows import channels_last_padded, window_slice
 
 # The route's bounds. value_and_grad of "shifts" differentiated by these products
-# against its other routes (one process, alternated; float32 and bf16) on the 142 "shifts"
-# problems of sweep seeds 2-29 with at most 8 features and 1-256 rows: where the result
-# (float32: 4 * batch * output_items * filters bytes) held at least
-# PRODUCTS_MIN_RESULT_BYTES, with PRODUCTS_MIN_FILTERS filters or more and 2-8
-# features, 0.1-0.98x the time on 27 of 32 (s22-43 161 -> 15.5 ms, s3-52 59 -> 12 ms,
-# s16-6 171 -> 112 ms, s24-45 49 -> 12 ms), 1.02-1.98x on five (s26-46 1.9 -> 3.8 ms,
-# s2-8's single feature 1.44x, s28-15 1.25x), and temporaries cut from 17-265 MiB to
-# 1-19 MiB wherever they were over 10 MiB. With fewer filters (F9: s23-6 1.9x, s6-21
-# 1.6x), smaller results (tiny problems: up to 3x), one row (5x: an outer product per
-# position) or more features (9-36, where shift-and-accumulate keeps partial sums: 1.1-2.5x
-# on most of 26), the other routes were faster.
-PRODUCTS_MAX_FEATURES = 8
+# against its other routes (one process, alternated; float32 and bf16) on the 112 "shifts"
+# problems of sweep seeds 2-29 with at most 8 features: where the (float32) result,
+# 4 * batch * output_items * filters bytes, held at least PRODUCTS_MIN_RESULT_BYTES, with
+# PRODUCTS_MIN_FILTERS filters or more and 2 to PRODUCTS_MAX_FEATURES features (23
+# problems), 0.53x the time (geometric mean; 0.10-0.98x on 22, s22-43 161 -> 15.5 ms,
+# s3-52 59 -> 12 ms, s16-6 171 -> 112 ms, s24-45 49 -> 12 ms; 1.00x on s21-44) and lower
+# temporaries on 22 (17-265 MiB down to 0.4-12 MiB wherever they were over 10 MiB; s14-14
+# 0.7 -> 1.3 MiB). With 8 features the products were 0.86-1.98x (1.2x on four of five),
+# with fewer filters (s23-6 1.9x, s6-21 1.6x), smaller results (up to 3x on tiny
+# problems), one row (5x: an outer product per position), a single feature (1.4x) or 9-36
+# features (shift-and-accumulate then keeps partial sums: 1.1-2.5x on most of 26),
+# the other routes were faster.
+PRODUCTS_MAX_FEATURES = 7
 PRODUCTS_MIN_FILTERS = 16
 PRODUCTS_MIN_RESULT_BYTES = 256 << 10
 # The kernel gradient unrolls one term per row: 200 rows compiled value_and_grad in
@@ -66,12 +67,12 @@ def derivatives_by_products(
     result.
 
     >>> from jlocalconv.geometry import make_geometry
-    >>> geom = make_geometry((64, 30, 30, 2), 2)  # 2x2 windows of 2 channels: 8 features
+    >>> geom = make_geometry((64, 30, 30, 2), (3, 1))  # 3x1 windows of 2 channels: 6 features
     >>> [derivatives_by_products(geom, 64, filters) for filters in (8, 64)]
     [False, True]
     >>> derivatives_by_products(make_geometry((64, 30, 30, 4), 2), 64, 64)  # 16 features
     False
-    >>> few_rows = make_geometry((4, 200, 200, 2), 2)
+    >>> few_rows = make_geometry((4, 200, 200, 2), (3, 1))
     >>> [derivatives_by_products(few_rows, 4, 64, widened_kernel=w) for w in (False, True)]
     [True, False]
     """
