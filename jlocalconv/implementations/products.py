@@ -62,9 +62,9 @@ def derivatives_by_products(
 ) -> bool:
     """Whether "shifts" is differentiated by :func:`differentiated_by_products`: 2 to
     ``PRODUCTS_MAX_FEATURES`` features, 2 to ``PRODUCTS_MAX_BATCH`` rows (and at least
-    as many as features for a ``widened_kernel``, one narrower than the products), at
-    least ``PRODUCTS_MIN_FILTERS`` filters and ``PRODUCTS_MIN_RESULT_BYTES`` of (float32)
-    result.
+    as many as features for a ``widened_kernel``: 16-bit, narrower than the products'
+    float32), at least ``PRODUCTS_MIN_FILTERS`` filters and ``PRODUCTS_MIN_RESULT_BYTES``
+    of (float32) result.
 
     >>> from jlocalconv.geometry import make_geometry
     >>> geom = make_geometry((64, 30, 30, 2), (3, 1))  # 3x1 windows of 2 channels: 6 features
@@ -96,7 +96,7 @@ def differentiated_by_products(
     the products of :func:`products_tangent` and :func:`products_kernel_tangent`.
 
     Elementwise products take no ``precision``: each is one rounding of exact inputs,
-    accumulated in the result dtype (float32 for widened 16-bit inputs).
+    accumulated in at least float32.
     """
     pet = preferred_element_type
     on_inputs = functools.partial(products_tangent, geom=geom, preferred_element_type=pet)
@@ -147,9 +147,10 @@ def products_kernel_tangent(
 
 
 def _dtypes(inputs: jax.Array, preferred_element_type) -> tuple[jnp.dtype, jnp.dtype]:
-    """The result dtype and the (at least as wide) dtype the products accumulate in."""
+    """The result dtype and the dtype the products accumulate in: at least float32, as
+    "shifts"' values (a 16-bit kernel is then widened whole: ``derivatives_by_products``)."""
     dtype = result_dtype(inputs, preferred_element_type)
-    return dtype, jnp.promote_types(inputs.dtype, dtype)
+    return dtype, jnp.promote_types(jnp.promote_types(inputs.dtype, dtype), jnp.float32)
 
 
 def _windows_by_row(inputs: jax.Array, geom: Geometry) -> jax.Array:

@@ -72,9 +72,8 @@ def local_conv_shifts(
     batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
     out_dtype = result_dtype(inputs, preferred_element_type)
     values = functools.partial(_shift_accumulate, geom=geom, out_dtype=out_dtype)
-    # A kernel narrower than the accumulator (widened 16-bit operands) is widened whole.
-    accumulate = jnp.promote_types(inputs.dtype, out_dtype)
-    widened_kernel = jnp.dtype(kernel.dtype).itemsize < accumulate.itemsize
+    # The products accumulate in at least float32: a 16-bit kernel is widened whole.
+    widened_kernel = jnp.dtype(kernel.dtype).itemsize < 4
     if derivatives_by_products(geom, batch, filters, widened_kernel=widened_kernel):
         by_products = differentiated_by_products(
             values, geom, preferred_element_type=preferred_element_type
