@@ -38,7 +38,7 @@ from jlocalconv.implementations._windows import channels_last_padded, window_sli
 # PRODUCTS_MIN_FILTERS filters or more and 2 to PRODUCTS_MAX_FEATURES features (23
 # problems), 0.53x the time (geometric mean; 0.10-0.98x on 22, s22-43 161 -> 15.5 ms,
 # s3-52 59 -> 12 ms, s16-6 171 -> 112 ms, s24-45 49 -> 12 ms; 1.00x on s21-44) and lower
-# temporaries on 22 (17-265 MiB down to 0.4-12 MiB wherever they were over 10 MiB; s14-14
+# temporaries on 22 (10.8-265 MiB down to 0.4-11.7 MiB wherever they were over 10; s14-14
 # 0.7 -> 1.3 MiB). With 8 features the products were 0.86-1.98x (1.2x on four of five),
 # with fewer filters (s23-6 1.9x, s6-21 1.6x), smaller results (up to 3x on tiny
 # problems), one row (5x: an outer product per position), a single feature (1.4x) or 9-36
