@@ -51,6 +51,7 @@ from jlocalconv.geometry import Geometry
 from jlocalconv.implementations import (
     DERIVATIVE_ROUTES,
     IMPLEMENTATIONS,
+    derivatives_by_products,
     resolve,
     shifts_unrolls_few,
 )
@@ -212,17 +213,31 @@ def candidates(geom: Geometry, backend: str) -> tuple[str, ...]:
     return tuple(n for n in IMPLEMENTATIONS if (n != "shifts" or few) and n not in skip)
 
 
-def derivative_candidates(backend: str) -> tuple[str, ...]:
+def derivative_candidates(backend: str, problem: Problem | None = None) -> tuple[str, ...]:
     """The derivative routes autotune times (``value_and_grad``) on ``backend``.
 
     Not "patches" on CPU: its ``value_and_grad`` (XLA convolutions, as lax's) on 3-D
     windows took minutes per call, which the warm-up call would pay in full (over 20
-    minutes on a 6x21x8 bf16 problem of sweep seed 8).
+    minutes on a 6x21x8 bf16 problem of sweep seed 8). "products" only on CPU for a
+    ``problem`` where "shifts" takes it (``products.derivatives_by_products``): it was
+    tuned there, and elsewhere it is slower or unrolls too many batch rows to be worth
+    compiling.
 
     >>> derivative_candidates("cpu"), derivative_candidates("gpu")
     (('slices', 'tiles'), ('patches', 'slices', 'tiles'))
     """
-    return tuple(r for r in DERIVATIVE_ROUTES if backend != "cpu" or r != "patches")
+    routes = [r for r in DERIVATIVE_ROUTES if r != "products"]
+    if backend == "cpu":
+        routes.remove("patches")
+        if problem is not None and _products_apply(problem):
+            routes.append("products")
+    return tuple(routes)
+
+
+def _products_apply(problem: Problem) -> bool:
+    widened_kernel = np.dtype(problem.kernel_dtype).itemsize < 4
+    geom, batch, filters = problem.geom, problem.batch, problem.filters
+    return derivatives_by_products(geom, batch, filters, widened_kernel=widened_kernel)
 
 
 def decide(values: dict[str, Measurement], derivatives: dict[str, Measurement]) -> str:
@@ -341,8 +356,12 @@ def _measure_all(problem: Problem) -> tuple[dict[str, Measurement], dict[str, Me
             (VALUES, name): _compile(name, problem, x, k, None)
             for name in candidates(problem.geom, backend)
         }
-        for route in derivative_candidates(backend):  # its values never run: any will do
-            compiled[(DERIVATIVES, route)] = _compile(f"{route}/{route}", problem, x, k, g)
+        for route in derivative_candidates(backend, problem):
+            # The route's own values never run (but "products" differentiates the value
+            # route's values: "shifts"', where it applies).
+            value_route = "shifts" if route == "products" else route
+            name = f"{value_route}/{route}"
+            compiled[(DERIVATIVES, route)] = _compile(name, problem, x, k, g)
         seconds = _fastest_calls({key: call for key, (call, _) in compiled.items()}, x, k)
     measured = {key: Measurement(seconds[key], temp) for key, (_, temp) in compiled.items()}
     values = {name: m for (kind, name), m in measured.items() if kind == VALUES}

@@ -234,7 +234,7 @@ def test_measurement_alternates_candidates_prunes_the_hopeless_and_keeps_the_fas
     """The timing loop, with a fake clock: no real timing asserted."""
     speeds = {"patches": 1.0, "slices": 1.1, "tiles": 10.0}  # tiles: beyond PRUNE_FACTOR
     monkeypatch.setattr(autotune, "candidates", lambda geom, backend: tuple(speeds))
-    monkeypatch.setattr(autotune, "derivative_candidates", lambda backend: tuple(speeds))
+    monkeypatch.setattr(autotune, "derivative_candidates", lambda backend, problem: tuple(speeds))
 
     def fake_compile(name, problem, x, k, g):
         return ("fwd" if g is None else "grad", name.split("/")[0]), len(name)

@@ -165,3 +165,23 @@ def test_widened_bf16_products_match_the_float32_route():
         assert g.dtype == jnp.bfloat16
         scale = float(jnp.abs(w).max())
         np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=2**-7, atol=2**-7 * scale)
+
+
+def test_autotune_times_products_only_where_shifts_takes_them():
+    """A derivative candidate of autotune's on CPU exactly where "shifts" takes it, timed
+    (and composed) as "shifts/products": the same op as "shifts" there."""
+    from jlocalconv import autotune, implementations
+
+    geom, x, k = _heavy_arrays()
+    problem = autotune.Problem(geom, 64, 64, "float32", "float32", None, None)
+    assert "products" in autotune.derivative_candidates("cpu", problem)
+    assert "products" not in autotune.derivative_candidates("gpu", problem)
+    few_filters = autotune.Problem(geom, 64, 8, "float32", "float32", None, None)
+    assert "products" not in autotune.derivative_candidates("cpu", few_filters)
+    composed = implementations.composed("shifts", "products")
+    f = lambda impl: lambda x, k: jnp.sum(
+        impl(x, k, geom, precision=None, preferred_element_type=None) ** 2)  # fmt: skip
+    got = jax.jit(jax.grad(f(composed), (0, 1)))(x, k)
+    want = jax.jit(jax.grad(f(shifts.local_conv_shifts), (0, 1)))(x, k)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

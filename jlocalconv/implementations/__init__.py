@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jlocalconv.geometry import Geometry
-from jlocalconv.implementations import _routes
+from jlocalconv.implementations import _routes, products
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._windows import sliced_by_axis
 from jlocalconv.implementations.patches import local_conv_patches
@@ -117,6 +117,8 @@ SLICED_VALUES_MAX_OFFSETS = 4
 # "slices" on most of the others (up to 2x: 30 tiles of one position on s9-22).
 # A composed route's derivatives: ``_routes.DERIVATIVE_ROUTES`` (re-exported).
 DERIVATIVE_ROUTES = _routes.DERIVATIVE_ROUTES
+# Where "shifts" takes the "products" route (autotune times it there).
+derivatives_by_products = products.derivatives_by_products
 
 
 def choose(
@@ -340,7 +342,7 @@ def lookup(name: str) -> Implementation:
 def composed(values: str, derivatives: str) -> Implementation:
     """An implementation whose values come from ``IMPLEMENTATIONS[values]`` and which is
     differentiated (values included) by the derivative route ``derivatives`` (one of
-    ``DERIVATIVE_ROUTES``: "slices", "patches" or the "tiles" loop; see
+    ``DERIVATIVE_ROUTES``: "slices", "patches", the "tiles" loop or "products"; see
     :func:`~jlocalconv.implementations._routes.differentiated`).
 
     >>> import jax, jax.numpy as jnp

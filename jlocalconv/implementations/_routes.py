@@ -5,9 +5,11 @@ the route that computes values and tangents under differentiation can differ
 (:func:`~jlocalconv.implementations._bilinear.split_bilinear`). A *derivative route*
 names the second: "slices" and "patches" (plain ``lax``, transposed by JAX; "slices"
 takes its kernel gradient by rows where
-:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows` says so) or
+:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows` says so),
 "tiles" (the tile loop's own tangents,
-:func:`~jlocalconv.implementations.tiles.differentiated_by_loop`).
+:func:`~jlocalconv.implementations.tiles.differentiated_by_loop`) or "products"
+(elementwise, for windows of few features: :mod:`~jlocalconv.implementations.products`,
+whose differentiated values are the value route's own).
 "shifts" picks one of them from static shapes; "auto"'s ``"tiles/slices"`` and autotune's
 measured pairs (``implementations.composed``) name it.
 """
@@ -24,6 +26,7 @@ from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._bilinear import Bilinear, split_bilinear
 from jlocalconv.implementations._windows import sliced_by_axis
 from jlocalconv.implementations.patches import local_conv_patches
+from jlocalconv.implementations.products import differentiated_by_products
 from jlocalconv.implementations.slices import slices_tangent
 from jlocalconv.implementations.tiles import (
     differentiated_by_loop,
@@ -32,12 +35,13 @@ from jlocalconv.implementations.tiles import (
 )
 
 # The plain-lax tangents (a value route differentiated by one of these is transposed by
-# JAX); "tiles" is the loop, built by differentiated_by_loop.
+# JAX); "tiles" is the loop, built by differentiated_by_loop, and "products" the
+# elementwise tangents of differentiated_by_products.
 _TANGENTS: dict[str, Callable[..., jax.Array]] = {
     "patches": local_conv_patches,
     "slices": slices_tangent,
 }
-DERIVATIVE_ROUTES = (*_TANGENTS, "tiles")
+DERIVATIVE_ROUTES = (*_TANGENTS, "tiles", "products")
 # The inputs' gradient of a batched contraction is a batched dot of the cotangent with the
 # kernel that contracts the kernel's last (filter) axis; XLA's CPU backend runs that
 # transposed kernel far below its speed as a dot's first operand (a 91-position bank of
@@ -92,7 +96,8 @@ def differentiated(
     """``values`` (``(x, k) -> y``, any route), differentiated by ``route``.
 
     Args:
-      values: the undifferentiated route, bilinear; never transposed.
+      values: the undifferentiated route, bilinear; never transposed ("products" also
+        takes its differentiated values from it).
       route: one of ``DERIVATIVE_ROUTES``.
       inputs, kernel: the operands (only their static shapes and dtypes are read).
       geom: their geometry.
@@ -109,6 +114,9 @@ def differentiated(
     if route == "tiles":
         return differentiated_by_loop(values, inputs, kernel, geom, **options)
     options.pop("window_dtype", None)
+    if route == "products":  # elementwise: no precision
+        pet = options.get("preferred_element_type")
+        return differentiated_by_products(values, geom, preferred_element_type=pet)
     tangent = functools.partial(_TANGENTS[route], geom=geom, **options)
     if route != "slices":
         return split_bilinear(values, tangent)

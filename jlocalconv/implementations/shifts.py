@@ -32,7 +32,7 @@ from jlocalconv.geometry import Geometry
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._routes import differentiated
 from jlocalconv.implementations._windows import channels_last_padded, window_slice
-from jlocalconv.implementations.products import derivatives_by_products, differentiated_by_products
+from jlocalconv.implementations.products import derivatives_by_products
 from jlocalconv.implementations.tiles import derivatives_by_slices
 
 # A 16-bit kernel read by more than WIDEN_ONCE_MIN_TERMS fused terms is widened to the
@@ -75,11 +75,11 @@ def local_conv_shifts(
     # The products accumulate in at least float32: a 16-bit kernel is widened whole.
     widened_kernel = jnp.dtype(kernel.dtype).itemsize < 4
     if derivatives_by_products(geom, batch, filters, widened_kernel=widened_kernel):
-        by_products = differentiated_by_products(
-            values, geom, preferred_element_type=preferred_element_type
-        )
-        return by_products(inputs, kernel)
-    route = "slices" if derivatives_by_slices(geom, batch, filters, itemsize) else "tiles"
+        route = "products"
+    elif derivatives_by_slices(geom, batch, filters, itemsize):
+        route = "slices"
+    else:
+        route = "tiles"
     op = differentiated(
         values,
         route,
