@@ -243,13 +243,19 @@ def _products_apply(problem: Problem) -> bool:
 def decide(values: dict[str, Measurement], derivatives: dict[str, Measurement]) -> str:
     """``"values/derivatives"``: the fastest of each among those lean enough.
 
-    Ties go to the first in each dict's order.
+    Ties go to the first in each dict's order. "products" differentiates its value
+    route's own values, so it comes with the "shifts" values it was timed with.
 
     >>> m = Measurement
     >>> decide({"a": m(1.0, 10), "b": m(0.1, 10**9)}, {"c": m(2.0, 10), "d": m(1.0, 10)})
     'a/d'
+    >>> decide({"slices": m(1.0, 10), "shifts": m(2.0, 10)}, {"products": m(1.0, 10)})
+    'shifts/products'
     """
-    return f"{_fastest_lean(VALUES, values)}/{_fastest_lean(DERIVATIVES, derivatives)}"
+    derivative_route = _fastest_lean(DERIVATIVES, derivatives)
+    if derivative_route == "products":
+        return "shifts/products"
+    return f"{_fastest_lean(VALUES, values)}/{derivative_route}"
 
 
 def _fastest_lean(kind: str, measured: dict[str, Measurement]) -> str:
