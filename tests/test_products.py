@@ -185,3 +185,26 @@ def test_autotune_times_products_only_where_shifts_takes_them():
     want = jax.jit(jax.grad(f(shifts.local_conv_shifts), (0, 1)))(x, k)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_products_take_16_bit_operands_as_they_are():
+    """bf16 operands taken as they are (no widening, as off CPU): bf16 gradients, within
+    a bf16 rounding of the float32 route's over sums of 128 terms. (XLA:CPU computes bf16
+    arithmetic in float32 anyway, so on CPU this cannot tell the accumulator apart.)"""
+    case = Case((9, 8), 2, 128, (2, 1), (1, 1), batch=128)  # sums of 128 rows and filters
+    x, k, _ = case.arrays()
+    geom = make_geometry(case.input_shape, case.kernel_size, case.strides, case.padding)
+    bf16 = lambda a: jnp.asarray(a, jnp.bfloat16)
+
+    def grads(dtype):
+        values = functools.partial(shifts._shift_accumulate, geom=geom, out_dtype=dtype)
+        f = differentiated_by_products(values, geom)
+        loss = lambda x, k: jnp.sum(f(x, k).astype(jnp.float32) ** 2)
+        return jax.jit(jax.grad(loss, (0, 1)))
+
+    got = grads(jnp.bfloat16)(bf16(x), bf16(k))
+    want = grads(jnp.float32)(bf16(x).astype(jnp.float32), bf16(k).astype(jnp.float32))
+    for g, w in zip(got, want):
+        assert g.dtype == jnp.bfloat16
+        scale = float(jnp.abs(w).max())
+        np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=2**-6, atol=2**-6 * scale)
