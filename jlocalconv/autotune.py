@@ -130,6 +130,9 @@ class Measurement:
 # What each candidate is timed as: forward passes of the value routes, value_and_grad of
 # the derivative routes.
 VALUES, DERIVATIVES = "values", "derivatives"
+# Derivative routes that differentiate their value route's own values, with the value
+# route they are timed and chosen with (the other routes' own values never run).
+_TIMED_WITH = {"products": "shifts"}
 
 
 def pick(
@@ -235,9 +238,8 @@ def derivative_candidates(backend: str, problem: Problem | None = None) -> tuple
 
 
 def _products_apply(problem: Problem) -> bool:
-    widened_kernel = np.dtype(problem.kernel_dtype).itemsize < 4
     geom, batch, filters = problem.geom, problem.batch, problem.filters
-    return derivatives_by_products(geom, batch, filters, widened_kernel=widened_kernel)
+    return derivatives_by_products(geom, batch, filters, problem.kernel_dtype)
 
 
 def decide(values: dict[str, Measurement], derivatives: dict[str, Measurement]) -> str:
@@ -253,9 +255,8 @@ def decide(values: dict[str, Measurement], derivatives: dict[str, Measurement]) 
     'shifts/products'
     """
     derivative_route = _fastest_lean(DERIVATIVES, derivatives)
-    if derivative_route == "products":
-        return "shifts/products"
-    return f"{_fastest_lean(VALUES, values)}/{derivative_route}"
+    value_route = _TIMED_WITH.get(derivative_route) or _fastest_lean(VALUES, values)
+    return f"{value_route}/{derivative_route}"
 
 
 def _fastest_lean(kind: str, measured: dict[str, Measurement]) -> str:
@@ -363,10 +364,7 @@ def _measure_all(problem: Problem) -> tuple[dict[str, Measurement], dict[str, Me
             for name in candidates(problem.geom, backend)
         }
         for route in derivative_candidates(backend, problem):
-            # The route's own values never run (but "products" differentiates the value
-            # route's values: "shifts"', where it applies).
-            value_route = "shifts" if route == "products" else route
-            name = f"{value_route}/{route}"
+            name = f"{_TIMED_WITH.get(route, route)}/{route}"
             compiled[(DERIVATIVES, route)] = _compile(name, problem, x, k, g)
         seconds = _fastest_calls({key: call for key, (call, _) in compiled.items()}, x, k)
     measured = {key: Measurement(seconds[key], temp) for key, (_, temp) in compiled.items()}

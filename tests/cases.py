@@ -41,6 +41,12 @@ class Case:
             self.spatial, self.kernel_size, self.strides, self.padding, self.dil
         )
 
+    def geometry(self):
+        from jlocalconv.geometry import make_geometry
+
+        return make_geometry(self.input_shape, self.kernel_size, self.strides, self.padding,
+                             self.dil, self.data_format)  # fmt: skip
+
     def arrays(self, seed=0, dtype=np.float32):
         rng = np.random.default_rng(seed)
         x = rng.standard_normal(self.input_shape).astype(dtype)

@@ -38,8 +38,7 @@ FAST = ("slices", "tiles", "shifts")
 
 
 def _geom(case):
-    return make_geometry(case.input_shape, case.kernel_size, case.strides, case.padding,
-                         case.dil, case.data_format)  # fmt: skip
+    return case.geometry()
 
 
 def _impl(name, case, **kw):

@@ -29,12 +29,11 @@ CASES = [  # every rank and format, strides, dilation, padding; 1-8 features
 ]
 
 
-def _route(case: Case, **kw):
+def _route(case: Case, out_dtype=jnp.float32):
     """The products route with "shifts"' values, forced whatever its bounds say."""
-    geom = make_geometry(case.input_shape, case.kernel_size, case.strides, case.padding,
-                         case.dil, case.data_format)  # fmt: skip
-    values = functools.partial(shifts._shift_accumulate, geom=geom, out_dtype=jnp.float32)
-    return differentiated_by_products(values, geom, **kw)
+    geom = case.geometry()
+    values = functools.partial(shifts._shift_accumulate, geom=geom, out_dtype=out_dtype)
+    return differentiated_by_products(values, geom)
 
 
 def _ref(case: Case, x, k):
@@ -43,8 +42,7 @@ def _ref(case: Case, x, k):
 
 
 def _patches(case: Case):
-    geom = make_geometry(case.input_shape, case.kernel_size, case.strides, case.padding,
-                         case.dil, case.data_format)  # fmt: skip
+    geom = case.geometry()
     return lambda x, k: local_conv_patches(x, k, geom, precision="highest")
 
 
@@ -153,7 +151,7 @@ def test_widened_bf16_products_match_the_float32_route():
     """bf16 operands (computed in float32 on CPU by "auto"): the products' gradients
     equal float32's, rounded once to bf16."""
     geom, x, k = _heavy_arrays(jnp.bfloat16)
-    assert derivatives_by_products(geom, 64, 64, widened_kernel=True)
+    assert derivatives_by_products(geom, 64, 64, jnp.bfloat16)
 
     def grads(x, k):
         f = lambda x, k: jnp.sum(jlocalconv.local_conv(x, k, (2, 1), 1).astype(jnp.float32) ** 2)
@@ -193,12 +191,10 @@ def test_products_take_16_bit_operands_as_they_are():
     arithmetic in float32 anyway, so on CPU this cannot tell the accumulator apart.)"""
     case = Case((9, 8), 2, 128, (2, 1), (1, 1), batch=128)  # sums of 128 rows and filters
     x, k, _ = case.arrays()
-    geom = make_geometry(case.input_shape, case.kernel_size, case.strides, case.padding)
     bf16 = lambda a: jnp.asarray(a, jnp.bfloat16)
 
     def grads(dtype):
-        values = functools.partial(shifts._shift_accumulate, geom=geom, out_dtype=dtype)
-        f = differentiated_by_products(values, geom)
+        f = _route(case, out_dtype=dtype)
         loss = lambda x, k: jnp.sum(f(x, k).astype(jnp.float32) ** 2)
         return jax.jit(jax.grad(loss, (0, 1)))
 

@@ -58,12 +58,12 @@ PRODUCTS_MAX_BATCH = 256
 
 
 def derivatives_by_products(
-    geom: Geometry, batch: int, filters: int, *, widened_kernel: bool = False
+    geom: Geometry, batch: int, filters: int, kernel_dtype: jax.typing.DTypeLike = "float32"
 ) -> bool:
     """Whether "shifts" is differentiated by :func:`differentiated_by_products`: 2 to
     ``PRODUCTS_MAX_FEATURES`` features, 2 to ``PRODUCTS_MAX_BATCH`` rows (and at least
-    as many as features for a ``widened_kernel``: 16-bit, narrower than the products'
-    float32), at least ``PRODUCTS_MIN_FILTERS`` filters and ``PRODUCTS_MIN_RESULT_BYTES``
+    as many as features for a 16-bit ``kernel_dtype``, which the float32 products widen
+    whole), at least ``PRODUCTS_MIN_FILTERS`` filters and ``PRODUCTS_MIN_RESULT_BYTES``
     of (float32) result.
 
     >>> from jlocalconv.geometry import make_geometry
@@ -73,13 +73,13 @@ def derivatives_by_products(
     >>> derivatives_by_products(make_geometry((64, 30, 30, 4), 2), 64, 64)  # 16 features
     False
     >>> few_rows = make_geometry((4, 200, 200, 2), (3, 1))
-    >>> [derivatives_by_products(few_rows, 4, 64, widened_kernel=w) for w in (False, True)]
+    >>> [derivatives_by_products(few_rows, 4, 64, dtype) for dtype in ("float32", "bfloat16")]
     [True, False]
     """
     result_bytes = 4 * batch * geom.output_items * filters
-    rows = max(2, geom.feature_dim if widened_kernel else 2)
+    widened = jnp.dtype(kernel_dtype).itemsize < 4  # _dtypes: at least float32
     return (
-        rows <= batch <= PRODUCTS_MAX_BATCH
+        (geom.feature_dim if widened else 2) <= batch <= PRODUCTS_MAX_BATCH
         and 2 <= geom.feature_dim <= PRODUCTS_MAX_FEATURES
         and filters >= PRODUCTS_MIN_FILTERS
         and result_bytes >= PRODUCTS_MIN_RESULT_BYTES

@@ -72,9 +72,7 @@ def local_conv_shifts(
     batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
     out_dtype = result_dtype(inputs, preferred_element_type)
     values = functools.partial(_shift_accumulate, geom=geom, out_dtype=out_dtype)
-    # The products accumulate in at least float32: a 16-bit kernel is widened whole.
-    widened_kernel = jnp.dtype(kernel.dtype).itemsize < 4
-    if derivatives_by_products(geom, batch, filters, widened_kernel=widened_kernel):
+    if derivatives_by_products(geom, batch, filters, kernel.dtype):
         route = "products"
     elif derivatives_by_slices(geom, batch, filters, itemsize):
         route = "slices"
