@@ -27,6 +27,7 @@ from jlocalconv.implementations import tiles as tiles_module
 from jlocalconv.implementations._windows import (
     STACK_FUSION_MAX_BYTES,
     STACK_FUSION_MAX_PARTS,
+    padded,
     sliced_by_axis,
     stack,
 )
@@ -112,6 +113,50 @@ def test_tilings_match_reference(case):
         gx, gk = _grads(f, x, k, w)
         np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5, err_msg=str(plan))
         np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-5, err_msg=str(plan))
+
+
+PADDED_PER_TILE = [  # explicit (low, high) pairs larger than a window's reach, too
+    Case((7,), 3, 2, (3,), (1,), padding="causal", dilation=3),
+    Case((9, 11), 2, 3, (3, 2), (2, 1), padding=((2, 3), (0, 4)), data_format="channels_first"),
+    Case((6, 5, 7), 2, 2, (2, 3, 3), (1, 2, 1), padding="same", dilation=(1, 1, 2)),
+]
+
+
+@pytest.mark.parametrize("case", PADDED_PER_TILE, ids=str)
+def test_tiles_pad_each_tile_and_match_the_reference(case):
+    """Every tiling of a padded input, values and both gradients: tiles whose box fits
+    in the input pad their own box (``tiles._padded_region``: a clamped slice, padded
+    and sliced again), the others slice a padded copy; the same numbers either way."""
+    x, k, _ = case.arrays()
+    geom = _geom(case)
+    want = _ref(case, x, k)
+    w = np.random.default_rng(2).standard_normal(want.shape).astype(np.float32)
+    gx_ref, gk_ref = _grads(_impl("patches", case), x, k, w)
+    per_tile = []
+    for plan in [*_every_plan(geom), *tiles_module._ragged_plans(geom)]:
+        tile = tiles_module._tile_geometry(padded(geom), plan)
+        per_tile.append(tiles_module._pads_tiles(geom, tile))
+        f = jax.jit(lambda x, k, plan=plan: local_conv_tiles(x, k, geom, plan=plan,
+                                                              precision="highest"))  # fmt: skip
+        np.testing.assert_allclose(f(x, k), want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
+        gx, gk = _grads(f, x, k, w)
+        np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5, err_msg=str(plan))
+        np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-5, err_msg=str(plan))
+    assert any(per_tile) and not all(per_tile)  # both ways of taking boxes were checked
+
+
+def test_padded_tile_loop_backward_holds_one_padded_copy_of_the_inputs():
+    """Sweep problem s30-0's kind (a causal, dilated 1-D window over 409 channels): the
+    inputs' gradient accumulated in the padded shape, beside the padded inputs that the
+    kernel's gradient reads, two input-sized buffers; tile by tile it accumulates in
+    the inputs' own shape (compile only; nothing runs)."""
+    shape = (32, 266, 409)
+    geom = make_geometry(shape, 3, 3, padding="causal", dilation=2)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(8), jnp.float32)
+    loss = lambda x, k: jnp.sum(local_conv_tiles(x, k, geom) ** 2)
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < 1.5 * 4 * math.prod(shape)
 
 
 @pytest.mark.parametrize("flag", VALUE_ROUTES)
