@@ -677,7 +677,8 @@ def _padded_region(
     """
     first = spatial_axis(geom)
     start: list[int | jax.Array] = [0] * inputs.ndim
-    size, again = list(inputs.shape), [0] * inputs.ndim
+    again: list[int | jax.Array] = [0] * inputs.ndim
+    size = list(inputs.shape)
     pads = [(0, 0, 0)] * inputs.ndim
     for i, (lo, hi) in enumerate(geom.padding):
         axis, n = first + i, geom.spatial_shape[i]
