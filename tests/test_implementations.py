@@ -101,12 +101,18 @@ VALUE_ROUTES = ("one_shot_forward", "per_position_values")  # TilePlan flags
 
 @pytest.mark.parametrize("case", TILED, ids=str)
 def test_tilings_match_reference(case):
+    _assert_tilings_match_reference(case, _some_plans(_geom(case)))
+
+
+def _assert_tilings_match_reference(case, plans):
+    """Values and both gradients of "tiles" over each of ``plans``, against the NumPy
+    reference and "patches"' gradients."""
     x, k, _ = case.arrays()
     geom = _geom(case)
     want = _ref(case, x, k)
     w = np.random.default_rng(2).standard_normal(want.shape).astype(np.float32)
     gx_ref, gk_ref = _grads(_impl("patches", case), x, k, w)
-    for plan in _some_plans(geom):
+    for plan in plans:
         f = jax.jit(lambda x, k, plan=plan: local_conv_tiles(x, k, geom, plan=plan,
                                                               precision="highest"))  # fmt: skip
         np.testing.assert_allclose(f(x, k), want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
@@ -124,24 +130,15 @@ PADDED_PER_TILE = [  # explicit (low, high) pairs larger than a window's reach, 
 
 @pytest.mark.parametrize("case", PADDED_PER_TILE, ids=str)
 def test_tiles_pad_each_tile_and_match_the_reference(case):
-    """Every tiling of a padded input, values and both gradients: tiles whose box fits
-    in the input pad their own box (``tiles._padded_region``: a clamped slice, padded
-    and sliced again), the others slice a padded copy; the same numbers either way."""
-    x, k, _ = case.arrays()
+    """Every tiling of a padded input, values and both gradients: where every tile's box
+    fits in the input, the inputs' tangent pads each box itself
+    (``tiles._padded_region``: a clamped slice, padded and sliced again), elsewhere it
+    slices a padded copy, as the values always do; the same numbers either way."""
     geom = _geom(case)
-    want = _ref(case, x, k)
-    w = np.random.default_rng(2).standard_normal(want.shape).astype(np.float32)
-    gx_ref, gk_ref = _grads(_impl("patches", case), x, k, w)
-    per_tile = []
-    for plan in [*_every_plan(geom), *tiles_module._ragged_plans(geom)]:
-        tile = tiles_module._tile_geometry(padded(geom), plan)
-        per_tile.append(tiles_module._pads_tiles(geom, tile))
-        f = jax.jit(lambda x, k, plan=plan: local_conv_tiles(x, k, geom, plan=plan,
-                                                              precision="highest"))  # fmt: skip
-        np.testing.assert_allclose(f(x, k), want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
-        gx, gk = _grads(f, x, k, w)
-        np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5, err_msg=str(plan))
-        np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-5, err_msg=str(plan))
+    plans = [*_every_plan(geom), *tiles_module._ragged_plans(geom)]
+    _assert_tilings_match_reference(case, plans)
+    tiles = [tiles_module._tile_geometry(padded(geom), plan) for plan in plans]
+    per_tile = [tiles_module._pads_tiles(geom, tile) for tile in tiles]
     assert any(per_tile) and not all(per_tile)  # both ways of taking boxes were checked
 
 
