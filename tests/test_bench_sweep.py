@@ -201,16 +201,20 @@ def test_sweep_temps_recompiles_auto_and_applies_the_bounds():
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU cost model's composites")
 @pytest.mark.parametrize(
-    "shape, kernel_size, padding, filters, route",
-    [((8, 24, 24, 32), 3, "same", 64, "tiles"), ((4, 40, 40, 8), 5, "valid", 8, "slices")],
+    "shape, kernel_size, padding, filters, route, derivatives",
+    [
+        ((8, 24, 24, 32), 3, "same", 64, "tiles", "slices"),
+        ((4, 40, 40, 8), (5, 7), "valid", 8, "slices", "slices"),
+        ((16, 64, 64, 8), 5, "valid", 8, "shifts", "tiles"),  # 200 features: rule 1b
+    ],
 )
 def test_a_composite_forward_is_its_value_route_program(
-    shape, kernel_size, padding, filters, route
+    shape, kernel_size, padding, filters, route, derivatives
 ):
     # What sweep.value_route_forward relies on: undifferentiated, "auto"'s composite
     # compiles to the value route's very HLO (metadata aside).
     geom = make_geometry(shape, kernel_size, padding=padding)
-    assert choose(geom, shape[0], filters, "float32", "cpu") == f"{route}/slices"
+    assert choose(geom, shape[0], filters, "float32", "cpu") == f"{route}/{derivatives}"
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     k = jax.ShapeDtypeStruct(geom.kernel_shape(filters), jnp.float32)
 

@@ -405,7 +405,9 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     few = few and (
         geom.channels <= 4 or short or (filters <= 16 and geom.channels * filters <= 200)
     )
-    few = few and (geom.feature_dim < 200 or filters <= 4)  # deep windows: few filters only
+    deep = geom.feature_dim >= 200 and filters > 4  # deep windows: few filters only ...
+    deep_values = few and deep and geom.feature_dim < 250  # ... but shallow ones' values
+    few = few and not deep
     kernel_bound = batch > 1 and batch * tiles_module.MIN_TILES < filters
     patch_bytes = 4 * batch * geom.output_items * geom.feature_dim
     kernel_bytes = 4 * geom.output_items * geom.feature_dim * filters
@@ -430,6 +432,8 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     want = sliced_values if values_sliced else "tiles/slices"
     if not sliced:
         want = "slices/tiles" if fits and values_sliced else "tiles"
+    if deep_values:
+        want = "shifts/" + want.rpartition("/")[2]
     assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else want)
     for backend in ("gpu", "tpu"):
         assert choose(geom, batch, filters, jnp.float32, backend) == "slices"
@@ -552,6 +556,30 @@ def test_auto_specific_choices():
     assert plan == TilePlan(0, 113, one_shot_forward=True) and plan.counts(dominated) == (9,)
     # Deterministic: the same arguments, the same answer.
     assert {choose(a, 32, 16, jnp.float32, "cpu") for _ in range(3)} == {"tiles"}
+
+
+def test_shallow_deep_windows_take_shifts_values_and_keep_their_derivatives(monkeypatch):
+    """Rule 1b of ``choose``: 200-249 features with more than 4 filters compute values
+    by "shifts" (sweep s24-38's kind: 3 channels of 72 offsets, 8 filters) and keep
+    the derivatives auto takes without it, bit for bit; 250 features and more do not."""
+    geom = make_geometry((2, 12, 12, 3), (8, 9))  # 216 features
+    name = choose(geom, 2, 8, jnp.float32, "cpu")
+    deeper = make_geometry((2, 12, 12, 3), (9, 10))  # 270 features
+    assert name.startswith("shifts/") and "shifts" not in choose(deeper, 2, 8, "float32", "cpu")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(geom.input_shape(2)).astype(np.float32)
+    k = rng.standard_normal(geom.kernel_shape(8)).astype(np.float32)
+
+    def value_and_grad():  # traced anew: "auto" chooses at trace time
+        f = lambda x, k: jnp.sum(jlocalconv.local_conv(x, k, (8, 9), 1) ** 2)
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, k)
+
+    now = value_and_grad()
+    monkeypatch.setattr(implementations, "SHIFTS_DEEP_VALUES_MAX_FEATURES", 0)
+    before = choose(geom, 2, 8, jnp.float32, "cpu")
+    assert not before.startswith("shifts") and name == "shifts/" + before.rpartition("/")[2]
+    for got, want in zip(jax.tree.leaves(now), jax.tree.leaves(value_and_grad())):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_the_loop_differentiates_where_the_window_stack_transposes_slowly():

@@ -90,6 +90,18 @@ SHIFTS_MAX_BANK = 4096
 # in 0.44-0.96x their time on the three with 252-324 features and 2-3 filters.
 SHIFTS_DEEP_FEATURES = 200
 SHIFTS_DEEP_MAX_FILTERS = 4
+# Below SHIFTS_DEEP_VALUES_MAX_FEATURES features, though, "shifts" computes the values of
+# such windows (more filters, the other rules met) faster anyway, and the derivatives
+# stay with the route auto would take otherwise (a ``"shifts/..."`` name): "shifts"'
+# own derivatives ran value_and_grad up to 1.3x (float32) and 3.5x (bf16) slower. In the
+# committed sweeps (seeds 5-30 and 49), all nine such float32 problems with 210-240
+# features and 6-15 filters ran "shifts" forward in 0.23-0.80x auto's time (s24-38, 3
+# channels of 72 offsets, 8 filters: 0.23x; the worst forward case of seeds 24, 30 and
+# 49), two bf16 ones in 0.47-0.55x; from 280 features on, 12 of 18 with 5-15 filters ran
+# 1.2-4.5x slower (the six faster had 1-5 rows). Held out (the 37 such problems of seeds
+# 50-199, auto with and without this rule, one process, alternated): forward 0.58x
+# (geometric mean; 0.22-1.05x), value_and_grad the same programs but for names (1.05x).
+SHIFTS_DEEP_VALUES_MAX_FEATURES = 250
 # Timing "shifts" as a trial (autotune, the sweep) compiles it: beyond SHIFTS_FEW_CHANNELS
 # channels only under this many features (one unrolled term each; 1-4 channels reach 2916).
 SHIFTS_TRIAL_MAX_FEATURES = 1024
@@ -128,7 +140,7 @@ def choose(
 
     The cost model (deterministic: no timing, the same arguments give the same name;
     constants tuned on the bench suite and sweep seeds 2 and 5-9, evaluated on seeds 10
-    and 11; later bounds each evaluated on a seed drawn after it, the last on seed 23)
+    and 11; later bounds each evaluated on a seed drawn after it or on held-out problems)
     picks one route for undifferentiated values and one for derivatives; a name
     ``"values/derivatives"`` (e.g. ``"tiles/slices"``) says they differ (:func:`composed`).
 
@@ -142,7 +154,11 @@ def choose(
          (``feature_dim * filters``) and, for windows of at least
          ``SHIFTS_DEEP_FEATURES`` features, at most ``SHIFTS_DEEP_MAX_FILTERS`` filters:
          values with no window tensor at all (its derivatives: see
-         :mod:`jlocalconv.implementations.shifts`);
+         :mod:`jlocalconv.implementations.shifts`); 1b. where only that last bound
+         keeps "shifts" out and the windows have fewer than
+         ``SHIFTS_DEEP_VALUES_MAX_FEATURES`` features, values by "shifts" and
+         derivatives by the route rules 2-3 give (``"shifts/tiles"``,
+         ``"shifts/slices"``);
       2. derivatives by "slices" where
          :func:`~jlocalconv.implementations.tiles.derivatives_by_slices` says so (a
          dominant kernel, disjoint windows, or three window tensors within
@@ -180,8 +196,8 @@ def choose(
       backend: ``jax.default_backend()`` (e.g. ``"cpu"``, ``"gpu"``, ``"tpu"``).
 
     Returns:
-      A key of ``IMPLEMENTATIONS``, ``"tiles/slices"``, ``"slices/slices"`` or
-      ``"slices/tiles"``.
+      A key of ``IMPLEMENTATIONS``, ``"tiles/slices"``, ``"slices/slices"``,
+      ``"slices/tiles"``, ``"shifts/slices"`` or ``"shifts/tiles"``.
 
     Example:
       >>> from jlocalconv.geometry import make_geometry
@@ -192,13 +208,15 @@ def choose(
       'shifts'
       >>> choose(make_geometry((32, 28, 28, 1), 5), 32, 8, "float32", "cpu")  # 1 channel
       'shifts'
+      >>> choose(make_geometry((16, 64, 64, 8), 5), 16, 8, "float32", "cpu")  # 200 features
+      'shifts/tiles'
       >>> choose(make_geometry((8, 7, 7, 1024), 3), 8, 256, "float32", "cpu")  # kernel-bound
       'slices/slices'
       >>> choose(make_geometry((32, 12, 12, 8), 6), 32, 8, "float32", "cpu")  # small windows
       'slices'
       >>> choose(make_geometry((2, 12, 12, 8), 6), 2, 8, "float32", "cpu")  # 2 rows: by rows
       'slices/slices'
-      >>> choose(make_geometry((4, 40, 40, 8), 5), 4, 8, "float32", "cpu")  # unstrided 5x5
+      >>> choose(make_geometry((4, 40, 40, 8), (5, 7)), 4, 8, "float32", "cpu")  # unstrided
       'slices/slices'
       >>> same = make_geometry((8, 24, 24, 32), 3, padding="same")  # 48 tiles, a dot each
       >>> choose(same, 8, 64, "float32", "cpu")
@@ -213,6 +231,14 @@ def choose(
         return "slices"
     if _shifts_values(geom, filters):
         return "shifts"  # values without windows; its derivatives pick their own route
+    name = _windowed_choice(geom, batch, filters, dtype)
+    if _shifts_deep_values(geom, filters):  # rule 1b: "shifts" values, these derivatives
+        return f"shifts/{_derivative_route(name)}"
+    return name
+
+
+def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing.DTypeLike) -> str:
+    """:func:`choose` on CPU where "shifts" does not compute values (rules 2-4)."""
     itemsize = max(np.dtype(dtype).itemsize, 4)  # 16-bit floats are computed in float32
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     plain = kernel_bound or geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
@@ -237,21 +263,33 @@ def _loop_values(geom: Geometry, batch: int, filters: int, itemsize: int) -> boo
     return plan.per_position_values and math.prod(plan.counts(geom)) > 1
 
 
+def _derivative_route(name: str) -> str:
+    """The derivative route of an implementation name auto returns ("tiles", "slices",
+    or the part after ``/``)."""
+    return name.rpartition("/")[2]
+
+
 def _shifts_values(geom: Geometry, filters: int) -> bool:
     """Whether "shifts" computes values fastest on CPU (rule 1 of :func:`choose`)."""
+    deep = geom.feature_dim >= SHIFTS_DEEP_FEATURES and filters > SHIFTS_DEEP_MAX_FILTERS
+    return _shifts_fits(geom, filters) and not deep
+
+
+def _shifts_deep_values(geom: Geometry, filters: int) -> bool:
+    """Whether "shifts" computes the values of windows the deep bound keeps from it
+    (rule 1b of :func:`choose`): under ``SHIFTS_DEEP_VALUES_MAX_FEATURES`` features."""
+    shallow = geom.feature_dim < SHIFTS_DEEP_VALUES_MAX_FEATURES
+    return shallow and _shifts_fits(geom, filters) and not _shifts_values(geom, filters)
+
+
+def _shifts_fits(geom: Geometry, filters: int) -> bool:
+    """The channel, filter and bank bounds of rule 1 (:func:`choose`)."""
     if geom.channels > SHIFTS_MAX_CHANNELS or geom.feature_dim * filters >= SHIFTS_MAX_BANK:
         return False
-    few_terms = geom.feature_dim <= SHIFTS_FEW_TERMS
-    if (
-        geom.channels > SHIFTS_FEW_CHANNELS
-        and not few_terms
-        and (
-            filters > SHIFTS_MANY_CHANNELS_MAX_FILTERS
-            or geom.channels * filters > SHIFTS_MANY_CHANNELS_MAX_PRODUCT
-        )
-    ):
-        return False
-    return geom.feature_dim < SHIFTS_DEEP_FEATURES or filters <= SHIFTS_DEEP_MAX_FILTERS
+    if geom.channels <= SHIFTS_FEW_CHANNELS or geom.feature_dim <= SHIFTS_FEW_TERMS:
+        return True
+    few_filters = filters <= SHIFTS_MANY_CHANNELS_MAX_FILTERS
+    return few_filters and geom.channels * filters <= SHIFTS_MANY_CHANNELS_MAX_PRODUCT
 
 
 def shifts_unrolls_few(geom: Geometry) -> bool:
