@@ -238,7 +238,7 @@ def choose(
 
 
 def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing.DTypeLike) -> str:
-    """:func:`choose` on CPU where "shifts" does not compute values (rules 2-4)."""
+    """:func:`choose` on CPU where "shifts" does not compute values (rules 2-3)."""
     itemsize = max(np.dtype(dtype).itemsize, 4)  # 16-bit floats are computed in float32
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     plain = kernel_bound or geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
