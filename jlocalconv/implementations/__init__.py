@@ -229,11 +229,13 @@ def choose(
     """
     if backend != "cpu":
         return "slices"
-    if _shifts_values(geom, filters):
+    shifts = _shifts_fits(geom, filters)
+    deep = geom.feature_dim >= SHIFTS_DEEP_FEATURES and filters > SHIFTS_DEEP_MAX_FILTERS
+    if shifts and not deep:
         return "shifts"  # values without windows; its derivatives pick their own route
     name = _windowed_choice(geom, batch, filters, dtype)
-    if _shifts_deep_values(geom, filters):  # rule 1b: "shifts" values, these derivatives
-        return f"shifts/{_derivative_route(name)}"
+    if shifts and geom.feature_dim < SHIFTS_DEEP_VALUES_MAX_FEATURES:
+        return "shifts/" + name.rpartition("/")[2]  # rule 1b: these derivatives
     return name
 
 
@@ -263,27 +265,9 @@ def _loop_values(geom: Geometry, batch: int, filters: int, itemsize: int) -> boo
     return plan.per_position_values and math.prod(plan.counts(geom)) > 1
 
 
-def _derivative_route(name: str) -> str:
-    """The derivative route of an implementation name auto returns ("tiles", "slices",
-    or the part after ``/``)."""
-    return name.rpartition("/")[2]
-
-
-def _shifts_values(geom: Geometry, filters: int) -> bool:
-    """Whether "shifts" computes values fastest on CPU (rule 1 of :func:`choose`)."""
-    deep = geom.feature_dim >= SHIFTS_DEEP_FEATURES and filters > SHIFTS_DEEP_MAX_FILTERS
-    return _shifts_fits(geom, filters) and not deep
-
-
-def _shifts_deep_values(geom: Geometry, filters: int) -> bool:
-    """Whether "shifts" computes the values of windows the deep bound keeps from it
-    (rule 1b of :func:`choose`): under ``SHIFTS_DEEP_VALUES_MAX_FEATURES`` features."""
-    shallow = geom.feature_dim < SHIFTS_DEEP_VALUES_MAX_FEATURES
-    return shallow and _shifts_fits(geom, filters) and not _shifts_values(geom, filters)
-
-
 def _shifts_fits(geom: Geometry, filters: int) -> bool:
-    """The channel, filter and bank bounds of rule 1 (:func:`choose`)."""
+    """The channel, filter and bank bounds of rule 1 of :func:`choose` (all but the
+    deep-window bound, which rule 1b relaxes for values)."""
     if geom.channels > SHIFTS_MAX_CHANNELS or geom.feature_dim * filters >= SHIFTS_MAX_BANK:
         return False
     if geom.channels <= SHIFTS_FEW_CHANNELS or geom.feature_dim <= SHIFTS_FEW_TERMS:
