@@ -8,6 +8,7 @@ the memory-lean backward, and the choices "auto" makes.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 
@@ -281,6 +282,27 @@ def test_shifts_widens_a_16_bit_kernel_once_where_many_terms_read_it(channels, o
         if eqn.primitive.name == "convert_element_type" and eqn.invars[0].aval.dtype == k.dtype
     ]
     assert widenings == ([k.shape] if once else [(*geom.output_shape, 4)] * 5 * channels)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_shifts_values_slice_each_offset_once_and_split_the_rest(data_format):
+    """Tracing stays cheap: one input slice per window offset, one split per offset and
+    one of the kernel (not an index per term: JAX traces these values under
+    differentiation too), and no term widened twice; values equal to the reference."""
+    shape = (2, 9, 8, 3) if data_format == "channels_last" else (2, 3, 9, 8)
+    geom = make_geometry(shape, (3, 2), data_format=data_format)  # 6 offsets x 3 channels
+    x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.bfloat16)
+    k = jnp.asarray(np.random.default_rng(1).normal(size=geom.kernel_shape(4)), jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(lambda x, k: local_conv_shifts(x, k, geom))(x, k).jaxpr
+    counts = collections.Counter(eqn.primitive.name for eqn in _equations(jaxpr))
+    offsets = geom.window_items
+    assert (counts["slice"], counts["split"]) == (offsets, offsets + 1)
+    assert counts["convert_element_type"] == offsets + 2  # input slices, kernel, result
+    assert counts["pjit"] == counts["jit"] == 0
+    wide = [np.asarray(a, np.float64) for a in (x, k)]
+    expected = local_conv_ref(*wide, geom.kernel_size, geom.strides, data_format)
+    got = local_conv_shifts(x, k, geom, preferred_element_type=jnp.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def _concatenate_widths(fn, *args) -> list[int]:
