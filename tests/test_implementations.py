@@ -232,24 +232,50 @@ def test_few_rows_take_the_kernel_gradient_out_of_the_loop(impl, monkeypatch):
     assert loop_writes_kernel()
 
 
-BY_AXIS_ROWS = [
-    Case((9, 8), 2, 3, (6, 6), (1, 1)),
+GATHERED_ROWS = [
+    Case((9, 8), 2, 3, (6, 6), (1, 1)),  # 36 offsets
     Case((8, 9), 3, 2, (4, 8), (2, 1), data_format="channels_first"),
+    Case((7, 9), 2, 2, (3, 2), (2, 3), padding="same"),
 ]
 
 
-@pytest.mark.parametrize("case", BY_AXIS_ROWS, ids=str)
-def test_kernel_gradient_by_rows_with_windows_by_axis_matches_reference(case):
-    """32 or more offsets: the rows' window tensor is stacked axis by axis."""
+@pytest.mark.parametrize("case", GATHERED_ROWS, ids=str)
+def test_kernel_gradient_by_rows_from_gathered_windows_matches_reference(case):
+    """The loop's rows kernel gradient keeps its windows as one gather (not a stack of
+    slices); its kernel gradient matches the reference's, and second order goes
+    through the gather's own derivatives (forward and reverse)."""
     geom = _geom(case)
-    assert math.prod(case.kernel_size) >= tiles_module.ROWS_BY_AXIS_MIN_OFFSETS
     assert tiles_module.kernel_tangent_by_rows(geom, case.batch, 4)
     x, k, _ = case.arrays()
     _, dk, _ = case.arrays(seed=5)
     w = np.random.default_rng(2).standard_normal(_ref(case, x, k).shape).astype(np.float32)
+    vag = jax.value_and_grad(lambda x, k: jnp.sum(_impl("tiles", case)(x, k) * w), (0, 1))
+    primitives = {eqn.primitive.name for eqn in _equations(jax.make_jaxpr(vag)(x, k).jaxpr)}
+    assert "gather" in primitives
     _, gk = _grads(_impl("tiles", case), x, k, w)
     np.testing.assert_allclose(np.vdot(gk, dk), np.vdot(_ref(case, x, dk), w), rtol=1e-4)
     np.testing.assert_allclose(gk, _grads(_impl("patches", case), x, k, w)[1], rtol=1e-5, atol=1e-5)
+    with jax.enable_x64(True):
+        x64, k64 = (jnp.asarray(a, jnp.float64) for a in case.arrays(dtype=np.float64)[:2])
+        check_grads(jax.jit(_impl("tiles", case)), (x64, k64), order=2, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize(
+    "shape, ks, st, dil, fmt",
+    [
+        ((2, 9, 13, 3), (9, 3), (1, 2), (1, 1), "channels_last"),
+        ((2, 3, 9, 13), (4, 3), (1, 2), (2, 1), "channels_first"),
+        ((2, 2, 25, 21, 5), (1, 9, 6), (1, 3, 2), (3, 3, 3), "channels_last"),
+        ((3, 4, 17), (5,), (2,), (2,), "channels_first"),
+    ],
+)
+def test_gathered_windows_equal_the_stack(shape, ks, st, dil, fmt):
+    """One gather gives the stack's windows, features in Keras's order for both formats."""
+    from jlocalconv.implementations import _windows
+
+    geom = make_geometry(shape, ks, st, dilation=dil, data_format=fmt)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    np.testing.assert_array_equal(_windows.gathered_windows(x, geom), _windows.windows(x, geom))
 
 
 @pytest.mark.parametrize("name", FAST)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jlocalconv.geometry import Geometry
@@ -436,6 +437,48 @@ def input_per_output(geom: Geometry) -> float:
     557.3333333333334
     """
     return math.prod(geom.padded_shape) / geom.output_items
+
+
+def gathered_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
+    """:func:`windows` as one ``lax.gather``: ``(output_items, batch, feature_dim)``.
+
+    The window starts are static (one ``(position, offset)`` index pair each, built in
+    NumPy), so XLA emits one small gather kernel however many offsets there are, where
+    a stack is one slice (and more LLVM) per offset. For a window tensor kept whole,
+    written once and read once (the residual of ``tiles.rows_kernel_tangent``).
+    ``inputs`` and ``geom`` as in :func:`windows` (already padded).
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((2, 5, 6, 3), (3, 2), (1, 2), dilation=(1, 2))
+    >>> x = jnp.arange(2 * 5 * 6 * 3.0).reshape(2, 5, 6, 3)
+    >>> bool((gathered_windows(x, geom) == windows(x, geom)).all())
+    True
+    """
+    n, first = geom.ndim, spatial_axis(geom)
+    spatial = tuple(range(first, first + n))
+    starts = _window_starts(geom)  # (output_items, window_items, ndim)
+    # Features in Keras's order: (k..., C) for channels_last, (C, k...) for channels_first.
+    offset_dims = (1, 3) if geom.channels_last else (1, 2)
+    numbers = lax.GatherDimensionNumbers(
+        offset_dims=offset_dims, collapsed_slice_dims=spatial, start_index_map=spatial
+    )
+    sizes = [1] * inputs.ndim
+    sizes[0], sizes[-1 if geom.channels_last else 1] = inputs.shape[0], geom.channels
+    mode = lax.GatherScatterMode.PROMISE_IN_BOUNDS  # in range by construction
+    out = lax.gather(inputs, starts, numbers, tuple(sizes), mode=mode)
+    return out.reshape(geom.output_items, inputs.shape[0], geom.feature_dim)
+
+
+def _window_starts(geom: Geometry) -> np.ndarray:
+    """Every window offset's input index at every output position, row-major both."""
+
+    def grid(extents, steps):
+        axes = [np.arange(e) * s for e, s in zip(extents, steps)]
+        return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, geom.ndim)
+
+    positions = grid(geom.output_shape, geom.strides)
+    offsets = grid(geom.kernel_size, geom.dilation)
+    return (positions[:, None, :] + offsets[None, :, :]).astype(np.int32)
 
 
 def _tiles_input(geom: Geometry) -> bool:

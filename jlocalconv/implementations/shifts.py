@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -118,11 +119,12 @@ def _shift_accumulate(
             k = _widened(lax.reshape(filters[f], out_shape[1:]), acc_dtype)
             term = lax.mul(_broadcast(xc, out_shape), _broadcast(k, out_shape))
             acc = term if acc is None else lax.add(acc, term)
+    assert acc is not None  # window_items * channels >= 1
     acc = acc.astype(out_dtype)
     return acc if geom.channels_last else jnp.moveaxis(acc, -1, 1)
 
 
-def _split(array: jax.Array, axis: int) -> list[jax.Array]:
+def _split(array: jax.Array, axis: int) -> Sequence[jax.Array]:
     """``array``'s slices of size one along ``axis`` (one primitive for all of them)."""
     return lax.split(array, (1,) * array.shape[axis], axis=axis)
 

@@ -42,6 +42,7 @@ from jlocalconv.implementations._common import (
 from jlocalconv.implementations._windows import (
     by_axis_derivatives,
     disjoint,
+    gathered_windows,
     input_per_output,
     pad_spatial,
     padded,
@@ -128,12 +129,6 @@ PER_POSITION_MAX_POSITIONS = 64
 # large5x5 0.80-0.96x across runs. With 32 rows (DeepFace L6) it ran 1.27-1.38x slower.
 ROWS_KERNEL_TANGENT_MAX_BATCH = 16
 ROWS_KERNEL_TANGENT_MAX_BYTES = 128 << 20
-# Its window tensor is stacked in one fused loop (written once: L4 held 123 MiB of
-# temporaries, 241 with a buffer per slice), axis by axis past ROWS_BY_AXIS_MIN_OFFSETS
-# offsets: one fused stack of L4's 81 offsets compiled value_and_grad in 3.2-4.1 s against
-# the loop's 1 s (by axis 1.3 s, L5's 49: 1.27 -> 0.83 s, their run times within noise),
-# while by axis ran large5x5's 25 offsets 1.2x slower.
-ROWS_BY_AXIS_MIN_OFFSETS = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,7 +295,7 @@ def rows_kernel_tangent(
     geom: Geometry,
     preferred_element_type: jax.typing.DTypeLike | None = None,
     window_dtype: jax.typing.DTypeLike | None = None,
-    by_axis: bool | None = None,
+    by_axis: bool = False,
     fuse: bool = True,
 ) -> jax.Array:
     """The op as one sum of products per batch row, for the kernel's tangent term.
@@ -309,15 +304,28 @@ def rows_kernel_tangent(
     the kernel (the kernel gradient) is ``sum_b windows[:, b, :, None] *
     cotangent[:, b, None, :]``: one fused loop that writes each gradient element once,
     accumulated in the result dtype (float32 for 16-bit inputs widened by
-    ``preferred_element_type``). The window tensor is a residual of the backward pass
-    (see ``ROWS_BY_AXIS_MIN_OFFSETS``). Evaluated forward (``jvp`` in the kernel), it is
-    slower than a contraction; the products are elementwise, so no ``precision``.
-    ``window_dtype`` holds that residual narrower than ``inputs`` (which it must
-    represent exactly: 16-bit inputs that "auto" widened, ``implementations.widened``).
-    ``by_axis`` (None: from ``ROWS_BY_AXIS_MIN_OFFSETS``) and ``fuse`` say how the
-    windows are stacked (:func:`~jlocalconv.implementations._windows.windows`); beside
-    "slices" derivatives they are stacked as the tangent stacks its own (``fuse=False``),
-    so that XLA computes one window tensor for both.
+    ``preferred_element_type``). The window tensor is a residual of the backward pass.
+    Evaluated forward (``jvp`` in the kernel), it is slower than a contraction; the
+    products are elementwise, so no ``precision``. ``window_dtype`` holds that residual
+    narrower than ``inputs`` (which it must represent exactly: 16-bit inputs that "auto"
+    widened, ``implementations.widened``). Beside "slices" derivatives (``fuse=False``)
+    the windows are stacked as the tangent stacks its own
+    (:func:`~jlocalconv.implementations._windows.windows` with ``by_axis``), so that XLA
+    computes one window tensor for both.
+
+    Elsewhere the residual, written once and read once, is gathered
+    (:func:`~jlocalconv.implementations._windows.gathered_windows`: one kernel however
+    many offsets) rather than stacked: XLA's CPU backend compiles a fused stack of every
+    offset's slice into one large LLVM module (large5x5's 25 offsets: 70 ms of its
+    value_and_grad compile; DeepFace L4's 81 took 3.2-4.1 s before they went axis by
+    axis from 32 offsets, the rule this replaced). value_and_grad of "auto" gathered
+    against stacked (one process, alternated) on 75 of the problems of sweep seeds 2-24
+    with at most 16 rows that auto differentiates by the loop: 0.99x the time (geometric
+    mean; 0.63-1.32x), compile 0.83x; temp memory lower on 34 (s19-24 66.5 -> 13.8 MiB,
+    s24-40 31.5 -> 8.2), higher on 17 (s18-31 3.3 -> 25.4: a single offset, one slice
+    that XLA fused into the gradient, so a single offset keeps it). Held out (88 such
+    problems of seeds 300-339): 0.99x (0.71-1.35x), compile 0.82x, temp lower on 31
+    (s300-22 61.1 -> 7.9), higher on 12 (s319-6 24.5 -> 30.9; lax 59.0).
     """
     dtype = result_dtype(inputs, preferred_element_type)
     accumulate = jnp.promote_types(inputs.dtype, dtype)
@@ -326,9 +334,11 @@ def rows_kernel_tangent(
         # windows of widened bf16 inputs held twice the bytes of lax's bf16 patches.
         # Narrowing the inputs, not the windows, lets XLA cancel the widening.
         inputs = inputs.astype(window_dtype)
-    if by_axis is None:
-        by_axis = geom.window_items >= ROWS_BY_AXIS_MIN_OFFSETS
-    patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis, fuse=fuse)
+    x, full = pad_spatial(inputs, geom), padded(geom)
+    if fuse and geom.window_items > 1:
+        patches = gathered_windows(x, full)
+    else:
+        patches = windows(x, full, by_axis=by_axis, fuse=fuse)
     filters = kernel.astype(accumulate)
     rows = [
         jnp.sum(patches[:, b, :, None].astype(accumulate) * filters, axis=1)
