@@ -7,6 +7,15 @@ from hypothesis import HealthCheck, settings
 # (tests that need another backend start a subprocess). Nothing else here imports Keras.
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+# The suite is compile-bound (hundreds of small programs, each run once or twice), and most of
+# XLA's CPU compile time is LLVM optimising the emitted code. -O0 there ran
+# tests/test_implementations.py's slowest tests in 44 s instead of 62. What the tests check
+# is unchanged: results come from the same optimised HLO (fusion, layout and buffer
+# assignment, hence temp memory, are decided before LLVM), and speed is measured in bench/.
+_FAST_COMPILE = "--xla_backend_optimization_level=0"
+if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+
 # Tests import the independent reference and the shared cases as plain modules.
 sys.path.insert(0, os.path.dirname(__file__))
 
