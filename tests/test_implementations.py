@@ -790,18 +790,24 @@ def test_disjoint_windows_are_a_reshape_and_match_the_reference(case, name):
         ((1, 4, 11, 7, 6, 2), (2, 3, 1, 2), (2, 1, 1, 3), (1, 2, 1, 1), "channels_last"),  # 4-D
     ],
 )
-def test_windows_by_axis_equal_the_one_shot_stack_and_its_transpose(shape, ks, st, dil, fmt):
-    """Any stage order (see ``_windows._stage_order``) must give Keras's feature order."""
+@pytest.mark.parametrize("select", [False, True])
+def test_windows_by_axis_equal_the_one_shot_stack_and_its_transpose(
+    shape, ks, st, dil, fmt, select, monkeypatch
+):
+    """Any stage order (see ``_windows._stage_order``) must give Keras's feature order,
+    also with every later stage a one-hot contraction (``select``, its bound lowered
+    so that each takes it), exactly."""
     from jlocalconv.implementations import _windows
 
+    monkeypatch.setattr(_windows, "STAGE_SELECT_MIN_RATIO", 0)
     geom = make_geometry(shape, ks, st, dilation=dil, data_format=fmt)
     x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
     one_shot = _windows.windows(x, geom)
-    by_axis = _windows.windows(x, geom, by_axis=True)
+    by_axis = _windows.windows(x, geom, by_axis=True, select=select)
     np.testing.assert_array_equal(by_axis, one_shot)
     ct = jnp.asarray(np.random.default_rng(1).standard_normal(one_shot.shape), jnp.float32)
     transpose = lambda by: jax.linear_transpose(
-        lambda v: _windows.windows(v, geom, by_axis=by), x)(ct)[0]  # fmt: skip
+        lambda v: _windows.windows(v, geom, by_axis=by, select=select), x)(ct)[0]  # fmt: skip
     np.testing.assert_allclose(transpose(True), transpose(False), rtol=1e-6, atol=1e-5)
 
 
@@ -860,11 +866,21 @@ def test_shared_windows_hide_their_offsets_from_xla():
     assert count(make_geometry((2, 40, 40, 8), (2, 4)), shared=True)["dynamic_slice"] == 0
 
 
-def test_tiles_backward_of_large_dilated_windows_stays_within_lax_temp_memory():
-    """Sweep problem s8-51 (few positions under large dilated windows): the tile loop's
+@pytest.mark.parametrize(
+    "shape, ks, st, dil, filters",
+    [
+        ((2, 6, 25, 21, 133), (1, 9, 6), (1, 3, 2), (3, 3, 3), 1),  # sweep s8-51
+        ((35, 17, 11, 3, 23), (8, 6, 2), (2, 3, 1), (2, 2, 2), 13),  # sweep s51-41
+    ],
+)
+def test_tiles_backward_of_large_dilated_windows_stays_within_lax_temp_memory(
+    shape, ks, st, dil, filters
+):
+    """Few positions under large dilated windows (compile only; nothing runs): s8-51's
     axis-by-axis windows held 8.2 MiB of XLA temporaries against lax's 3.5 MiB when
-    their stages ran last axis first (compile only; nothing runs)."""
-    shape, ks, st, dil = (2, 6, 25, 21, 133), (1, 9, 6), (1, 3, 2), (3, 3, 3)
+    their stages ran last axis first; s51-41's (two tiles, 35 rows) 5.8 MiB against
+    2.0 while its later stages were padded slices, which XLA holds one per offset
+    (``_windows.STAGE_SELECT_MIN_RATIO``)."""
     geom = make_geometry(shape, ks, st, dilation=dil)
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
 
@@ -874,8 +890,8 @@ def test_tiles_backward_of_large_dilated_windows_stays_within_lax_temp_memory():
         compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
-    ours = temp(lambda x, k: local_conv_tiles(x, k, geom), geom.kernel_shape(1))
-    lax_kernel = (*geom.output_shape, geom.feature_dim, 1)
+    ours = temp(lambda x, k: local_conv_tiles(x, k, geom), geom.kernel_shape(filters))
+    lax_kernel = (*geom.output_shape, geom.feature_dim, filters)
     theirs = temp(lambda x, k: jax.lax.conv_general_dilated_local(
         x, k, st, "VALID", ks, rhs_dilation=dil,
         dimension_numbers=("NDHWC", "DHWIO", "NDHWC")), lax_kernel)  # fmt: skip

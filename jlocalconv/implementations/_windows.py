@@ -66,6 +66,27 @@ SLICED_BY_AXIS_MAX_INPUT_PER_OUTPUT = 1.25
 # one (s18-9, 1.29x).
 SLICED_BY_AXIS_MAX_STAGE_BYTES = 1 << 20
 SLICED_BY_AXIS_MIN_OFFSETS = 8
+# In the backward pass XLA's CPU backend materialises every one of a later stage's k_i
+# padded slices (each the size of that stage's input: the earlier stages' transposes read
+# their sum through slices, and XLA holds the parts rather than recompute them), so a
+# tile whose stage inputs outweigh its windows (few positions under wide dilated 3-D
+# windows, one tile the whole problem) held up to 10x lax's temporaries (sweep s49-33:
+# seven 647 KiB pads of its middle stage, 5.6 MiB against lax's 0.7). A later stage whose
+# k_i copies of its input exceed STAGE_SELECT_MIN_RATIO times the windows it builds is
+# instead a contraction with a one-hot matrix (``_selected``): its transpose is one
+# contraction into one buffer, which XLA runs as a library call (no LLVM kernel to
+# compile), at the price of ``extent`` multiply-adds per element. Only for the tile loop's
+# inputs' tangent (the one transposed) and not beside the rows kernel gradient, which
+# holds the whole window tensor anyway (there, on 30 problems of seeds 2-9 and 300-306,
+# it ran 1.03x and 1.20x the time and lowered temp on 12). value_and_grad of "auto" with
+# and without it (one process, alternated) on the 20 problems of sweep seeds 2 and 5-9
+# that it changes (tuning): 0.89x the time (geometric mean; 0.50-1.54x), compile 0.75x,
+# temp lower on all 20 (s6-34 28.6 -> 6.6 MiB, s7-40 22.2 -> 5.3); seeds 300-306 (21):
+# 0.89x (0.46-1.87x), compile 0.79x, temp lower on all (s305-45 433 -> 78 MiB, 401 -> 182
+# ms). Held out with the rule fixed, seeds 307-314 (14): 0.85x (0.22-1.71x: s311-15 41.5
+# -> 9.0 ms, s310-39 85 -> 145 ms), compile 0.73x, temp lower on 12 and equal on 2. The
+# suite's and real layers' programs are unchanged.
+STAGE_SELECT_MIN_RATIO = 4
 # XLA's CPU backend fuses a concatenate of at most STACK_FUSION_MAX_PARTS operands, with
 # the slices that feed it, into one loop; from nine operands on it launches one fusion
 # per slice, each writing its own buffer, and copies them into the concatenate (a 3x3
@@ -119,6 +140,7 @@ def windows(
     by_axis: bool = False,
     fuse: bool = False,
     shared: bool = False,
+    select: bool = False,
 ) -> jax.Array:
     """Every window of an unpadded-geometry input as ``(output_items, batch, feature_dim)``.
 
@@ -133,6 +155,9 @@ def windows(
       shared: in a loop body, where the one-shot stack is not one fused loop, take
         its slices at offsets XLA sees as run-time values, so that they compile to
         one kernel (:func:`shared_windows`); the same values.
+      select: with ``by_axis``, take a stage whose input outweighs the windows by a
+        one-hot contraction (:func:`_selects_by_contraction`); the same values, for
+        windows whose transpose is taken.
 
     Returns:
       The patch tensor, features in Keras's order for ``geom.data_format``.
@@ -140,7 +165,7 @@ def windows(
     if _tiles_input(geom):
         return _disjoint_windows(inputs, geom)
     if by_axis:
-        return _windows_by_axis(inputs, geom, fuse)
+        return _windows_by_axis(inputs, geom, fuse, select)
     if shared:
         nbytes = window_bytes(geom, inputs.shape[0], inputs.dtype.itemsize)
         if not _one_fusion(geom.window_items, nbytes, fuse):
@@ -269,14 +294,17 @@ def sliced_by_axis(geom: Geometry, batch: int, itemsize: int) -> bool:
     return ratio * window_bytes(geom, batch, itemsize) <= SLICED_BY_AXIS_MAX_STAGE_BYTES
 
 
-def _windows_by_axis(inputs: jax.Array, geom: Geometry, fuse: bool = False) -> jax.Array:
+def _windows_by_axis(
+    inputs: jax.Array, geom: Geometry, fuse: bool = False, select: bool = False
+) -> jax.Array:
     """:func:`windows` one spatial axis at a time, in :func:`_stage_order`.
 
     Axis i of extent S becomes ``out_i`` and a new axis ``k_i`` lands after batch (and
     channels, for channels_first) among the ``k`` axes already there in axis order, so
     the result is already ``(o1, ..., oN, B, [C,] k1, ..., kN[, C])``. Each stage
     transposes to a sum of ``k_i`` padded slices instead of ``prod(kernel_size)`` (see
-    ``BY_AXIS_MIN_OFFSETS``).
+    ``BY_AXIS_MIN_OFFSETS``); with ``select``, a later stage that
+    :func:`_selects_by_contraction` to a one-hot contraction.
     """
     n, first = geom.ndim, spatial_axis(geom)
     spatial = tuple(range(first, first + n))
@@ -284,8 +312,13 @@ def _windows_by_axis(inputs: jax.Array, geom: Geometry, fuse: bool = False) -> j
     x = lax.transpose(inputs, (*spatial, *others))
     lands = n + len(others) - (1 if geom.channels_last else 0)
     done: list[int] = []
+    window_items = geom.output_items * inputs.shape[0] * geom.feature_dim
     for i in _stage_order(geom):
-        x = _sliding(x, i, lands + sum(j < i for j in done), geom, i, fuse)
+        at = lands + sum(j < i for j in done)
+        if select and done and _selects_by_contraction(x.size, geom.kernel_size[i], window_items):
+            x = _selected(x, i, at, geom)
+        else:
+            x = _sliding(x, i, at, geom, i, fuse)
         done.append(i)
     return x.reshape(geom.output_items, inputs.shape[0], geom.feature_dim)
 
@@ -324,6 +357,39 @@ def _sliding(
         for o in range(geom.kernel_size[i])
     ]
     return stack(slices, lands, fuse=fuse)
+
+
+def _selects_by_contraction(stage_items: int, offsets: int, window_items: int) -> bool:
+    """Whether a stage after the first, over ``stage_items`` input elements with
+    ``offsets`` window offsets, is a one-hot contraction (:func:`_selected`): where
+    ``offsets * stage_items`` is over ``STAGE_SELECT_MIN_RATIO`` times the
+    ``window_items`` of the windows it builds.
+
+    >>> _selects_by_contraction(1000, 7, 1000), _selects_by_contraction(1000, 3, 1000)
+    (True, False)
+    """
+    return offsets * stage_items > STAGE_SELECT_MIN_RATIO * window_items
+
+
+def _selected(x: jax.Array, axis: int, lands: int, geom: Geometry) -> jax.Array:
+    """:func:`_sliding` as one contraction of ``x`` with a one-hot selection matrix.
+
+    Exact (each result element is one input element times one, plus zeros; HIGHEST
+    precision keeps float32 whole on TPU and GPU), and its transpose is one
+    contraction into one buffer of the stage's input (see ``STAGE_SELECT_MIN_RATIO``).
+    """
+    size, out = x.shape[axis], geom.output_shape[axis]
+    stride, dilation, offsets = geom.strides[axis], geom.dilation[axis], geom.kernel_size[axis]
+    index = np.arange(out)[:, None] * stride + np.arange(offsets)[None, :] * dilation
+    select = (np.arange(size)[:, None, None] == index[None]).astype(x.dtype)
+    numbers = (((axis,), (0,)), ((), ()))
+    y = lax.dot_general(x, jnp.asarray(select), numbers, precision=lax.Precision.HIGHEST)
+    # y is (x's other axes in order, out, offsets): out goes back to ``axis`` and the
+    # offsets to ``lands`` (as ``_sliding``'s stack puts them).
+    kept = [a for a in range(x.ndim) if a != axis]
+    order = [kept.index(a) if a != axis else len(kept) for a in range(x.ndim)]
+    order.insert(lands, len(kept) + 1)
+    return lax.transpose(y, tuple(order))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))

@@ -368,13 +368,19 @@ def differentiated_by_loop(
     if plan is None:
         plan = plan_tiles(geom, batch, kernel.shape[-1], itemsize)
     pet = preferred_element_type
+    by_rows = kernel_tangent_by_rows(geom, batch, itemsize)
     tangent = functools.partial(
-        tiles_tangent, geom=geom, plan=plan, precision=precision, preferred_element_type=pet
+        tiles_tangent,
+        geom=geom,
+        plan=plan,
+        precision=precision,
+        preferred_element_type=pet,
+        select_stages=not by_rows,  # rows hold the window tensor anyway
     )
     # Windows of the inputs themselves (not of their tangent) are never transposed.
     on_inputs = functools.partial(tangent, shared=True)
     for_kernel = on_inputs
-    if kernel_tangent_by_rows(geom, batch, itemsize):
+    if by_rows:
         for_kernel = functools.partial(
             rows_kernel_tangent, geom=geom, preferred_element_type=pet, window_dtype=window_dtype
         )
@@ -529,6 +535,7 @@ def tiles_tangent(
     precision: lax.PrecisionLike = None,
     preferred_element_type: jax.typing.DTypeLike | None = None,
     shared: bool = False,
+    select_stages: bool = False,
 ) -> jax.Array:
     """The "tiles" route as it is differentiated: plain ``lax`` (a ``split_bilinear``
     tangent), windows by axis where :func:`by_axis_derivatives` says so, also on the
@@ -536,7 +543,8 @@ def tiles_tangent(
     (as in :func:`_tile_loop`) is for calls on the inputs, never on their tangent,
     whose windows reverse mode transposes; the tangent pads tile by tile
     (``pad_each_tile``), so that its transpose accumulates the inputs' gradient in
-    their own shape (:func:`_region_reader`)."""
+    their own shape (:func:`_region_reader`), and with ``select_stages`` takes large
+    by-axis stages by one-hot contractions (``_windows.STAGE_SELECT_MIN_RATIO``)."""
     return _tile_loop(
         inputs,
         kernel,
@@ -547,6 +555,7 @@ def tiles_tangent(
         by_axis=by_axis_derivatives(geom),
         shared=shared,
         pad_each_tile=not shared,
+        select_stages=select_stages and not shared,
     )
 
 
@@ -562,12 +571,14 @@ def _tile_loop(
     by_axis: bool = False,
     shared: bool = False,
     pad_each_tile: bool = False,
+    select_stages: bool = False,
 ) -> jax.Array:
     """The ``lax.scan`` over tiles, its body rematerialised for autodiff.
 
     ``per_position`` contracts each position's window with its own dot
     (:func:`~jlocalconv.implementations._common.contract_per_position`); ``by_axis``
-    builds windows axis by axis and ``shared`` with slices compiled once
+    builds windows axis by axis, ``shared`` with slices compiled once and
+    ``select_stages`` large stages by one-hot contractions
     (:func:`~jlocalconv.implementations._windows.windows`); ``pad_each_tile`` takes
     tiles from the unpadded input where it can (:func:`_region_reader`).
     """
@@ -588,7 +599,7 @@ def _tile_loop(
             kernel, _flat_start(origin, geom), positions, allow_negative_indices=False
         )
         region = region_at(origin)
-        patches = windows(region, tile, by_axis=by_axis, shared=shared)
+        patches = windows(region, tile, by_axis=by_axis, shared=shared, select=select_stages)
         y = contraction(patches, filters_block, precision, preferred_element_type)
         at: list[int | jax.Array] = [0] * out.ndim
         first = spatial_axis(geom)
