@@ -316,7 +316,7 @@ def _windows_by_axis(
     for i in _stage_order(geom):
         at = lands + sum(j < i for j in done)
         if select and done and _selects_by_contraction(x.size, geom.kernel_size[i], window_items):
-            x = _selected(x, i, at, geom)
+            x = _selected(x, i, at, geom, i)
         else:
             x = _sliding(x, i, at, geom, i, fuse)
         done.append(i)
@@ -371,15 +371,16 @@ def _selects_by_contraction(stage_items: int, offsets: int, window_items: int) -
     return offsets * stage_items > STAGE_SELECT_MIN_RATIO * window_items
 
 
-def _selected(x: jax.Array, axis: int, lands: int, geom: Geometry) -> jax.Array:
-    """:func:`_sliding` as one contraction of ``x`` with a one-hot selection matrix.
+def _selected(x: jax.Array, axis: int, lands: int, geom: Geometry, i: int) -> jax.Array:
+    """:func:`_sliding` (the same arguments) as one contraction of ``x`` with a one-hot
+    selection matrix.
 
     Exact (each result element is one input element times one, plus zeros; HIGHEST
     precision keeps float32 whole on TPU and GPU), and its transpose is one
     contraction into one buffer of the stage's input (see ``STAGE_SELECT_MIN_RATIO``).
     """
-    size, out = x.shape[axis], geom.output_shape[axis]
-    stride, dilation, offsets = geom.strides[axis], geom.dilation[axis], geom.kernel_size[axis]
+    size, out = x.shape[axis], geom.output_shape[i]
+    stride, dilation, offsets = geom.strides[i], geom.dilation[i], geom.kernel_size[i]
     index = np.arange(out)[:, None] * stride + np.arange(offsets)[None, :] * dilation
     select = (np.arange(size)[:, None, None] == index[None]).astype(x.dtype)
     numbers = (((axis,), (0,)), ((), ()))
