@@ -204,7 +204,7 @@ def test_sweep_temps_recompiles_auto_and_applies_the_bounds():
     "shape, kernel_size, padding, filters, route, derivatives",
     [
         ((8, 24, 24, 32), 3, "same", 64, "tiles", "slices"),
-        ((4, 40, 40, 8), (5, 7), "valid", 8, "slices", "slices"),
+        ((4, 20, 20, 8), (5, 7), "valid", 8, "slices", "slices"),
         ((16, 64, 64, 8), 5, "valid", 8, "shifts", "tiles"),  # 200 features: rule 1b
     ],
 )

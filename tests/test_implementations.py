@@ -31,6 +31,7 @@ from jlocalconv.implementations._windows import (
     padded,
     sliced_by_axis,
     stack,
+    window_bytes,
 )
 from jlocalconv.implementations.shifts import local_conv_shifts
 from jlocalconv.implementations.slices import local_conv_slices
@@ -466,8 +467,11 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
         np.prod(geom.padded_shape) >= 1.4 * filters * geom.output_items
     )
     transpose_bound = transpose_bound and not sliced_by_axis(geom, batch, 4)
+    # ... or 20+ offsets over 100+ positions, 2+ MiB of windows of 2-16 rows
+    many = geom.window_items >= 20 and geom.output_items >= 100 and 2 <= batch <= 16
+    rows_bound = many and patch_bytes >= (2 << 20)
     fits = compact and in_budget
-    sliced = kernel_bound or (fits and not transpose_bound)
+    sliced = kernel_bound or (fits and not transpose_bound and not rows_bound)
     assert tiles_module.derivatives_by_slices(geom, batch, filters, 4) == sliced
     plan = plan_tiles(geom, batch, filters, 4)  # per_position_values: checked below
     loop_values = plan.per_position_values and np.prod(plan.counts(geom)) > 1
@@ -541,7 +545,7 @@ def test_auto_specific_choices():
     wider = make_geometry((9, 24, 24, 32), 3, padding="same")  # 9 rows: one batched dot
     assert choose(wider, 9, 64, jnp.float32, "cpu") == "slices/slices"
     # ... and unstrided windows of 20+ offsets differentiated axis by axis
-    assert choose(make_geometry((4, 40, 40, 20), 5), 4, 8, jnp.float32, "cpu") == "slices/slices"
+    assert choose(make_geometry((4, 20, 20, 20), 5), 4, 8, jnp.float32, "cpu") == "slices/slices"
     assert choose(make_geometry((17, 40, 40, 20), 5, 2), 17, 8, jnp.float32, "cpu") == "slices"
     big = make_geometry((64, 40, 40, 8), 6)  # 64 x 35x35 x 288 x 4 B = 90 MiB of windows
     assert choose(big, 64, 8, jnp.float32, "cpu") == "tiles"
@@ -642,7 +646,10 @@ def test_the_loop_differentiates_where_the_window_stack_transposes_slowly():
     assert not tiles_module.derivatives_by_slices(geom, 15, most, 4)
     assert choose(geom, 15, most, jnp.float32, "cpu") == "slices/tiles"
     assert choose(geom, 15, most, jnp.bfloat16, "cpu") == "slices/tiles"  # computed in f32
-    assert choose(geom, 15, most + 1, jnp.float32, "cpu") == "slices/slices"
+    # 11 filters: "slices"' derivatives, but for 17 rows only (15 take the kernel gradient
+    # by rows, and then ``loop_rows_faster``: 81 offsets, 114 positions, 3.7 MiB)
+    assert choose(geom, 17, most + 1, jnp.float32, "cpu") == "slices"
+    assert choose(geom, 15, most + 1, jnp.float32, "cpu") == "slices/tiles"
     # One row: a 0.26 MB window tensor, stacked axis by axis in "slices" derivatives
     assert sliced_by_axis(geom, 1, 4) and not tiles_module.loop_transposes_faster(geom, 1, 2, 4)
     # Offsets: 24 along one axis, 23 not (the same 20 x 33 positions, 3.6 inputs each)
@@ -672,6 +679,31 @@ def test_the_loop_differentiates_where_the_window_stack_transposes_slowly():
     k = jax.ShapeDtypeStruct(few.kernel_shape(2), jnp.float32)
     loss = lambda x, k: jnp.sum(local_conv_shifts(x, k, few))
     assert "scan" in str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, k))
+
+
+def test_the_loop_differentiates_many_windows_of_few_rows():
+    """20+ offsets over 100+ positions and 2+ MiB of windows of 2-16 rows
+    (``tiles.loop_rows_faster``): derivatives by the loop, whose kernel gradient then goes
+    by rows as "slices"' does; each bound's edge keeps "slices"."""
+    geom = make_geometry((4, 40, 40, 8), (5, 7))  # 35 offsets, 4 x 36 x 34 x 280 x 4 B
+    assert tiles_module.sliced_windows_fit(geom, 4, 8, 4)
+    assert tiles_module.loop_rows_faster(geom, 4, 4)
+    assert choose(geom, 4, 8, jnp.float32, "cpu") == "slices/tiles"
+    assert not tiles_module.loop_rows_faster(geom, 17, 4)  # 17 rows: no kernel gradient by rows
+    assert not tiles_module.loop_rows_faster(geom, 1, 4)  # one row
+    # Offsets: 20 along one axis, 19 not (4 rows of 2 x 400 positions x 64 channels)
+    offsets = [make_geometry((4, 2, 400 + n - 1, 64), (1, n)) for n in (20, 19)]
+    assert [g.output_items for g in offsets] == [800, 800]
+    assert [tiles_module.loop_rows_faster(g, 4, 4) for g in offsets] == [True, False]
+    # Positions: 100, 99 not (4 rows of 20 offsets x 256 channels: 7.8 MiB)
+    positions = [make_geometry((4, n + 19, 256), 20) for n in (100, 99)]
+    assert [window_bytes(g, 4, 4) > (2 << 20) for g in positions] == [True, True]
+    assert [tiles_module.loop_rows_faster(g, 4, 4) for g in positions] == [True, False]
+    # Bytes: 2 MiB of windows (4 rows x 1024 positions x 128 features x 4 B), not under
+    at = make_geometry((4, 1024 + 31, 4), 32)
+    assert window_bytes(at, 4, 4) == 2 << 20
+    assert tiles_module.loop_rows_faster(at, 4, 4)
+    assert not tiles_module.loop_rows_faster(make_geometry((4, 1024 + 30, 4), 32), 4, 4)
 
 
 def test_auto_runs_the_chosen_implementation():

@@ -165,7 +165,10 @@ def choose(
          ``SLICED_DERIVATIVES_BYTES`` over an input at most
          ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` times the output, unless
          :func:`~jlocalconv.implementations.tiles.loop_transposes_faster`: many offsets
-         over an input large for the filters; windows stacked axis by axis where
+         over an input large for the filters, or
+         :func:`~jlocalconv.implementations.tiles.loop_rows_faster`: many offsets and
+         megabytes of windows of few enough rows for the loop's kernel gradient by
+         rows; windows stacked axis by axis where
          :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so), else by
          the "tiles" loop (``"slices/tiles"`` where only the transposition decided it
          and rule 3 gives values to "slices");
@@ -216,16 +219,18 @@ def choose(
       'slices'
       >>> choose(make_geometry((2, 12, 12, 8), 6), 2, 8, "float32", "cpu")  # 2 rows: by rows
       'slices/slices'
-      >>> choose(make_geometry((4, 40, 40, 8), (5, 7)), 4, 8, "float32", "cpu")  # unstrided
+      >>> choose(make_geometry((4, 20, 20, 8), (5, 7)), 4, 8, "float32", "cpu")  # unstrided
       'slices/slices'
+      >>> choose(make_geometry((4, 40, 40, 8), (5, 7)), 4, 8, "float32", "cpu")  # 5.2 MiB
+      'slices/tiles'
       >>> same = make_geometry((8, 24, 24, 32), 3, padding="same")  # 48 tiles, a dot each
       >>> choose(same, 8, 64, "float32", "cpu")
       'tiles/slices'
       >>> choose(make_geometry((32, 705, 11), 5), 32, 24, "float32", "cpu")  # 1-D
       'slices'
-      >>> strided = make_geometry((15, 65, 25, 7), 9, 3)  # 81 offsets, 14 inputs per output
-      >>> choose(strided, 15, 5, "float32", "cpu"), choose(strided, 15, 16, "float32", "cpu")
-      ('slices/tiles', 'slices/slices')
+      >>> strided = make_geometry((17, 65, 25, 7), 9, 3)  # 81 offsets, 14 inputs per output
+      >>> choose(strided, 17, 5, "float32", "cpu"), choose(strided, 17, 16, "float32", "cpu")
+      ('slices/tiles', 'slices')
     """
     if backend != "cpu":
         return "slices"

@@ -104,6 +104,21 @@ SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT = 32
 # 0.87x (0.39-0.98x on ten, 1.01-1.49x on five), temp memory down on twelve.
 LOOP_DERIVATIVES_MIN_OFFSETS = 24
 LOOP_DERIVATIVES_MIN_INPUT_PER_FILTER = 1.4
+# ... nor where the loop takes its kernel gradient by rows (:func:`kernel_tangent_by_rows`,
+# 2 to ROWS_KERNEL_TANGENT_MAX_BATCH rows: the thin per-tile contraction over the rows,
+# its weak part, is then gone) over at least ROWS_LOOP_MIN_OFFSETS offsets, at least
+# ROWS_LOOP_MIN_POSITIONS output positions and a window tensor of at least
+# ROWS_LOOP_MIN_WINDOW_BYTES: its inputs' gradient transposes one tile's windows at a
+# time, axis by axis, where the one-shot stack's transpose sums that many padded slices
+# over the whole tensor. value_and_grad with the loop's derivatives against "slices"'
+# (values unchanged; one process, alternated) on sweep seeds 2, 5-9 and 300-330, of the
+# 47 problems with 12+ offsets and 2+ MiB of windows of 1-16 rows: the 23 within these
+# bounds ran 0.65x the time (geometric mean; 0.36-0.95x, one 1.04x), temp memory lower
+# on all (s305-51: 28.6 -> 11.7 MiB); of the others, 12-18 offsets (0.68-2.72x), one row
+# (1.58-2.67x) or 16-60 positions (1-2 per tile; 0.76-1.52x) were mixed or slower.
+ROWS_LOOP_MIN_OFFSETS = 20
+ROWS_LOOP_MIN_POSITIONS = 100
+ROWS_LOOP_MIN_WINDOW_BYTES = 2 << 20
 # Undifferentiated values of tiles of at most PER_POSITION_MAX_POSITIONS positions and
 # batches of at most PER_POSITION_MAX_BATCH rows take one dot per position: XLA's CPU
 # backend runs a batched dot of such thin matrices on one core, independent dots
@@ -187,7 +202,7 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
     one contraction reads it once and writes its gradient once), for disjoint windows
     (:func:`~jlocalconv.implementations._windows.disjoint`), and wherever the window
     tensors fit (:func:`sliced_windows_fit`) unless the loop transposes them faster
-    (:func:`loop_transposes_faster`).
+    (:func:`loop_transposes_faster`, :func:`loop_rows_faster`).
 
     >>> from jlocalconv.geometry import make_geometry
     >>> derivatives_by_slices(make_geometry((2, 12, 12, 8), 6), 2, 8, itemsize=4)
@@ -203,8 +218,10 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
         return True
     if disjoint(geom):
         return True
-    fits = sliced_windows_fit(geom, batch, filters, itemsize)
-    return fits and not loop_transposes_faster(geom, batch, filters, itemsize)
+    if not sliced_windows_fit(geom, batch, filters, itemsize):
+        return False
+    loop = loop_transposes_faster(geom, batch, filters, itemsize)
+    return not loop and not loop_rows_faster(geom, batch, itemsize)
 
 
 def sliced_windows_fit(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
@@ -242,6 +259,29 @@ def loop_transposes_faster(geom: Geometry, batch: int, filters: int, itemsize: i
     if input_per_output(geom) < LOOP_DERIVATIVES_MIN_INPUT_PER_FILTER * filters:
         return False
     return not sliced_by_axis(geom, batch, itemsize)
+
+
+def loop_rows_faster(geom: Geometry, batch: int, itemsize: int) -> bool:
+    """Whether the tile loop differentiates faster than "slices" because both take the
+    kernel gradient by rows (:func:`kernel_tangent_by_rows`, here of at least two rows)
+    and the windows are many (at least ``ROWS_LOOP_MIN_OFFSETS`` offsets and
+    ``ROWS_LOOP_MIN_POSITIONS`` positions, a window tensor of at least
+    ``ROWS_LOOP_MIN_WINDOW_BYTES``): the loop then transposes them faster.
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((4, 20, 20, 32), 5)  # 25 offsets, 3.1 MiB of windows
+    >>> loop_rows_faster(geom, 4, 4), loop_rows_faster(geom, 32, 4)  # 32 rows: not by rows
+    (True, False)
+    >>> loop_rows_faster(make_geometry((4, 20, 20, 32), 3), 4, 4)  # 9 offsets
+    False
+    >>> loop_rows_faster(geom, 1, 4)  # one row
+    False
+    """
+    offsets, positions = geom.window_items, geom.output_items
+    many = offsets >= ROWS_LOOP_MIN_OFFSETS and positions >= ROWS_LOOP_MIN_POSITIONS
+    if batch < 2 or not many or not kernel_tangent_by_rows(geom, batch, itemsize):
+        return False
+    return window_bytes(geom, batch, itemsize) >= ROWS_LOOP_MIN_WINDOW_BYTES
 
 
 def kernel_tangent_by_rows(geom: Geometry, batch: int, itemsize: int) -> bool:
