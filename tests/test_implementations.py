@@ -934,7 +934,8 @@ def test_widened_tile_loop_holds_no_float32_kernel(monkeypatch):
     """bf16 operands, a kernel 2x the input (sweep problem s9-10): the widened tile loop
     converts filter blocks, not the kernel (compile only; nothing runs). Its gradient
     still accumulates in a float32 buffer: XLA's CPU backend widens the loop's bf16 adds
-    (42.8 against 60.0 MiB, a float32 kernel being 19.1). The kernel gradient by rows
+    (23.6 against 60.0 MiB, a float32 kernel being 19.1; 42.8 while XLA could hoist the
+    blocks' widening out of the loop). The kernel gradient by rows
     (``tiles.kernel_tangent_by_rows``, which "auto" takes here) adds the window tensor,
     held in bf16 (``window_dtype``: half the float32 one), and nothing kernel-sized."""
     geom = make_geometry((5, 3411, 147), 2, 1)
@@ -959,6 +960,55 @@ def test_widened_tile_loop_holds_no_float32_kernel(monkeypatch):
     assert auto <= whole - kernel_f32 * 3 // 4  # no float32 copy of the kernel
     window_bf16 = 2 * 5 * geom.output_items * geom.feature_dim
     assert by_rows <= auto + window_bf16 + (1 << 20)
+
+
+def test_widened_tile_loop_reads_kernel_blocks_inside_the_loop():
+    """A bf16 kernel 40x the input (as sweep problem s52-25): XLA's CPU backend widens a
+    16-bit slice by slicing a widened operand, and would hoist that float32 copy of the
+    whole kernel out of the loop; the loop makes the kernel it slices loop-variant
+    (``optimization_barrier``), so value_and_grad holds no kernel-sized temporary."""
+    geom = make_geometry((3, 27, 4, 96), (4, 3), (3, 1))  # 16 positions x 1152 features
+    x = jax.ShapeDtypeStruct(geom.input_shape(3), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(63), jnp.bfloat16)
+    g = jax.ShapeDtypeStruct(geom.result_shape(3, 63), jnp.float32)
+    impl = implementations.resolve("tiles", x, k, None, "cpu")  # widened
+    loss = lambda x, k, g: jnp.sum(
+        impl(x, k, geom, precision=None, preferred_element_type=None).astype(jnp.float32) * g
+    )
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k, g).compile()
+    kernel_bf16 = 2 * int(np.prod(geom.kernel_shape(63)))  # 2.2 MiB
+    assert compiled.memory_analysis().temp_size_in_bytes < kernel_bf16 // 2
+
+
+def test_widened_tile_loop_differentiates_its_kernel_inside_a_scan():
+    """Second order through the widened tile loop's kernel blocks inside a ``lax.scan``
+    whose carry is the kernel (layers scanned, as models do): equal to the float32
+    route's up to bf16 rounding. Kernel blocks read as 16-bit integer words (behind a
+    ``custom_jvp``, for their memory) gave a third of the gradient and a zero second
+    derivative here: JAX's partial evaluation of the scan inlines the value route, whose
+    bit cast has a zero derivative."""
+    geom = make_geometry((2, 65, 20), 2, 32)
+    assert choose(geom, 2, 8, jnp.bfloat16, "cpu") == "tiles"
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal(geom.input_shape(2)), jnp.bfloat16).astype(jnp.float32)
+    k = jnp.asarray(rng.standard_normal(geom.kernel_shape(8)), jnp.bfloat16).astype(jnp.float32)
+    auto = lambda x, k: jlocalconv.local_conv(
+        x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), 2, 32
+    ).astype(jnp.float32)
+    wide = lambda x, k: local_conv_tiles(x, k, geom)
+
+    def scanned(f):
+        def body(kernel, scale):
+            gx = jax.grad(lambda x: jnp.sum(f(x, kernel) ** 2))(x * scale)
+            return kernel, jnp.sum(gx**2)
+
+        return lambda k: jax.lax.scan(body, k, jnp.arange(1.0, 3.0))[1].sum()
+
+    for order in (jax.grad, lambda f: lambda k: jax.jvp(jax.grad(f), (k,), (k,))[1]):
+        got, expected = order(scanned(auto))(k), order(scanned(wide))(k)
+        scale = float(jnp.abs(expected).max())
+        assert scale > 0
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2**-5 * scale)
 
 
 def _widened_rows_problem(seed: int) -> tuple:
