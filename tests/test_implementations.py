@@ -706,6 +706,33 @@ def test_the_loop_differentiates_many_windows_of_few_rows():
     assert not tiles_module.loop_rows_faster(make_geometry((4, 1024 + 30, 4), 32), 4, 4)
 
 
+def test_the_loop_differentiates_a_dominant_16_bit_kernel():
+    """A dominant 16-bit kernel beside widened operands (``tiles.NARROW_KERNEL_LOOP_MIN_BYTES``
+    and up, at most 16 rows): derivatives by the loop, which widens it block by block,
+    where a float32 kernel keeps "slices"' one contraction; "shifts" too."""
+    geom = make_geometry((3, 51, 4, 332), (4, 3), (3, 1))  # sweep s52-25: a 15.3 MiB kernel
+    assert choose(geom, 3, 63, jnp.bfloat16, "cpu") == "slices/tiles"
+    assert choose(geom, 3, 63, jnp.float16, "cpu") == "slices/tiles"
+    assert choose(geom, 3, 63, jnp.float32, "cpu").endswith("/slices")
+    assert choose(geom, 17, 200, jnp.bfloat16, "cpu").endswith("slices")  # 17 rows
+    # The bound: 2 MiB of bf16 kernel (32 positions x 256 features x 128 filters), not under
+    at = make_geometry((3, 32 + 3, 64), 4)
+    assert 2 * at.output_items * at.feature_dim * 128 == 2 << 20
+    assert choose(at, 3, 128, jnp.bfloat16, "cpu") == "slices/tiles"
+    assert choose(at, 3, 127, jnp.bfloat16, "cpu") == "slices/slices"
+    # "shifts" (one channel, 9 features, 400 filters: a 9.9 MiB kernel) differentiates by
+    # the loop when its kernel is 16-bit.
+    few = make_geometry((2, 40, 40, 1), 3)
+    assert choose(few, 2, 400, jnp.bfloat16, "cpu") == "shifts"
+    k = jax.ShapeDtypeStruct(few.kernel_shape(400), jnp.bfloat16)
+    x = jax.ShapeDtypeStruct(few.input_shape(2), jnp.bfloat16)
+    loss = lambda x, k: jnp.sum(jlocalconv.local_conv(x, k, 3, 1).astype(jnp.float32))
+    assert "scan" in str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, k))
+    wide = jax.ShapeDtypeStruct(few.kernel_shape(400), jnp.float32)
+    x32 = jax.ShapeDtypeStruct(few.input_shape(2), jnp.float32)
+    assert "scan" not in str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x32, wide))
+
+
 def test_auto_runs_the_chosen_implementation():
     # 32 > SHIFTS_MAX_CHANNELS; 3 x 5.1 MiB of windows: values by tiles (a dot per
     # position in each of 48 tiles), derivatives sliced

@@ -161,7 +161,8 @@ def choose(
          ``"shifts/slices"``);
       2. derivatives by "slices" where
          :func:`~jlocalconv.implementations.tiles.derivatives_by_slices` says so (a
-         dominant kernel, disjoint windows, or three window tensors within
+         dominant kernel, unless a 16-bit one of 2+ MiB beside at most 16 rows, whose
+         operands are widened; disjoint windows, or three window tensors within
          ``SLICED_DERIVATIVES_BYTES`` over an input at most
          ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` times the output, unless
          :func:`~jlocalconv.implementations.tiles.loop_transposes_faster`: many offsets
@@ -250,7 +251,8 @@ def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     plain = kernel_bound or geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
     loop_values = not plain and _loop_values(geom, batch, filters, itemsize)  # rule 3
-    if not derivatives_by_slices(geom, batch, filters, itemsize):
+    narrow = np.dtype(dtype) in CPU_WIDENED_DTYPES  # a 16-bit kernel, widened operands
+    if not derivatives_by_slices(geom, batch, filters, itemsize, narrow_kernel=narrow):
         # The loop differentiates; where only because it transposes the windows faster
         # (their tensor fits), values still follow rule 3.
         fits = sliced_windows_fit(geom, batch, filters, itemsize)

@@ -71,11 +71,12 @@ def local_conv_shifts(
     products accumulated in float32 (or ``preferred_element_type``, if wider).
     """
     batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
+    narrow = kernel.dtype.itemsize == 2 and kernel.dtype != inputs.dtype  # widened
     out_dtype = result_dtype(inputs, preferred_element_type)
     values = functools.partial(_shift_accumulate, geom=geom, out_dtype=out_dtype)
     if derivatives_by_products(geom, batch, filters, kernel.dtype):
         route = "products"
-    elif derivatives_by_slices(geom, batch, filters, itemsize):
+    elif derivatives_by_slices(geom, batch, filters, itemsize, narrow_kernel=narrow):
         route = "slices"
     else:
         route = "tiles"

@@ -116,6 +116,18 @@ LOOP_DERIVATIVES_MIN_INPUT_PER_FILTER = 1.4
 # bounds ran 0.65x the time (geometric mean; 0.36-0.95x, one 1.04x), temp memory lower
 # on all (s305-51: 28.6 -> 11.7 MiB); of the others, 12-18 offsets (0.68-2.72x), one row
 # (1.58-2.67x) or 16-60 positions (1-2 per tile; 0.76-1.52x) were mixed or slower.
+# A dominant kernel of 16-bit floats beside widened operands (``implementations.widened``)
+# is differentiated by the loop after all where its kernel gradient goes by rows (at most
+# ROWS_KERNEL_TANGENT_MAX_BATCH rows) and the kernel has at least
+# NARROW_KERNEL_LOOP_MIN_BYTES: "slices"' one contraction widens the whole kernel (a
+# float32 copy, twice its bytes, read and written again), the loop one block at a time.
+# value_and_grad with the loop's derivatives against "slices"' (one process, alternated):
+# tuned on the 49 such problems of sweep seeds 2, 5-15 and 300-330, 0.54x the time
+# (geometric mean; 0.07-1.27x, over 1.0x on three); smaller kernels or more rows were
+# mixed (0.64-2.5x, sub-2 ms problems); held out, seeds 331-375 (55 problems): 0.58x
+# (0.19-2.07x; over 1.1x on six, all under 2 ms), temp memory lower on all 55 (s360-54:
+# 115.0 -> 6.2 MiB, 54.2 -> 12.8 ms), compile time 1.17x.
+NARROW_KERNEL_LOOP_MIN_BYTES = 2 << 20
 ROWS_LOOP_MIN_OFFSETS = 20
 ROWS_LOOP_MIN_POSITIONS = 100
 ROWS_LOOP_MIN_WINDOW_BYTES = 2 << 20
@@ -195,11 +207,16 @@ def kernel_dominates(batch: int, filters: int) -> bool:
     return batch * MIN_TILES < filters
 
 
-def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
+def derivatives_by_slices(
+    geom: Geometry, batch: int, filters: int, itemsize: int, narrow_kernel: bool = False
+) -> bool:
     """Whether "slices" differentiates this problem faster than the tile loop, in budget.
 
     True where the kernel dominates (``batch > 1`` and ``batch * MIN_TILES < filters``:
-    one contraction reads it once and writes its gradient once), for disjoint windows
+    one contraction reads it once and writes its gradient once) unless it is
+    ``narrow_kernel``, a 16-bit kernel beside widened operands
+    (``implementations.widened``: the contraction would widen all of it, the loop
+    widens one block at a time; see ``NARROW_KERNEL_LOOP_MIN_BYTES``), for disjoint windows
     (:func:`~jlocalconv.implementations._windows.disjoint`), and wherever the window
     tensors fit (:func:`sliced_windows_fit`) unless the loop transposes them faster
     (:func:`loop_transposes_faster`, :func:`loop_rows_faster`).
@@ -215,13 +232,22 @@ def derivatives_by_slices(geom: Geometry, batch: int, filters: int, itemsize: in
     False
     """
     if batch > 1 and kernel_dominates(batch, filters):
-        return True
+        return not (narrow_kernel and _narrow_kernel_loops(geom, batch, filters))
     if disjoint(geom):
         return True
     if not sliced_windows_fit(geom, batch, filters, itemsize):
         return False
     loop = loop_transposes_faster(geom, batch, filters, itemsize)
     return not loop and not loop_rows_faster(geom, batch, itemsize)
+
+
+def _narrow_kernel_loops(geom: Geometry, batch: int, filters: int) -> bool:
+    """Whether the loop differentiates a dominant 16-bit kernel beside widened operands:
+    at most ``ROWS_KERNEL_TANGENT_MAX_BATCH`` rows (its kernel gradient by rows) and a
+    kernel of at least ``NARROW_KERNEL_LOOP_MIN_BYTES``."""
+    kernel_bytes = 2 * geom.output_items * geom.feature_dim * filters
+    by_rows = kernel_tangent_by_rows(geom, batch, 4)
+    return by_rows and kernel_bytes >= NARROW_KERNEL_LOOP_MIN_BYTES
 
 
 def sliced_windows_fit(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
