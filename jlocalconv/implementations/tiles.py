@@ -234,7 +234,7 @@ def derivatives_by_slices(
     False
     """
     if batch > 1 and kernel_dominates(batch, filters):
-        return not (narrow_kernel and _narrow_kernel_loops(geom, batch, filters))
+        return not (narrow_kernel and _narrow_kernel_loops(geom, batch, filters, itemsize))
     if disjoint(geom):
         return True
     if not sliced_windows_fit(geom, batch, filters, itemsize):
@@ -243,12 +243,12 @@ def derivatives_by_slices(
     return not loop and not loop_rows_faster(geom, batch, itemsize)
 
 
-def _narrow_kernel_loops(geom: Geometry, batch: int, filters: int) -> bool:
-    """Whether the loop differentiates a dominant 16-bit kernel beside widened operands:
-    at most ``ROWS_KERNEL_TANGENT_MAX_BATCH`` rows (its kernel gradient by rows) and a
-    kernel of at least ``NARROW_KERNEL_LOOP_MIN_BYTES``."""
-    kernel_bytes = 2 * geom.output_items * geom.feature_dim * filters
-    by_rows = kernel_tangent_by_rows(geom, batch, 4)
+def _narrow_kernel_loops(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
+    """Whether the loop differentiates a dominant 16-bit kernel beside operands widened
+    to ``itemsize``: at most ``ROWS_KERNEL_TANGENT_MAX_BATCH`` rows (its kernel gradient
+    by rows) and a kernel of at least ``NARROW_KERNEL_LOOP_MIN_BYTES``."""
+    kernel_bytes = 2 * math.prod(geom.kernel_shape(filters))
+    by_rows = kernel_tangent_by_rows(geom, batch, itemsize)
     return by_rows and kernel_bytes >= NARROW_KERNEL_LOOP_MIN_BYTES
 
 
