@@ -114,13 +114,27 @@ def _dots_in_gradient(geom, x, k) -> int:
 
 def test_shifts_differentiates_result_heavy_problems_by_products(monkeypatch):
     """Within the bounds, "shifts"' gradient has no contraction at all (and "auto" picks
-    "shifts" there); with the feature bound at 0 it is "slices"' batched dots again."""
+    "shifts" there); with the feature bounds at 0 it is "slices"' batched dots again."""
     geom, x, k = _heavy_arrays()
     assert derivatives_by_products(geom, 64, 64)
     assert jlocalconv.implementations.choose(geom, 64, 64, "float32", "cpu") == "shifts"
     assert _dots_in_gradient(geom, x, k) == 0
     monkeypatch.setattr(products, "PRODUCTS_MAX_FEATURES", 0)
+    monkeypatch.setattr(products, "PRODUCTS_LARGE_MAX_FEATURES", 0)
     assert _dots_in_gradient(geom, x, k) > 0
+
+
+def test_windows_of_more_features_take_products_only_over_large_results():
+    """9 features (3x1 windows of 3 channels): products over a 13 MiB result (no
+    contraction in the gradient), the contractions over a 3.3 MiB one (16 filters)."""
+    geom = make_geometry((64, 30, 30, 3), (3, 1))
+    assert geom.feature_dim == 9 > products.PRODUCTS_MAX_FEATURES
+    x = jnp.ones(geom.input_shape(64))
+    for filters, by_products in ((64, True), (16, False)):
+        assert 4 * 64 * geom.output_items * filters >= products.PRODUCTS_MIN_RESULT_BYTES
+        assert derivatives_by_products(geom, 64, filters) is by_products
+        k = jnp.ones(geom.kernel_shape(filters))
+        assert (_dots_in_gradient(geom, x, k) == 0) is by_products
 
 
 def test_products_route_holds_under_half_of_lax_temp_memory_and_no_result_copy():

@@ -47,6 +47,17 @@ from jlocalconv.implementations._windows import channels_last_padded, window_sli
 PRODUCTS_MAX_FEATURES = 7
 PRODUCTS_MIN_FILTERS = 16
 PRODUCTS_MIN_RESULT_BYTES = 256 << 10
+# Up to PRODUCTS_LARGE_MAX_FEATURES features where the result holds at least
+# PRODUCTS_LARGE_MIN_RESULT_BYTES: then the contraction's result-sized transpositions
+# (two or three buffers of it) outweigh the partial sums. Tuned on the "shifts" problems
+# of sweep seeds 16-40 and 300-345 with 8-12 features (45; 0.79x overall, but 2.45x on
+# s26-46, a 4.5 MiB result over 139 rows, and 1.1-1.9x on most under 8 MiB); over 8 MiB
+# 0.26-1.35x (s326-15, 12 features, the slowest), temp lower on all. Held out (seeds
+# 346-420, the 13 such problems, one process, alternated): value_and_grad 0.46x (0.25x
+# s368-29 52.4 -> 12.9 ms, at most 0.78x), temp lower on all 13 (s408-31 34.1 -> 1.6 MiB).
+# With 14 features (s12-24, s53-32) the products ran 1.7-3.6x slower and held 3x the temp.
+PRODUCTS_LARGE_MAX_FEATURES = 12
+PRODUCTS_LARGE_MIN_RESULT_BYTES = 8 << 20
 # The kernel gradient unrolls one term per row: 200 rows compiled value_and_grad in
 # 0.5-0.6 s against the contraction's 0.1-0.15 s. Beyond this many rows, the other routes.
 PRODUCTS_MAX_BATCH = 256
@@ -64,7 +75,8 @@ def derivatives_by_products(
     ``PRODUCTS_MAX_FEATURES`` features, 2 to ``PRODUCTS_MAX_BATCH`` rows (and at least
     as many as features for a 16-bit ``kernel_dtype``, which the float32 products widen
     whole), at least ``PRODUCTS_MIN_FILTERS`` filters and ``PRODUCTS_MIN_RESULT_BYTES``
-    of (float32) result.
+    of (float32) result; or up to ``PRODUCTS_LARGE_MAX_FEATURES`` features over at least
+    ``PRODUCTS_LARGE_MIN_RESULT_BYTES`` of result.
 
     >>> from jlocalconv.geometry import make_geometry
     >>> geom = make_geometry((64, 30, 30, 2), (3, 1))  # 3x1 windows of 2 channels: 6 features
@@ -75,12 +87,17 @@ def derivatives_by_products(
     >>> few_rows = make_geometry((4, 200, 200, 2), (3, 1))
     >>> [derivatives_by_products(few_rows, 4, 64, dtype) for dtype in ("float32", "bfloat16")]
     [True, False]
+    >>> wide = make_geometry((64, 30, 30, 3), (3, 1))  # 9 features: large results only
+    >>> [derivatives_by_products(wide, 64, filters) for filters in (16, 64)]  # 3.3, 13 MiB
+    [False, True]
     """
     result_bytes = 4 * batch * geom.output_items * filters
     widened = jnp.dtype(kernel_dtype).itemsize < 4  # _dtypes: at least float32
+    large = result_bytes >= PRODUCTS_LARGE_MIN_RESULT_BYTES
+    max_features = PRODUCTS_LARGE_MAX_FEATURES if large else PRODUCTS_MAX_FEATURES
     return (
         (geom.feature_dim if widened else 2) <= batch <= PRODUCTS_MAX_BATCH
-        and 2 <= geom.feature_dim <= PRODUCTS_MAX_FEATURES
+        and 2 <= geom.feature_dim <= max_features
         and filters >= PRODUCTS_MIN_FILTERS
         and result_bytes >= PRODUCTS_MIN_RESULT_BYTES
     )
