@@ -28,6 +28,7 @@ from jlocalconv.implementations import tiles as tiles_module
 from jlocalconv.implementations._windows import (
     STACK_FUSION_MAX_BYTES,
     STACK_FUSION_MAX_PARTS,
+    input_per_output,
     padded,
     sliced_by_axis,
     stack,
@@ -731,6 +732,34 @@ def test_the_loop_differentiates_a_dominant_16_bit_kernel():
     wide = jax.ShapeDtypeStruct(few.kernel_shape(400), jnp.float32)
     x32 = jax.ShapeDtypeStruct(few.input_shape(2), jnp.float32)
     assert "scan" not in str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x32, wide))
+
+
+def test_the_loop_differentiates_a_dominant_kernel_over_sparse_windows():
+    """A dominant kernel over dilated, strided windows (``tiles._sparse_windows_loop``:
+    over 32 padded inputs per output, a transpose of 10 M+ elements, 256+ KiB of
+    windows): derivatives by the loop; each bound's edge keeps "slices"."""
+    # sweep s53-6: 3 rows of 10x22x22x49 inputs, 2x8x7 windows, 27 filters
+    geom = make_geometry((3, 10, 22, 22, 49), (2, 8, 7), (3, 2, 2), dilation=3)
+    assert tiles_module.kernel_dominates(3, 27) and input_per_output(geom) > 32
+    assert choose(geom, 3, 27, jnp.float32, "cpu") == "tiles"
+
+    def transpose(g):
+        return 2 * math.prod(g.padded_shape) * g.feature_dim  # 2 rows: window elements * ratio
+
+    # Transpose: 2 rows x 5000 inputs x 10 offsets x 100 channels = 10 M, 4999 inputs not
+    # (100 positions: 50 inputs per output, 0.8 MB of windows)
+    edge = [make_geometry((2, n, 100), 10, 50) for n in (5000, 4999)]
+    assert [transpose(g) >= 10_000_000 for g in edge] == [True, False]
+    assert [tiles_module._sparse_windows_loop(g, 2, 4) for g in edge] == [True, False]
+    assert [choose(g, 2, 32, jnp.float32, "cpu") for g in edge] == ["tiles", "slices/slices"]
+    # Windows: 256 KiB (2 rows x 64 positions x 8 offsets x 64 channels x 4 B), 63 not
+    edge = [make_geometry((2, 160 * (n - 1) + 8, 64), 8, 160) for n in (64, 63)]
+    assert [window_bytes(g, 2, 4) for g in edge] == [256 << 10, 4 * 2 * 63 * 512]
+    assert all(transpose(g) >= 10_000_000 and input_per_output(g) > 32 for g in edge)
+    assert [tiles_module._sparse_windows_loop(g, 2, 4) for g in edge] == [True, False]
+    # Dense windows (at most 32 inputs per output) keep "slices" whatever their size.
+    dense = make_geometry((2, 5000, 100), 10, 20)  # 20 inputs per output
+    assert transpose(dense) >= 10_000_000 and not tiles_module._sparse_windows_loop(dense, 2, 4)
 
 
 def test_auto_runs_the_chosen_implementation():

@@ -133,6 +133,22 @@ ROWS_LOOP_MIN_WINDOW_BYTES = 2 << 20
 # (0.19-2.07x; over 1.1x on six, all under 2 ms), temp memory lower on all 55 (s360-54:
 # 115.0 -> 6.2 MiB, 54.2 -> 12.8 ms), compile time 1.17x.
 NARROW_KERNEL_LOOP_MIN_BYTES = 2 << 20
+# A dominant kernel over windows of more than SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT
+# padded input elements per output position (large dilated or strided 3-D windows) is
+# differentiated by the loop too where the one-shot stack's transpose sums at least
+# KERNEL_BOUND_LOOP_MIN_TRANSPOSE elements (every offset's padded slice over the whole
+# input: ``window elements * input_per_output``) over at least
+# KERNEL_BOUND_LOOP_MIN_WINDOW_BYTES of windows: that transpose then outweighs reading the
+# kernel (s53-6: 80 M elements, "slices"' inputs' gradient 20 ms, the loop's 4). Tuned on
+# the 69 such problems of sweep seeds 2-30 and 300-349 (value_and_grad, one process,
+# alternated): the loop ran 0.76x (seeds 2-30) and 0.98x (300-349) the time, sub-ms
+# problems up to 2.5x slower; within these bounds 21 problems, 0.53x (0.04-0.97x but
+# s340-5, 14.7 ms, 1.37x and s344-47, 1.3 ms, 2.5x), compile time lower on most (s12-43
+# 7.0 -> 1.3 s). Smaller windows (s2-27, s336-57: 0.02 MiB) were 1.5-2.4x slower in the
+# loop. Held out (seeds 350-420, the 15 problems this changes): 0.55x (0.11-1.04x),
+# compile time 0.31x, temp memory up on six (s351-17 0.7 -> 6.5 MiB), down on nine.
+KERNEL_BOUND_LOOP_MIN_TRANSPOSE = 10_000_000
+KERNEL_BOUND_LOOP_MIN_WINDOW_BYTES = 256 << 10
 # Undifferentiated values of tiles of at most PER_POSITION_MAX_POSITIONS positions and
 # batches of at most PER_POSITION_MAX_BATCH rows take one dot per position: XLA's CPU
 # backend runs a batched dot of such thin matrices on one core, independent dots
@@ -218,7 +234,8 @@ def derivatives_by_slices(
     one contraction reads it once and writes its gradient once) unless it is
     ``narrow_kernel``, a 16-bit kernel beside widened operands
     (``implementations.widened``: the contraction would widen all of it, the loop
-    widens one block at a time; see ``NARROW_KERNEL_LOOP_MIN_BYTES``), for disjoint windows
+    widens one block at a time; see ``NARROW_KERNEL_LOOP_MIN_BYTES``) or its windows
+    are sparse and large (``KERNEL_BOUND_LOOP_MIN_TRANSPOSE``), for disjoint windows
     (:func:`~jlocalconv.implementations._windows.disjoint`), and wherever the window
     tensors fit (:func:`sliced_windows_fit`) unless the loop transposes them faster
     (:func:`loop_transposes_faster`, :func:`loop_rows_faster`).
@@ -234,7 +251,9 @@ def derivatives_by_slices(
     False
     """
     if batch > 1 and kernel_dominates(batch, filters):
-        return not (narrow_kernel and _narrow_kernel_loops(geom, batch, filters, itemsize))
+        if narrow_kernel and _narrow_kernel_loops(geom, batch, filters, itemsize):
+            return False
+        return not _sparse_windows_loop(geom, batch, itemsize)
     if disjoint(geom):
         return True
     if not sliced_windows_fit(geom, batch, filters, itemsize):
@@ -250,6 +269,22 @@ def _narrow_kernel_loops(geom: Geometry, batch: int, filters: int, itemsize: int
     kernel_bytes = 2 * math.prod(geom.kernel_shape(filters))
     by_rows = kernel_tangent_by_rows(geom, batch, itemsize)
     return by_rows and kernel_bytes >= NARROW_KERNEL_LOOP_MIN_BYTES
+
+
+def _sparse_windows_loop(geom: Geometry, batch: int, itemsize: int) -> bool:
+    """Whether the loop differentiates a dominant kernel over sparse windows: more
+    than ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` padded inputs per output, at least
+    ``KERNEL_BOUND_LOOP_MIN_WINDOW_BYTES`` of window tensor and a transpose of at least
+    ``KERNEL_BOUND_LOOP_MIN_TRANSPOSE`` elements."""
+    per_output = input_per_output(geom)
+    if per_output <= SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT:
+        return False
+    windows = window_bytes(geom, batch, itemsize)
+    transpose = windows // itemsize * per_output
+    return (
+        windows >= KERNEL_BOUND_LOOP_MIN_WINDOW_BYTES
+        and transpose >= KERNEL_BOUND_LOOP_MIN_TRANSPOSE
+    )
 
 
 def sliced_windows_fit(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
