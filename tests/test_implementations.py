@@ -24,6 +24,7 @@ import jlocalconv
 from jlocalconv import implementations
 from jlocalconv.geometry import make_geometry
 from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, _routes, choose
+from jlocalconv.implementations import shifts as shifts_module
 from jlocalconv.implementations import tiles as tiles_module
 from jlocalconv.implementations._windows import (
     STACK_FUSION_MAX_BYTES,
@@ -310,6 +311,25 @@ def test_shifts_widens_a_16_bit_kernel_once_where_many_terms_read_it(channels, o
         if eqn.primitive.name == "convert_element_type" and eqn.invars[0].aval.dtype == k.dtype
     ]
     assert widenings == ([k.shape] if once else [(*geom.output_shape, 4)] * 5 * channels)
+
+
+@pytest.mark.parametrize("terms", [12, 14])
+def test_shifts_values_under_a_reduction_hold_at_most_one_result(terms):
+    """``sum(f(x, k) * g)``, as any loss reads the values (compile only): over
+    ``FUSED_CONSUMER_MAX_TERMS`` terms the sum is written once (one result, 15.2 MiB
+    here; XLA's YNNPACK fusion otherwise materialised 95 MiB of broadcasts), up to it
+    the reduction fuses it and holds a fraction of one."""
+    geom = make_geometry((108, 450 + terms - 1, 1), terms)  # 450 positions, 1 channel
+    x = jax.ShapeDtypeStruct(geom.input_shape(108), jnp.float32)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(82), jnp.float32)
+    g = jax.ShapeDtypeStruct(geom.result_shape(108, 82), jnp.float32)
+    loss = lambda x, k, g: jnp.sum(local_conv_shifts(x, k, geom) * g)
+    compiled = jax.jit(loss).lower(x, k, g).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    result = 4 * math.prod(g.shape)
+    written = "reduce-precision" in compiled.as_text()
+    assert written == (terms > shifts_module.FUSED_CONSUMER_MAX_TERMS)
+    assert temp <= (1.05 if written else 0.5) * result, (temp, result)
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])

@@ -47,6 +47,14 @@ from jlocalconv.implementations.tiles import derivatives_by_slices
 # problems, e.g. s11-38 0.17 -> 0.03 ms); none slower by over 1.27x (four by 1.16-1.27x,
 # one of them s7-17, whose program this leaves unchanged: the noise of such timings).
 WIDEN_ONCE_MIN_TERMS = 10
+# A result of more than FUSED_CONSUMER_MAX_TERMS terms is written once, whole, before
+# anything reads it. Otherwise XLA's CPU backend (jaxlib 0.10) may pull the whole sum
+# into a consumer's reduction as one YNNPACK fusion, which takes at most about two dozen
+# operands and materialises the rest as result-sized broadcasts: ``sum(f(x, k) * g)``
+# held 95 MiB of temporaries and ran 13x slower than ``f`` itself (sweep s53-32, 14
+# terms; 30.5 -> 2.3 ms and 15.6 MiB written once; s17-19 41.7 -> 3.8 ms). Up to 12 terms
+# the fusion kept everything in registers (2.6 MiB for 8 terms), so the sum stays fusable.
+FUSED_CONSUMER_MAX_TERMS = 12
 
 
 def local_conv_shifts(
@@ -122,7 +130,17 @@ def _shift_accumulate(
             acc = term if acc is None else lax.add(acc, term)
     assert acc is not None  # window_items * channels >= 1
     acc = acc.astype(out_dtype)
+    if geom.window_items * geom.channels > FUSED_CONSUMER_MAX_TERMS:
+        acc = _written_whole(acc)
     return acc if geom.channels_last else jnp.moveaxis(acc, -1, 1)
+
+
+def _written_whole(array: jax.Array) -> jax.Array:
+    """``array``, through an op no YNNPACK fusion takes (a ``reduce_precision`` to its own
+    precision: exact, linear for JAX, kept by XLA), so the sum before it is one loop
+    fusion of its own and consumers read its result (``FUSED_CONSUMER_MAX_TERMS``)."""
+    info = jnp.finfo(array.dtype)
+    return lax.reduce_precision(array, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
 def _split(array: jax.Array, axis: int) -> Sequence[jax.Array]:
