@@ -21,6 +21,7 @@ from jax.test_util import check_grads
 from reference import local_conv_ref
 
 import jlocalconv
+import jlocalconv.implementations as implementations_module
 from jlocalconv import implementations
 from jlocalconv.geometry import make_geometry
 from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, _routes, choose
@@ -311,6 +312,22 @@ def test_shifts_widens_a_16_bit_kernel_once_where_many_terms_read_it(channels, o
         if eqn.primitive.name == "convert_element_type" and eqn.invars[0].aval.dtype == k.dtype
     ]
     assert widenings == ([k.shape] if once else [(*geom.output_shape, 4)] * 5 * channels)
+
+
+def test_auto_keeps_shifts_to_few_terms_beyond_two_filters():
+    """Over ``SHIFTS_MAX_TERMS`` features with 3+ filters, "auto" does not unroll
+    "shifts" (XLA ran out of memory compiling ``jnp.sum`` of sweep s2-11's 1152 terms);
+    one or two filters, or fewer terms, keep it."""
+    geom = make_geometry((2, 6, 22, 14, 6), (4, 8, 6), (3, 3, 1))  # s2-11: 1152 features
+    assert geom.feature_dim > implementations_module.SHIFTS_MAX_TERMS
+    assert [choose(geom, 2, f, jnp.float32, "cpu") == "shifts" for f in (1, 2, 3)] == [
+        True,
+        True,
+        False,
+    ]
+    edge = [make_geometry((2, 6, 22, 14, c), (4, 8, 3), (3, 3, 1)) for c in (5, 6)]
+    assert [g.feature_dim for g in edge] == [480, 576]
+    assert [choose(g, 2, 3, jnp.float32, "cpu") == "shifts" for g in edge] == [True, False]
 
 
 @pytest.mark.parametrize("terms", [12, 14])

@@ -102,6 +102,17 @@ SHIFTS_DEEP_MAX_FILTERS = 4
 # 50-199, auto with and without this rule, one process, alternated): forward 0.58x
 # (geometric mean; 0.22-1.05x), value_and_grad the same programs but for names (1.05x).
 SHIFTS_DEEP_VALUES_MAX_FEATURES = 250
+# Nor beyond SHIFTS_MAX_TERMS features with more than two filters: XLA's CPU backend
+# (jaxlib 0.10) fuses that many unrolled terms into a consumer that reduces over the
+# filters (``jnp.sum(f(x, k))``, any loss), and with 3 or 5-7 filters compiling that ran
+# out of memory (24 GB; s2-11: 1152 terms, 3 filters; from 512 terms on, where 480
+# compiled in a second; 1, 2 and 4 filters compiled). Of the 7 such problems of sweep
+# seeds 2-53, three (s2-11, s22-21, s24-52) did that; the windowed routes computed values
+# of the other four in 0.57x "shifts"' time (geometric mean; value_and_grad 0.89x).
+# Held out, seeds 300-420: 16 problems with 3-4 filters, values 0.80x (0.21-2.09x),
+# value_and_grad 1.08x; with 2 filters (34) "shifts" computed values faster (the
+# windowed routes 1.13x its time), so they keep it.
+SHIFTS_MAX_TERMS = 480
 # Timing "shifts" as a trial (autotune, the sweep) compiles it: beyond SHIFTS_FEW_CHANNELS
 # channels only under this many features (one unrolled term each; 1-4 channels reach 2916).
 SHIFTS_TRIAL_MAX_FEATURES = 1024
@@ -152,7 +163,8 @@ def choose(
          at most ``SHIFTS_FEW_TERMS`` features whatever the filters), a
          position's filter bank fewer than ``SHIFTS_MAX_BANK`` weights
          (``feature_dim * filters``) and, for windows of at least
-         ``SHIFTS_DEEP_FEATURES`` features, at most ``SHIFTS_DEEP_MAX_FILTERS`` filters:
+         ``SHIFTS_DEEP_FEATURES`` features, at most ``SHIFTS_DEEP_MAX_FILTERS`` filters
+         (and beyond ``SHIFTS_MAX_TERMS`` features at most two):
          values with no window tensor at all (its derivatives: see
          :mod:`jlocalconv.implementations.shifts`); 1b. where only that last bound
          keeps "shifts" out and the windows have fewer than
@@ -277,6 +289,8 @@ def _shifts_fits(geom: Geometry, filters: int) -> bool:
     """The channel, filter and bank bounds of rule 1 of :func:`choose` (all but the
     deep-window bound, which rule 1b relaxes for values)."""
     if geom.channels > SHIFTS_MAX_CHANNELS or geom.feature_dim * filters >= SHIFTS_MAX_BANK:
+        return False
+    if geom.feature_dim > SHIFTS_MAX_TERMS and filters > 2:
         return False
     if geom.channels <= SHIFTS_FEW_CHANNELS or geom.feature_dim <= SHIFTS_FEW_TERMS:
         return True

@@ -16,7 +16,10 @@ products in the result's layout instead (:mod:`~jlocalconv.implementations.produ
 and the differentiated values stay these.
 The number of fused terms is ``prod(kernel_size) * channels``, each over all filters,
 which is why "auto" only picks this for a handful of channels and small filter banks
-(``implementations.SHIFTS_MAX_BANK``).
+(``implementations.SHIFTS_MAX_BANK``), and, with three or more filters, only up to
+``implementations.SHIFTS_MAX_TERMS`` terms: asked for explicitly beyond that, compiling
+a reduction over its result (``jnp.sum(local_conv(...))``) can exhaust memory in XLA's
+CPU backend (jaxlib 0.10: 1152 terms over 3 filters took 24 GB).
 """
 
 from __future__ import annotations
