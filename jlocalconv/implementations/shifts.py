@@ -50,13 +50,14 @@ from jlocalconv.implementations.tiles import derivatives_by_slices
 # problems, e.g. s11-38 0.17 -> 0.03 ms); none slower by over 1.27x (four by 1.16-1.27x,
 # one of them s7-17, whose program this leaves unchanged: the noise of such timings).
 WIDEN_ONCE_MIN_TERMS = 10
-# A result of more than FUSED_CONSUMER_MAX_TERMS terms is written once, whole, before
-# anything reads it. Otherwise XLA's CPU backend (jaxlib 0.10) may pull the whole sum
-# into a consumer's reduction as one YNNPACK fusion, which takes at most about two dozen
+# A sum of more than FUSED_CONSUMER_MAX_TERMS terms ends in an op that YNNPACK fusions do
+# not take. Otherwise XLA's CPU backend (jaxlib 0.10) may pull the whole sum into a
+# consumer's reduction as one YNNPACK fusion, which takes at most about two dozen
 # operands and materialises the rest as result-sized broadcasts: ``sum(f(x, k) * g)``
 # held 95 MiB of temporaries and ran 13x slower than ``f`` itself (sweep s53-32, 14
-# terms; 30.5 -> 2.3 ms and 15.6 MiB written once; s17-19 41.7 -> 3.8 ms). Up to 12 terms
-# the fusion kept everything in registers (2.6 MiB for 8 terms), so the sum stays fusable.
+# terms; with the op, XLA's own fusion: 30.5 -> 2.3 ms, 15.6 MiB, one result; s17-19 41.7
+# -> 3.8 ms). Up to 12 terms the YNNPACK fusion took every operand (2.6 MiB for 8 terms
+# against 15 for the result written once), so the sum stays open to it.
 FUSED_CONSUMER_MAX_TERMS = 12
 
 
@@ -140,8 +141,8 @@ def _shift_accumulate(
 
 def _written_whole(array: jax.Array) -> jax.Array:
     """``array``, through an op no YNNPACK fusion takes (a ``reduce_precision`` to its own
-    precision: exact, linear for JAX, kept by XLA), so the sum before it is one loop
-    fusion of its own and consumers read its result (``FUSED_CONSUMER_MAX_TERMS``)."""
+    precision: exact, linear for JAX, kept by XLA), so that XLA's own fusion emits the sum
+    before it (``FUSED_CONSUMER_MAX_TERMS``)."""
     info = jnp.finfo(array.dtype)
     return lax.reduce_precision(array, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
