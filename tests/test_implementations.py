@@ -333,9 +333,9 @@ def test_auto_keeps_shifts_to_few_terms_beyond_two_filters():
 @pytest.mark.parametrize("terms", [12, 14])
 def test_shifts_values_under_a_reduction_hold_at_most_one_result(terms):
     """``sum(f(x, k) * g)``, as any loss reads the values (compile only): over
-    ``FUSED_CONSUMER_MAX_TERMS`` terms the sum is written once (one result, 15.2 MiB
-    here; XLA's YNNPACK fusion otherwise materialised 95 MiB of broadcasts), up to it
-    the reduction fuses it and holds a fraction of one."""
+    ``FUSED_CONSUMER_MAX_TERMS`` terms the sum stays out of YNNPACK fusions (one
+    result, 15.2 MiB here; a YNNPACK fusion otherwise materialised 95 MiB of
+    broadcasts), up to it the reduction's fusion takes it and holds a fraction of one."""
     geom = make_geometry((108, 450 + terms - 1, 1), terms)  # 450 positions, 1 channel
     x = jax.ShapeDtypeStruct(geom.input_shape(108), jnp.float32)
     k = jax.ShapeDtypeStruct(geom.kernel_shape(82), jnp.float32)

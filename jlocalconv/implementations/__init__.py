@@ -264,8 +264,8 @@ def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     plain = kernel_bound or geom.window_items <= SLICED_VALUES_MAX_OFFSETS or geom.ndim == 1
     loop_values = not plain and _loop_values(geom, batch, filters, itemsize)  # rule 3
-    narrow = np.dtype(dtype) in CPU_WIDENED_DTYPES  # a 16-bit kernel, widened operands
-    if not derivatives_by_slices(geom, batch, filters, itemsize, narrow_kernel=narrow):
+    kernel_itemsize = np.dtype(dtype).itemsize  # 16-bit kernels stay 16-bit
+    if not derivatives_by_slices(geom, batch, filters, itemsize, kernel_itemsize):
         # The loop differentiates; where only because it transposes the windows faster
         # (their tensor fits), values still follow rule 3.
         fits = sliced_windows_fit(geom, batch, filters, itemsize)

@@ -83,12 +83,11 @@ def local_conv_shifts(
     products accumulated in float32 (or ``preferred_element_type``, if wider).
     """
     batch, filters, itemsize = inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize
-    narrow = kernel.dtype.itemsize == 2 and kernel.dtype != inputs.dtype  # widened
     out_dtype = result_dtype(inputs, preferred_element_type)
     values = functools.partial(_shift_accumulate, geom=geom, out_dtype=out_dtype)
     if derivatives_by_products(geom, batch, filters, kernel.dtype):
         route = "products"
-    elif derivatives_by_slices(geom, batch, filters, itemsize, narrow_kernel=narrow):
+    elif derivatives_by_slices(geom, batch, filters, itemsize, kernel.dtype.itemsize):
         route = "slices"
     else:
         route = "tiles"
@@ -117,7 +116,7 @@ def _shift_accumulate(
     """
     x, view = channels_last_padded(inputs, geom)  # each term is then (B, *out, 1)
     acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
-    if geom.window_items * geom.channels > WIDEN_ONCE_MIN_TERMS:
+    if geom.feature_dim > WIDEN_ONCE_MIN_TERMS:  # one term per feature
         kernel = kernel.astype(acc_dtype)
     out_shape = (inputs.shape[0], *geom.output_shape, kernel.shape[-1])
     # (output_items, 1, filters) per feature, features in Keras's order: (k..., C) for
@@ -134,7 +133,7 @@ def _shift_accumulate(
             acc = term if acc is None else lax.add(acc, term)
     assert acc is not None  # window_items * channels >= 1
     acc = acc.astype(out_dtype)
-    if geom.window_items * geom.channels > FUSED_CONSUMER_MAX_TERMS:
+    if geom.feature_dim > FUSED_CONSUMER_MAX_TERMS:
         acc = _written_whole(acc)
     return acc if geom.channels_last else jnp.moveaxis(acc, -1, 1)
 

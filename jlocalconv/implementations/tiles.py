@@ -226,14 +226,15 @@ def kernel_dominates(batch: int, filters: int) -> bool:
 
 
 def derivatives_by_slices(
-    geom: Geometry, batch: int, filters: int, itemsize: int, narrow_kernel: bool = False
+    geom: Geometry, batch: int, filters: int, itemsize: int, kernel_itemsize: int | None = None
 ) -> bool:
     """Whether "slices" differentiates this problem faster than the tile loop, in budget.
 
     True where the kernel dominates (``batch > 1`` and ``batch * MIN_TILES < filters``:
-    one contraction reads it once and writes its gradient once) unless it is
-    ``narrow_kernel``, a 16-bit kernel beside widened operands
-    (``implementations.widened``: the contraction would widen all of it, the loop
+    one contraction reads it once and writes its gradient once) unless it is a 16-bit
+    kernel (``kernel_itemsize`` 2; the operands' ``itemsize`` if None) beside operands
+    widened to ``itemsize`` (``implementations.widened``: the contraction would widen
+    all of it, the loop
     widens one block at a time; see ``NARROW_KERNEL_LOOP_MIN_BYTES``) or its windows
     are sparse and large (``KERNEL_BOUND_LOOP_MIN_TRANSPOSE``), for disjoint windows
     (:func:`~jlocalconv.implementations._windows.disjoint`), and wherever the window
@@ -251,7 +252,7 @@ def derivatives_by_slices(
     False
     """
     if batch > 1 and kernel_dominates(batch, filters):
-        if narrow_kernel and _narrow_kernel_loops(geom, batch, filters, itemsize):
+        if _narrow_kernel_loops(geom, batch, filters, itemsize, kernel_itemsize or itemsize):
             return False
         return not _sparse_windows_loop(geom, batch, itemsize)
     if disjoint(geom):
@@ -262,11 +263,15 @@ def derivatives_by_slices(
     return not loop and not loop_rows_faster(geom, batch, itemsize)
 
 
-def _narrow_kernel_loops(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
+def _narrow_kernel_loops(
+    geom: Geometry, batch: int, filters: int, itemsize: int, kernel_itemsize: int
+) -> bool:
     """Whether the loop differentiates a dominant 16-bit kernel beside operands widened
     to ``itemsize``: at most ``ROWS_KERNEL_TANGENT_MAX_BATCH`` rows (its kernel gradient
     by rows) and a kernel of at least ``NARROW_KERNEL_LOOP_MIN_BYTES``."""
-    kernel_bytes = 2 * math.prod(geom.kernel_shape(filters))
+    if not kernel_itemsize == 2 < itemsize:
+        return False
+    kernel_bytes = kernel_itemsize * math.prod(geom.kernel_shape(filters))
     by_rows = kernel_tangent_by_rows(geom, batch, itemsize)
     return by_rows and kernel_bytes >= NARROW_KERNEL_LOOP_MIN_BYTES
 
@@ -279,10 +284,9 @@ def _sparse_windows_loop(geom: Geometry, batch: int, itemsize: int) -> bool:
     per_output = input_per_output(geom)
     if per_output <= SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT:
         return False
-    windows = window_bytes(geom, batch, itemsize)
-    transpose = windows // itemsize * per_output
+    transpose = window_bytes(geom, batch, 1) * per_output  # window elements * ratio
     return (
-        windows >= KERNEL_BOUND_LOOP_MIN_WINDOW_BYTES
+        window_bytes(geom, batch, itemsize) >= KERNEL_BOUND_LOOP_MIN_WINDOW_BYTES
         and transpose >= KERNEL_BOUND_LOOP_MIN_TRANSPOSE
     )
 
