@@ -99,6 +99,19 @@ def problems(n: int, seed: int, bounds: Bounds = Bounds()) -> tuple[Shape, ...]:
     return tuple(dataclasses.replace(next(draws), key=f"s{seed}-{i}") for i in range(n))
 
 
+def problem(key: str) -> Shape:
+    """The problem a key of :func:`problems` names (``"s<seed>-<index>"``).
+
+    Example:
+      >>> problem("s0-1") == problems(2, seed=0)[1]
+      True
+    """
+    seed, sep, index = key.removeprefix("s").partition("-")
+    if not key.startswith("s") or not sep or not (seed.isdigit() and index.isdigit()):
+        raise ValueError(f"a sweep problem key is s<seed>-<index>, got {key!r}")
+    return problems(int(index) + 1, int(seed))[int(index)]
+
+
 def fits(shape: Shape, bounds: Bounds) -> bool:
     """Whether ``shape`` is within ``bounds``' FLOP, patch and kernel limits."""
     geom = shape.geometry()

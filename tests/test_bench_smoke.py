@@ -185,3 +185,25 @@ def test_unstrided_tangent_study_runs_and_takes_what_the_rule_takes(capsys):
     shapes = study.problems((9,), 30)
     assert shapes and all(s.strides == (1,) * s.ndim for s in shapes)
     assert all(sliced_by_axis(s.geometry(), s.batch, 4) for s in shapes)
+
+
+def test_constant_ab_study_times_both_ways_and_restores_the_constant(capsys):
+    """``python -m bench.studies.constant_ab``: a problem timed with the constant as it is
+    and changed, the constant restored after; only problems whose route changes qualify."""
+    from bench import sweep
+    from bench.studies import constant_ab
+    from jlocalconv.implementations import tiles
+
+    constant_ab.main(["tiles.MIN_TILES=4", "--keys", "s2-1", "--rounds", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "tiles.MIN_TILES=4: 1 problems" and tiles.MIN_TILES == 8
+    assert out[1].startswith("s2-1 3, 35, 66->2, 7, 3, dil 2: ") and out[2].startswith("1 problems")
+    ratios = [float(part.rsplit("(", 1)[1].rstrip(")")) for part in out[1].split("; ")[1:]]
+    assert len(ratios) == 4 and all(r > 0 for r in ratios[:3])
+    unchanged = constant_ab.parse(f"tiles.MIN_TILES={tiles.MIN_TILES}")
+    assert constant_ab.affected(range(2, 3), 20, unchanged) == []
+    assert constant_ab.affected(range(2, 3), 20, constant_ab.parse("tiles.MIN_TILES=2"))
+    with pytest.raises(ValueError, match="no NOPE"):
+        constant_ab.parse("tiles.NOPE=1")
+    with pytest.raises(ValueError, match="s<seed>-<index>"):
+        sweep.problem("54-4")
