@@ -24,8 +24,9 @@ import jlocalconv
 import jlocalconv.implementations as implementations_module
 from jlocalconv import implementations
 from jlocalconv.geometry import make_geometry
-from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, _routes, choose
+from jlocalconv.implementations import IMPLEMENTATIONS, SHIFTS_MAX_CHANNELS, choose
 from jlocalconv.implementations import shifts as shifts_module
+from jlocalconv.implementations import slices as slices_module
 from jlocalconv.implementations import tiles as tiles_module
 from jlocalconv.implementations._windows import (
     STACK_FUSION_MAX_BYTES,
@@ -1208,7 +1209,7 @@ def test_slices_derivatives_keep_the_contraction_where_the_kernel_dominates():
     geom = make_geometry((8, 7, 7, 1024), 3, padding="same")
     assert tiles_module.kernel_tangent_by_rows(geom, 8, 4)
     assert not tiles_module.sliced_kernel_tangent_by_rows(geom, 8, 256, 4)
-    assert _routes.kernel_major_inputs_gradient(8, 256)
+    assert slices_module.kernel_major_inputs_gradient(8, 256)
     assert choose(geom, 8, 256, jnp.float32, "cpu") == "slices/slices"
 
 
@@ -1222,12 +1223,12 @@ def test_slices_derivatives_keep_the_contraction_where_the_kernel_dominates():
 )
 def test_inputs_gradient_kernel_first_matches_the_reference(shape, ks, strides, filters, fmt):
     """Where filters outnumber rows "slices" derivatives take the inputs' gradient
-    kernel first (``_routes.kernel_major_inputs_gradient``): "auto"'s values, gradients,
+    kernel first (``slices.kernel_major_inputs_gradient``): "auto"'s values, gradients,
     forward-mode derivatives and batched gradients must match the float64 reference and
     "patches", and the transposed program must hold the kernel-first product behind its
     barrier."""
     geom = make_geometry(shape, ks, strides, data_format=fmt)
-    assert _routes.kernel_major_inputs_gradient(shape[0], filters)
+    assert slices_module.kernel_major_inputs_gradient(shape[0], filters)
     name = choose(geom, shape[0], filters, jnp.float32, "cpu")
     assert name.endswith("slices")
     rng = np.random.default_rng(3)
@@ -1319,3 +1320,39 @@ def test_slices_tangent_by_axis_holds_less_than_the_one_shot_stack():
         return compiled.memory_analysis().temp_size_in_bytes
 
     assert temp(slices_tangent) < temp(local_conv_slices) - (512 << 10)
+
+
+def test_the_loop_differentiates_a_problem_of_one_tile():
+    """Where the tile plan is one tile over windows of 2+ offsets that "slices" would
+    differentiate as they are (``tiles._one_tile_loop``), derivatives go by the loop,
+    values stay with "slices"; a single offset, several tiles, the kernel gradient by
+    rows or an axis-by-axis stack keep "slices" derivatives. Both give the same numbers."""
+    # sweep s54-27: 72 rows of 1x24x6x5 inputs, 1x8x5 windows (40 offsets), 31 filters
+    geom = make_geometry((72, 1, 24, 6, 5), (1, 8, 5), (3, 1, 3))
+    assert tiles_module.plan_tiles(geom, 72, 31, 4).counts(geom) == (1,)
+    assert choose(geom, 72, 31, jnp.float32, "cpu") == "slices/tiles"
+    assert choose(geom, 8, 31, jnp.float32, "cpu") == "slices/slices"  # 8 rows: by rows
+    wider = make_geometry((72, 1, 24, 12, 5), (1, 8, 5), (3, 1, 3))  # 17 tiles
+    assert tiles_module.plan_tiles(wider, 72, 31, 4).counts(wider) == (1, 17)
+    assert choose(wider, 72, 31, jnp.float32, "cpu") == "slices"
+    taller = make_geometry((72, 1, 40, 6, 5), (1, 8, 5), (3, 1, 3))  # stacked axis by axis
+    assert sliced_by_axis(taller, 72, 4) and not tiles_module._one_tile_loop(taller, 72, 31, 4)
+    single = make_geometry((20, 1, 24, 6, 40), 1, (3, 1, 3))  # one offset
+    assert tiles_module.plan_tiles(single, 20, 31, 4).counts(single) == (1,)
+    assert choose(single, 20, 31, jnp.float32, "cpu") == "slices"
+    # The same values and gradients as "slices".
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(geom.input_shape(72)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal(geom.kernel_shape(31)), jnp.float32)
+
+    def loss(name):
+        def f(x, k):
+            y = jlocalconv.local_conv(x, k, (1, 8, 5), (3, 1, 3), implementation=name)
+            return jnp.sum(y * jnp.cos(y))
+
+        return jax.value_and_grad(f, (0, 1))(x, k)
+
+    (got, (gx, gk)), (want, (wx, wk)) = loss("auto"), loss("slices")
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    np.testing.assert_allclose(gx, wx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gk, wk, rtol=1e-4, atol=1e-4)

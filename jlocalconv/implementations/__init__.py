@@ -35,6 +35,7 @@ from jlocalconv.implementations.tiles import (
     kernel_dominates,
     local_conv_tiles,
     plan_tiles,
+    sliced_gradients_differ,
     sliced_windows_fit,
 )
 
@@ -182,7 +183,8 @@ def choose(
          over an input large for the filters, or
          :func:`~jlocalconv.implementations.tiles.loop_rows_faster`: many offsets and
          megabytes of windows of few enough rows for the loop's kernel gradient by
-         rows; windows stacked axis by axis where
+         rows, or a tile plan of one tile over windows "slices" would differentiate
+         as they are (``tiles.ONE_TILE_LOOP_MIN_OFFSETS``); windows stacked axis by axis where
          :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so), else by
          the "tiles" loop (``"slices/tiles"`` where only the transposition decided it
          and rule 3 gives values to "slices");
@@ -190,7 +192,7 @@ def choose(
          where the derivatives stack windows axis by axis, take the kernel gradient
          by rows (:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows`)
          or the inputs' gradient kernel first
-         (:func:`~jlocalconv.implementations._routes.kernel_major_inputs_gradient`)),
+         (:func:`~jlocalconv.implementations.slices.kernel_major_inputs_gradient`)),
          except by "tiles"
          (``"tiles/slices"``) where the tile loop contracts each position with its
          own dot over more than one tile (``TilePlan.per_position_values``; see
@@ -273,7 +275,7 @@ def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing
     if loop_values:
         return "tiles/slices"
     # One route; composed where the tangent differs from "slices" itself.
-    differs = _routes.sliced_gradients_differ(geom, batch, filters, itemsize)
+    differs = sliced_gradients_differ(geom, batch, filters, itemsize)
     by_axis = not plain and sliced_by_axis(geom, batch, itemsize)
     return "slices/slices" if differs or by_axis else "slices"
 

@@ -111,7 +111,7 @@ def contract_kernel_major(
 
     That transpose is then the kernel ``(P, features, F)`` contracted on its last axis with
     the cotangent as second operand, a form XLA's CPU backend runs fast (see
-    ``_routes.KERNEL_MAJOR_MIN_FILTERS_PER_ROW``), and a ``(P, features, B)`` result that
+    ``slices.KERNEL_MAJOR_MIN_FILTERS_PER_ROW``), and a ``(P, features, B)`` result that
     is then transposed. The optimization barrier keeps XLA from folding that transpose
     back into the dot (which gives the slow form again); it is linear, so ``jvp``,
     ``vmap`` and transposition go through it. Same values as :func:`contract`.

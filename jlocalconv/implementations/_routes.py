@@ -27,7 +27,7 @@ from jlocalconv.implementations._bilinear import Bilinear, split_bilinear
 from jlocalconv.implementations._windows import sliced_by_axis
 from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.products import differentiated_by_products
-from jlocalconv.implementations.slices import slices_tangent
+from jlocalconv.implementations.slices import kernel_major_inputs_gradient, slices_tangent
 from jlocalconv.implementations.tiles import (
     differentiated_by_loop,
     rows_kernel_tangent,
@@ -42,47 +42,6 @@ _TANGENTS: dict[str, Callable[..., jax.Array]] = {
     "slices": slices_tangent,
 }
 DERIVATIVE_ROUTES = (*_TANGENTS, "tiles", "products")
-# The inputs' gradient of a batched contraction is a batched dot of the cotangent with the
-# kernel that contracts the kernel's last (filter) axis; XLA's CPU backend runs that
-# transposed kernel far below its speed as a dot's first operand (a 91-position bank of
-# 2600 x 26, 3 rows: 24 ms against 3.6 ms). With at least KERNEL_MAJOR_MIN_FILTERS_PER_ROW
-# filters per batch row (the kernel outweighs the cotangent) "slices" derivatives write
-# the inputs' tangent kernel first (``_common.contract_kernel_major``). value_and_grad by
-# "slices" derivatives with and without it (one process, alternated), on 24 problems of
-# sweep seeds 2-21, the suite and the real layers with 4.4-218 filters per row: 0.47-0.63x
-# the time on nine (s21-25, s12-16, s13-24, s15-7, the suite's "same" 0.55x), 0.72-0.99x
-# on eleven (YOLOv1's local layer 0.88x), 1.03-1.16x on four (s18-45, 2.8 ms, the most);
-# temp memory unchanged. On 29 problems with 0.01-2.9 filters per row it ran 0.93-1.51x,
-# and with one row (a product of vectors) there is nothing to gain: 0.98-1.05x on six.
-KERNEL_MAJOR_MIN_FILTERS_PER_ROW = 4
-
-
-def kernel_major_inputs_gradient(batch: int, filters: int) -> bool:
-    """Whether "slices" derivatives take the inputs' gradient kernel first: at least two
-    batch rows and ``KERNEL_MAJOR_MIN_FILTERS_PER_ROW`` filters per row.
-
-    >>> kernel_major_inputs_gradient(8, 256), kernel_major_inputs_gradient(128, 16)
-    (True, False)
-    >>> kernel_major_inputs_gradient(1, 64)
-    False
-    """
-    return batch > 1 and filters >= KERNEL_MAJOR_MIN_FILTERS_PER_ROW * batch
-
-
-def sliced_gradients_differ(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
-    """Whether the "slices" derivative route computes a gradient otherwise than "slices"
-    differentiated as it is: the kernel gradient by rows
-    (:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows`) or the
-    inputs' gradient kernel first (:func:`kernel_major_inputs_gradient`). (Its windows
-    may also be stacked axis by axis: ``_windows.sliced_by_axis``.)
-
-    >>> from jlocalconv.geometry import make_geometry
-    >>> geom = make_geometry((32, 12, 12, 8), 6)
-    >>> sliced_gradients_differ(geom, 32, 8, 4), sliced_gradients_differ(geom, 2, 8, 4)
-    (False, True)
-    """
-    by_rows = sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize)
-    return by_rows or kernel_major_inputs_gradient(batch, filters)
 
 
 def differentiated(

@@ -51,7 +51,7 @@ from jlocalconv.implementations._windows import (
     window_bytes,
     windows,
 )
-from jlocalconv.implementations.slices import local_conv_slices
+from jlocalconv.implementations.slices import kernel_major_inputs_gradient, local_conv_slices
 
 # Cost model constants (CPU; tuned on a shared 2-core Zen 4, see ``plan_tiles``).
 # A tile's working set (windows, filter block, f32 outputs) stays below TILE_BYTES so
@@ -149,6 +149,21 @@ NARROW_KERNEL_LOOP_MIN_BYTES = 2 << 20
 # compile time 0.31x, temp memory up on six (s351-17 0.7 -> 6.5 MiB), down on nine.
 KERNEL_BOUND_LOOP_MIN_TRANSPOSE = 10_000_000
 KERNEL_BOUND_LOOP_MIN_WINDOW_BYTES = 256 << 10
+# Where the plan is one tile (few positions or a small window tensor: :func:`plan_tiles`),
+# the loop is one pass over the whole problem with the loop's own tangents (windows built
+# axis by axis from ``BY_AXIS_MIN_OFFSETS``, the inputs' gradient read region by region);
+# over windows of at least ONE_TILE_LOOP_MIN_OFFSETS offsets it differentiates faster than
+# "slices" differentiated as it is. Not where "slices" derivatives already differ from
+# that (kernel gradient by rows, inputs' gradient kernel first, windows stacked axis by
+# axis: :func:`sliced_gradients_differ`, ``_windows.sliced_by_axis``): those ran 1.45-2.3x
+# slower in the loop (s10-22, s18-45, s30-33). Found on seed 54's worst forward+backward
+# case (s54-27: 72 rows, 17 positions, "slices" derivatives 1.5x the loop's time).
+# value_and_grad of "auto" with and without it (one process, alternated;
+# ``python -m bench.studies.constant_ab``): tuned on seeds 2-30 (108 problems), 0.95x the
+# time (geometric mean; 0.38-1.17x), a single offset (12) 1.04x. Held out, seeds 300-330
+# (91 problems): 0.94x (0.40-1.32x; the 12 over 1 ms 0.75x), compile time +26 ms on
+# average, temp memory up on three by at most 0.5 MiB.
+ONE_TILE_LOOP_MIN_OFFSETS = 2
 # Undifferentiated values of tiles of at most PER_POSITION_MAX_POSITIONS positions and
 # batches of at most PER_POSITION_MAX_BATCH rows take one dot per position: XLA's CPU
 # backend runs a batched dot of such thin matrices on one core, independent dots
@@ -239,7 +254,8 @@ def derivatives_by_slices(
     are sparse and large (``KERNEL_BOUND_LOOP_MIN_TRANSPOSE``), for disjoint windows
     (:func:`~jlocalconv.implementations._windows.disjoint`), and wherever the window
     tensors fit (:func:`sliced_windows_fit`) unless the loop transposes them faster
-    (:func:`loop_transposes_faster`, :func:`loop_rows_faster`).
+    (:func:`loop_transposes_faster`, :func:`loop_rows_faster`) or its plan is one tile
+    (:func:`_one_tile_loop`, ``ONE_TILE_LOOP_MIN_OFFSETS``).
 
     >>> from jlocalconv.geometry import make_geometry
     >>> derivatives_by_slices(make_geometry((2, 12, 12, 8), 6), 2, 8, itemsize=4)
@@ -257,10 +273,30 @@ def derivatives_by_slices(
         return not _sparse_windows_loop(geom, batch, itemsize)
     if disjoint(geom):
         return True
+    if _one_tile_loop(geom, batch, filters, itemsize):
+        return False
     if not sliced_windows_fit(geom, batch, filters, itemsize):
         return False
     loop = loop_transposes_faster(geom, batch, filters, itemsize)
     return not loop and not loop_rows_faster(geom, batch, itemsize)
+
+
+def _one_tile_loop(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
+    """Whether the loop differentiates a problem whose plan is one tile: windows of at
+    least ``ONE_TILE_LOOP_MIN_OFFSETS`` offsets that "slices" would differentiate as it
+    is (:func:`sliced_gradients_differ`, ``_windows.sliced_by_axis``).
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((72, 1, 24, 6, 5), (1, 8, 5), (3, 1, 3))  # sweep s54-27
+    >>> _one_tile_loop(geom, 72, 31, 4), _one_tile_loop(geom, 8, 31, 4)  # 8 rows: by rows
+    (True, False)
+    """
+    few = geom.window_items < ONE_TILE_LOOP_MIN_OFFSETS
+    if few or sliced_gradients_differ(geom, batch, filters, itemsize):
+        return False
+    if sliced_by_axis(geom, batch, itemsize):
+        return False
+    return math.prod(plan_tiles(geom, batch, filters, itemsize).counts(geom)) == 1
 
 
 def _narrow_kernel_loops(
@@ -394,6 +430,22 @@ def sliced_kernel_tangent_by_rows(geom: Geometry, batch: int, filters: int, item
     """
     kernel_bound = batch > 1 and kernel_dominates(batch, filters)
     return kernel_tangent_by_rows(geom, batch, itemsize) and not kernel_bound
+
+
+def sliced_gradients_differ(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
+    """Whether the "slices" derivative route computes a gradient otherwise than "slices"
+    differentiated as it is: the kernel gradient by rows
+    (:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows`) or the
+    inputs' gradient kernel first (:func:`kernel_major_inputs_gradient`). (Its windows
+    may also be stacked axis by axis: ``_windows.sliced_by_axis``.)
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((32, 12, 12, 8), 6)
+    >>> sliced_gradients_differ(geom, 32, 8, 4), sliced_gradients_differ(geom, 2, 8, 4)
+    (False, True)
+    """
+    by_rows = sliced_kernel_tangent_by_rows(geom, batch, filters, itemsize)
+    return by_rows or kernel_major_inputs_gradient(batch, filters)
 
 
 def rows_kernel_tangent(
