@@ -64,12 +64,17 @@ MEMORY_SLACK_BYTES = 1 << 20
 MEMORY_FLOOR_BYTES = 32 << 20
 # Candidates are timed in rounds (each compiled call once per round): MIN_ROUNDS, then
 # more while BUDGET_S per call lasts, up to MAX_ROUNDS (sub-millisecond problems need
-# many samples to see through noise). A call whose warm-up is PRUNE_FACTOR times slower
-# than the fastest keeps that one time: it cannot win, and is not run again.
+# many samples to see through noise). A call whose first timed run is PRUNE_FACTOR times
+# slower than the fastest keeps that one time: it cannot win, and is not run again. Not
+# its warm-up (the run before), which pays first-call work (buffers, pages, threads):
+# sweep s61-0's "slices" derivatives warmed up in 28 ms and then ran in 0.85, while the
+# loop's took 8.3 and 2.0, so pruning on warm-ups picked the loop, 2.1x slower in the
+# sweep's timing. Only a warm-up WARMUP_PRUNE_FACTOR times the fastest is not timed.
 BUDGET_S = 0.3
 MIN_ROUNDS = 3
 MAX_ROUNDS = 25
 PRUNE_FACTOR = 3.0
+WARMUP_PRUNE_FACTOR = 30.0
 CACHE_ENV = "JLOCALCONV_AUTOTUNE_CACHE"
 
 _lock = threading.Lock()
@@ -378,24 +383,33 @@ def _fastest_calls(
 ) -> dict[tuple[str, str], float]:
     """Each call's fastest time, the calls run in alternation (drift hits all alike).
 
-    Each is run once (warm-up); one more than ``PRUNE_FACTOR`` times slower than the
-    fastest warm-up of its kind keeps that time. The others are called in rounds,
-    ``MIN_ROUNDS`` at least and then while ``BUDGET_S`` per call lasts, up to
-    ``MAX_ROUNDS``, and keep their fastest call: noise only ever adds time.
+    Each is run once (warm-up, not a sample); one more than ``WARMUP_PRUNE_FACTOR`` times
+    slower than the fastest warm-up of its kind keeps that time. The others are timed
+    once; one more than ``PRUNE_FACTOR`` times slower than the fastest of its kind keeps
+    that time. The rest are called in rounds, ``MIN_ROUNDS`` in all at least and then
+    while ``BUDGET_S`` per call lasts, up to ``MAX_ROUNDS``, and keep their fastest call:
+    noise only ever adds time.
     """
     times = {key: [_seconds(call, *args)] for key, call in calls.items()}
-    kinds = {kind for kind, _ in calls}
-    best = {kind: min(t[0] for (of, _), t in times.items() if of == kind) for kind in kinds}
-    live = [key for key, t in times.items() if t[0] <= PRUNE_FACTOR * best[key[0]]]
+    for key in _hopeful(times, WARMUP_PRUNE_FACTOR):
+        times[key] = [_seconds(calls[key], *args)]  # the first sample
+    live = _hopeful(times, PRUNE_FACTOR)
     deadline = time.perf_counter() + BUDGET_S * len(live)
-    for key in live:
-        times[key] = []  # the warm-up paid for first-call work: not a sample
-    rounds = 0
+    rounds = 1
     while rounds < MIN_ROUNDS or (rounds < MAX_ROUNDS and time.perf_counter() < deadline):
         for key in live:
             times[key].append(_seconds(calls[key], *args))
         rounds += 1
     return {key: min(t) for key, t in times.items()}
+
+
+def _hopeful(times: dict[tuple[str, str], list[float]], factor: float) -> list[tuple[str, str]]:
+    """The keys whose first time is within ``factor`` of the fastest first time of their
+    kind (values or derivatives)."""
+    best: dict[str, float] = {}
+    for (kind, _), t in times.items():
+        best[kind] = min(best.get(kind, t[0]), t[0])
+    return [key for key, t in times.items() if t[0] <= factor * best[key[0]]]
 
 
 def _compile(

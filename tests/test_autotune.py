@@ -231,8 +231,11 @@ def test_pick_takes_shape_dtype_structs():
 def test_measurement_alternates_candidates_prunes_the_hopeless_and_keeps_the_fastest_call(
     monkeypatch,
 ):
-    """The timing loop, with a fake clock: no real timing asserted."""
-    speeds = {"patches": 1.0, "slices": 1.1, "tiles": 10.0}  # tiles: beyond PRUNE_FACTOR
+    """The timing loop, with a fake clock: no real timing asserted. Warm-ups are no
+    samples: "slices" warms up 4x slower than "patches" (sweep s61-0's kind) and still
+    wins; "tiles" is pruned on its first sample, "shifts" already on its warm-up."""
+    speeds = {"patches": 1.0, "slices": 0.9, "tiles": 10.0, "shifts": 50.0}
+    warm_ups = {"patches": 1.0, "slices": 4.0, "tiles": 10.0, "shifts": 50.0}
     monkeypatch.setattr(autotune, "candidates", lambda geom, backend: tuple(speeds))
     monkeypatch.setattr(autotune, "derivative_candidates", lambda backend, problem: tuple(speeds))
 
@@ -244,22 +247,30 @@ def test_measurement_alternates_candidates_prunes_the_hopeless_and_keeps_the_fas
 
     def fake_seconds(call, *args):
         order.append(call)
-        jitter = 0.5 if order.count(call) == 3 else 0.0  # one noisy sample, added time
-        return speeds[call[1]] * (2 if call[0] == "grad" else 1) + jitter
+        count = order.count(call)
+        jitter = 0.5 if count == 3 else 0.0  # one noisy sample, added time
+        seconds = (warm_ups if count == 1 else speeds)[call[1]] + jitter
+        return seconds * (2 if call[0] == "grad" else 1)
 
     monkeypatch.setattr(autotune, "_seconds", fake_seconds)
     monkeypatch.setattr(autotune, "BUDGET_S", 0.0)  # MIN_ROUNDS rounds exactly
     geom = make_geometry((2, 6, 6, 8), 3)
     problem = autotune.Problem(geom, 2, 4, "float32", "float32", None, None)
     values, derivatives = autotune._measure_all(problem)
-    assert values["patches"] == M(1.0, len("patches"))  # the fastest call, not noise
-    assert derivatives["patches"] == M(2.0, len("patches/patches"))  # its own program
-    assert values["tiles"] == M(10.0, len("tiles"))  # its warm-up time, kept
+    assert values["slices"] == M(0.9, len("slices"))  # the fastest call, not noise
+    assert derivatives["slices"] == M(1.8, len("slices/slices"))  # its own program
+    assert values["patches"] == M(1.0, len("patches"))
+    assert values["tiles"] == M(10.0, len("tiles"))  # its first sample, kept
     assert derivatives["tiles"] == M(20.0, len("tiles/tiles"))
-    assert order.count(("fwd", "tiles")) == 1 and order.count(("grad", "tiles")) == 1
+    assert values["shifts"] == M(50.0, len("shifts"))  # 50x the fastest warm-up: kept
+    assert order.count(("fwd", "tiles")) == 2 and order.count(("grad", "tiles")) == 2
+    assert order.count(("fwd", "shifts")) == 1 and order.count(("grad", "shifts")) == 1
     assert order.count(("fwd", "slices")) == 1 + autotune.MIN_ROUNDS
-    # after the warm-ups, rounds alternate the live calls
-    rounds = order[2 * len(speeds) :]
+    # warm-ups, then first samples of all but "shifts", then rounds alternate the live calls
+    firsts = [("fwd", n) for n in ("patches", "slices", "tiles")]
+    firsts += [("grad", n) for n in ("patches", "slices", "tiles")]
+    assert order[2 * len(speeds) : 2 * len(speeds) + 6] == firsts
+    rounds = order[2 * len(speeds) + 6 :]
     live = [("fwd", "patches"), ("fwd", "slices"), ("grad", "patches"), ("grad", "slices")]
-    assert rounds == live * autotune.MIN_ROUNDS
-    assert autotune.decide(values, derivatives) == "patches/patches"
+    assert rounds == live * (autotune.MIN_ROUNDS - 1)
+    assert autotune.decide(values, derivatives) == "slices/slices"

@@ -23,6 +23,7 @@ import ast
 import contextlib
 import gc
 import importlib
+import operator
 import statistics
 import types
 from collections.abc import Iterator
@@ -39,11 +40,14 @@ from jlocalconv.implementations import products, tiles
 
 
 def parse(assignment: str) -> tuple[types.ModuleType, str, object]:
-    """``"tiles.MIN_TILES=4"`` -> (the module, the name, the value, a Python literal).
+    """``"tiles.MIN_TILES=4"`` -> (the module, the name, the value): a Python literal or
+    numbers joined by ``+ - * / << **`` (as the constants are written: ``32 << 20``).
 
     >>> module, name, value = parse("tiles.MIN_TILES=4")
     >>> module.__name__, name, value
     ('jlocalconv.implementations.tiles', 'MIN_TILES', 4)
+    >>> parse("tiles.TILE_BYTES=2 << 20")[2]
+    2097152
     """
     target, sep, literal = assignment.partition("=")
     path, _, name = target.rpartition(".")
@@ -53,7 +57,24 @@ def parse(assignment: str) -> tuple[types.ModuleType, str, object]:
     module = importlib.import_module(prefix if path == "implementations" else f"{prefix}.{path}")
     if not hasattr(module, name):
         raise ValueError(f"{module.__name__} has no {name}")
-    return module, name, ast.literal_eval(literal)
+    return module, name, _value(ast.parse(literal.strip(), mode="eval").body)
+
+
+_OPERATORS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.LShift: operator.lshift,
+    ast.Pow: operator.pow,
+}
+
+
+def _value(node: ast.expr) -> object:
+    """A literal, or arithmetic on literals (no names, no calls)."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_value(node.left), _value(node.right))
+    return ast.literal_eval(node)
 
 
 @contextlib.contextmanager
