@@ -112,16 +112,12 @@ def route(shape: Shape) -> tuple:
 
 def affected(seeds: range, n: int, change: tuple) -> list[Shape]:
     """The first ``n`` sweep problems of each seed whose :func:`route` ``change`` alters."""
-    found = []
-    for seed in seeds:
-        for shape in sweep.problems(n, seed):
-            routes = []
-            for on in (False, True):
-                with changed(*change, on):
-                    routes.append(route(shape))
-            if routes[0] != routes[1]:
-                found.append(shape)
-    return found
+    shapes = [shape for seed in seeds for shape in sweep.problems(n, seed)]
+    routes = []
+    for on in (False, True):
+        with changed(*change, on):
+            routes.append([route(shape) for shape in shapes])
+    return [shape for shape, old, new in zip(shapes, *routes) if old != new]
 
 
 def measure(shape: Shape, change: tuple, rounds: int) -> dict:

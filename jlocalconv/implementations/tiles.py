@@ -291,10 +291,10 @@ def _one_tile_loop(geom: Geometry, batch: int, filters: int, itemsize: int) -> b
     >>> _one_tile_loop(geom, 72, 31, 4), _one_tile_loop(geom, 8, 31, 4)  # 8 rows: by rows
     (True, False)
     """
-    few = geom.window_items < ONE_TILE_LOOP_MIN_OFFSETS
-    if few or sliced_gradients_differ(geom, batch, filters, itemsize):
+    if geom.window_items < ONE_TILE_LOOP_MIN_OFFSETS:
         return False
-    if sliced_by_axis(geom, batch, itemsize):
+    differs = sliced_gradients_differ(geom, batch, filters, itemsize)
+    if differs or sliced_by_axis(geom, batch, itemsize):  # "slices" differentiates otherwise
         return False
     return math.prod(plan_tiles(geom, batch, filters, itemsize).counts(geom)) == 1
 
