@@ -278,7 +278,9 @@ def convolve(
     Returns:
       As :func:`local_conv`.
     """
-    impl = _compiled(_implementation(spec, geom, inputs, kernel))
+    impl = _implementation(spec, geom, inputs, kernel)
+    if not _traced_into_jaxpr():
+        impl = _compiled(impl)
     out = impl(
         inputs,
         kernel,
@@ -309,11 +311,39 @@ def _implementation(
 def _compiled(impl: Implementation) -> Implementation:
     """``impl`` under ``jax.jit``, its geometry and options static.
 
-    Called eagerly, the implementation is then one compiled program per static problem
-    (cached by JAX) instead of dozens of op-by-op dispatches, each compiled on first use;
-    under an outer transformation the inner jit is inlined, so traced calls are unchanged.
+    Called eagerly (or under eager ``grad`` or ``vmap``), the implementation is then one
+    compiled program per static problem (cached by JAX) instead of dozens of op-by-op
+    dispatches, each compiled on first use (eager ``vmap`` of the suite's base shape: 2.5
+    ms with it, 719 ms without).
     """
     return jax.jit(impl, static_argnums=2, static_argnames=("precision", "preferred_element_type"))
+
+
+def _traced_into_jaxpr() -> bool:
+    """Whether this call is traced into a jaxpr (``jit``, ``scan``, ``checkpoint``...),
+    beneath any differentiation or batching.
+
+    There :func:`_compiled`'s jit would only be inlined, and it costs: a jit traces its
+    body to a jaxpr first, and there every ``custom_jvp`` traces its undifferentiated
+    values too, which differentiation then discards; the program XLA receives is split
+    around them, too. Without the inner jit, the outer differentiation traces only the
+    derivative route: the suite's large5x5 ("shifts" values of 200 unrolled terms,
+    derivatives by the tile loop) lowers its value_and_grad in 0.045 s instead of 0.072
+    and compiles it in 0.23 s instead of 0.26 (best of 4, one process). Reads JAX's trace
+    stack (internal: if that moves, the answer is False and calls keep the inner jit).
+    """
+    try:
+        from jax._src import core
+        from jax._src.interpreters import partial_eval as pe
+
+        trace = core.trace_ctx.trace
+        while trace is not None:
+            if isinstance(trace, pe.DynamicJaxprTrace):
+                return True
+            trace = getattr(trace, "parent_trace", None)
+    except (ImportError, AttributeError):  # pragma: no cover - a JAX without these
+        pass
+    return False
 
 
 def _add_bias(out: jax.Array, bias: Array, geom: Geometry) -> jax.Array:

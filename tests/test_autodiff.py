@@ -10,7 +10,8 @@ from cases import CASES
 from jax.test_util import check_grads
 
 import jlocalconv
-from jlocalconv.implementations import names
+from jlocalconv import ops
+from jlocalconv.implementations import names, shifts
 
 # Small, varied geometries keep second-order numerical checks cheap.
 SMALL = [CASES[1], CASES[6], CASES[9], CASES[15]]
@@ -81,3 +82,47 @@ def test_grad_with_bias_per_position():
     w = np.arange(np.prod(g.shape) * case.batch, dtype=np.float64)
     w = w.reshape(case.batch, case.filters, *case.output_shape).sum(0)
     np.testing.assert_allclose(g, np.moveaxis(w, 0, -1), rtol=1e-6)
+
+
+def test_traced_calls_skip_the_inner_jit():
+    """Where the call is traced into a jaxpr (jit, scan), beneath any grad or vmap, the
+    implementation runs without ``ops._compiled``'s jit; eagerly (grad and vmap
+    included) with it, one compiled program per problem."""
+    seen = []
+
+    def probe(x):
+        seen.append(ops._traced_into_jaxpr())
+        return x * x
+
+    x = jnp.ones(3)
+    probe(x)
+    jax.grad(lambda v: probe(v).sum())(x)
+    jax.vmap(probe)(x)
+    assert seen == [False] * 3
+    seen.clear()
+    jax.jit(probe)(x)
+    jax.jit(jax.grad(lambda v: probe(v).sum()))(x)
+    jax.jit(jax.vmap(jax.grad(lambda v: probe(v).sum())))(x[:, None])
+    jax.lax.scan(lambda c, v: (c, probe(v)), 0.0, x)
+    assert seen == [True] * 4
+
+
+def test_jitted_derivatives_do_not_trace_unused_values(monkeypatch):
+    """Differentiated under jit, "shifts" takes values and derivatives from its
+    derivative route: its own unrolled values are never traced (the inner jit traced
+    them, for differentiation to discard); undifferentiated, they are."""
+    calls = []
+    original = shifts._shift_accumulate
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(shifts, "_shift_accumulate", counted)
+    case = CASES[1]
+    x, k, _ = case.arrays()
+    f = _fn(case, "shifts")
+    jax.jit(jax.value_and_grad(lambda x, k: f(x, k).sum(), argnums=(0, 1))).lower(x, k)
+    assert calls == []
+    jax.jit(f).lower(x, k)
+    assert calls == [1]
