@@ -162,6 +162,32 @@ def test_padded_tile_loop_backward_holds_one_padded_copy_of_the_inputs():
     assert compiled.memory_analysis().temp_size_in_bytes < 1.5 * 4 * math.prod(shape)
 
 
+def test_tile_loop_transposes_without_copying_the_cotangent():
+    """Sweep problem s62-53 (176 rows, a causal 1-D window of stride 3): a loop that
+    writes each tile into a carried result transposes into zeroing each tile of a
+    carried cotangent, which XLA copied whole twice per tile: 23.3 MiB of value_and_grad
+    temporaries against lax's 42.0, over the half that issue 13 allows. The loop that
+    reverse mode transposes stacks its tiles instead (``tiles._tile_loop``'s
+    ``stacked``) and slices the cotangent tile by tile: 16.9 MiB (compile only)."""
+    shape, filters = (176, 601, 19), 26
+    geom = make_geometry(shape, 5, 3, padding="causal")
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    g = jax.ShapeDtypeStruct(geom.result_shape(shape[0], filters), jnp.float32)
+
+    def temp(f, kernel_shape):
+        k = jax.ShapeDtypeStruct(kernel_shape, jnp.float32)
+        loss = lambda x, k, g: jnp.sum(f(x, k) * g)
+        compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, k, g).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    tiles = lambda x, k: local_conv_tiles(x, k, geom)
+    lax_local = lambda x, k: jax.lax.conv_general_dilated_local(
+        x, k, (3,), [(4, 0)], (5,), dimension_numbers=("NWC", "WIO", "NWC")
+    )
+    lax_kernel = (geom.output_items, geom.feature_dim, filters)
+    assert temp(tiles, geom.kernel_shape(filters)) <= 0.5 * temp(lax_local, lax_kernel)
+
+
 @pytest.mark.parametrize("flag", VALUE_ROUTES)
 def test_separate_value_route_keeps_every_derivative(flag):
     """Values by "slices" or by one dot per position, derivatives by the batched loop

@@ -32,7 +32,7 @@ import numpy as np
 from jax import lax
 
 from jlocalconv.geometry import Geometry
-from jlocalconv.implementations._bilinear import split_bilinear
+from jlocalconv.implementations._bilinear import differentiated_as, split_bilinear
 from jlocalconv.implementations._common import (
     contract,
     contract_per_position,
@@ -535,14 +535,15 @@ def differentiated_by_loop(
         precision=precision,
         preferred_element_type=pet,
         select_stages=not by_rows,  # rows hold the window tensor anyway
+        stacked=True,  # transposed by reverse mode
     )
     # Windows of the inputs themselves (not of their tangent) are never transposed.
-    on_inputs = functools.partial(tangent, shared=True)
-    for_kernel = on_inputs
+    for_kernel = functools.partial(tangent, shared=True)
     if by_rows:
         for_kernel = functools.partial(
             rows_kernel_tangent, geom=geom, preferred_element_type=pet, window_dtype=window_dtype
         )
+    on_inputs = functools.partial(tangent, shared=True, stacked=False)  # never transposed
     return split_bilinear(values, tangent, for_kernel, tangent_value=on_inputs)
 
 
@@ -671,7 +672,9 @@ def local_conv_tiles(
     ):
         values = functools.partial(loop, per_position=plan.per_position_values)
     else:
-        return loop(inputs, kernel)
+        # The loop as it is, values and gradients in one program: one backward loop for
+        # both gradients; stacked where differentiated (see _tile_loop).
+        return differentiated_as(loop, functools.partial(loop, stacked=True))(inputs, kernel)
     op = differentiated_by_loop(
         values,
         inputs,
@@ -695,6 +698,7 @@ def tiles_tangent(
     preferred_element_type: jax.typing.DTypeLike | None = None,
     shared: bool = False,
     select_stages: bool = False,
+    stacked: bool = False,
 ) -> jax.Array:
     """The "tiles" route as it is differentiated: plain ``lax`` (a ``split_bilinear``
     tangent), windows by axis where :func:`by_axis_derivatives` says so, also on the
@@ -715,6 +719,7 @@ def tiles_tangent(
         shared=shared,
         pad_each_tile=not shared,
         select_stages=select_stages and not shared,
+        stacked=stacked,
     )
 
 
@@ -731,6 +736,7 @@ def _tile_loop(
     shared: bool = False,
     pad_each_tile: bool = False,
     select_stages: bool = False,
+    stacked: bool = False,
 ) -> jax.Array:
     """The ``lax.scan`` over tiles, its body rematerialised for autodiff.
 
@@ -740,52 +746,99 @@ def _tile_loop(
     ``select_stages`` large stages by one-hot contractions
     (:func:`~jlocalconv.implementations._windows.windows`); ``pad_each_tile`` takes
     tiles from the unpadded input where it can (:func:`_region_reader`).
+
+    Each tile's result is written into a carried result, or with ``stacked`` returned
+    as a scan output and laid out after the loop (:func:`_stacked_positions`), the form
+    for a loop that reverse mode transposes: the write's transpose zeroes the tile in a
+    carried cotangent, which XLA's CPU backend copied whole twice per tile (the suite's
+    large5x5: 2 x 1.8 MiB x 20 tiles; sweep s62-53: 23.3 MiB of temporaries, 16.9
+    stacked), where a stacked output transposes into a scan over the cotangent's tiles.
     """
     contraction = contract_per_position if per_position else contract
-    batch, filters = inputs.shape[0], kernel.shape[-1]
     tile = _tile_geometry(padded(geom), plan)
     region_at = _region_reader(inputs, geom, tile, pad_each_tile)
-    counts = plan.counts(geom)
 
-    positions = plan.tile_positions(geom)
-
-    def body(out: jax.Array, index: jax.Array) -> tuple[jax.Array, None]:
+    def tile_result(index: jax.Array) -> tuple[list[jax.Array], jax.Array]:
+        """The tile's origin and its ``(tile_positions, B, F)`` result."""
         origin = _tile_origin(index, geom, plan)
-        # A dynamic slice of the closed-over kernel, not a scanned operand: scanning over
-        # blocks made its gradient a stacked scan output that XLA copied into the kernel's
-        # shape (a second kernel-sized buffer); a slice transposes to an in-place update.
-        source = kernel
-        if kernel.dtype != inputs.dtype:
-            # XLA's CPU backend widens a 16-bit slice by slicing a widened operand, and
-            # hoisted that float32 copy of the whole loop-invariant kernel out of the loop
-            # (sweep s52-25: 30.6 of 33.1 MiB of temporaries). Tied to the tile index by
-            # a barrier, the kernel is loop-variant: each block is widened in the body.
-            # Unlike the kernel's 16-bit bits behind a custom_jvp (tried: JAX's partial
-            # evaluation of a scan inlines the value route, whose bit cast has a zero
-            # derivative), the barrier differentiates and transposes to any order.
-            source, _ = lax.optimization_barrier((kernel, index))
-        filters_block = lax.dynamic_slice_in_dim(
-            source, _flat_start(origin, geom), positions, allow_negative_indices=False
+        filters_block = _filters_block(kernel, inputs.dtype, index, origin, geom, plan)
+        patches = windows(
+            region_at(origin), tile, by_axis=by_axis, shared=shared, select=select_stages
         )
-        region = region_at(origin)
-        patches = windows(region, tile, by_axis=by_axis, shared=shared, select=select_stages)
-        y = contraction(patches, filters_block, precision, preferred_element_type)
+        return origin, contraction(patches, filters_block, precision, preferred_element_type)
+
+    indices = jnp.arange(math.prod(plan.counts(geom)), dtype=jnp.int32)
+    if stacked:
+        _, ys = lax.scan(_remat(lambda _, index: (None, tile_result(index)[1])), None, indices)
+        return positions_to_result(_stacked_positions(ys, geom, plan), geom)
+
+    def write(out: jax.Array, index: jax.Array) -> tuple[jax.Array, None]:
+        origin, y = tile_result(index)
         at: list[int | jax.Array] = [0] * out.ndim
-        first = spatial_axis(geom)
         for axis, start in enumerate(origin):
-            at[first + axis] = start
+            at[spatial_axis(geom) + axis] = start
         y = positions_to_result(y, tile)
         return lax.dynamic_update_slice(out, y, _int32(at), allow_negative_indices=False), None
 
-    n_tiles = math.prod(counts)
-    shape, dtype = geom.result_shape(batch, filters), result_dtype(inputs, preferred_element_type)
+    shape = geom.result_shape(inputs.shape[0], kernel.shape[-1])
+    dtype = result_dtype(inputs, preferred_element_type)
     # zeros_like keeps the operands' varying mesh axes: under shard_map the carry must vary
     # like the body's output (scan-vma), which plain jnp.zeros would not.
     init = jnp.zeros_like(inputs, dtype, shape) + jnp.zeros_like(kernel, dtype, shape)
-    # Save only the loop's inputs: the backward pass re-extracts each tile's windows.
-    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
-    out, _ = lax.scan(body, init, jnp.arange(n_tiles, dtype=jnp.int32))
+    out, _ = lax.scan(_remat(write), init, indices)
     return out
+
+
+# Save only the loop's inputs: the backward pass re-extracts each tile's windows.
+_remat = functools.partial(
+    jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False
+)
+
+
+def _filters_block(
+    kernel: jax.Array,
+    inputs_dtype: np.dtype,
+    index: jax.Array,
+    origin: list[jax.Array],
+    geom: Geometry,
+    plan: TilePlan,
+) -> jax.Array:
+    """The kernel rows of the tile at ``origin`` (tile number ``index``).
+
+    A dynamic slice of the closed-over kernel, not a scanned operand: scanning over
+    blocks made its gradient a stacked scan output that XLA copied into the kernel's
+    shape (a second kernel-sized buffer); a slice transposes to an in-place update.
+    """
+    source = kernel
+    if kernel.dtype != inputs_dtype:
+        # XLA's CPU backend widens a 16-bit slice by slicing a widened operand, and
+        # hoisted that float32 copy of the whole loop-invariant kernel out of the loop
+        # (sweep s52-25: 30.6 of 33.1 MiB of temporaries). Tied to the tile index by
+        # a barrier, the kernel is loop-variant: each block is widened in the body.
+        # Unlike the kernel's 16-bit bits behind a custom_jvp (tried: JAX's partial
+        # evaluation of a scan inlines the value route, whose bit cast has a zero
+        # derivative), the barrier differentiates and transposes to any order.
+        source, _ = lax.optimization_barrier((kernel, index))
+    start, size = _flat_start(origin, geom), plan.tile_positions(geom)
+    return lax.dynamic_slice_in_dim(source, start, size, allow_negative_indices=False)
+
+
+def _stacked_positions(ys: jax.Array, geom: Geometry, plan: TilePlan) -> jax.Array:
+    """The tiles' stacked outputs ``(tiles, tile_positions, B, F)`` as ``(output_items,
+    B, F)``: tiles are row-major blocks of positions, so a reshape, but for a ragged
+    plan's last tile along ``level``, of which only the positions past the tile before
+    it are kept."""
+    counts, level, size = plan.counts(geom), plan.level, plan.size
+    rest, tail = geom.output_shape[level + 1 :], ys.shape[2:]
+    ys = ys.reshape(*counts, size, *rest, *tail)
+    extent, last = geom.output_shape[level], counts[-1] - 1
+    if last * size + size != extent:  # ragged: the last tile ends at the edge
+        kept = lax.slice_in_dim(ys, 0, last, axis=level)
+        kept = kept.reshape(*counts[:-1], last * size, *rest, *tail)
+        edge = lax.index_in_dim(ys, last, axis=level, keepdims=False)
+        edge = lax.slice_in_dim(edge, last * size + size - extent, size, axis=level)
+        ys = lax.concatenate([kept, edge], dimension=level)
+    return ys.reshape(geom.output_items, *tail)
 
 
 def _tile_geometry(full: Geometry, plan: TilePlan) -> Geometry:
