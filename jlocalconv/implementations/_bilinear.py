@@ -92,12 +92,13 @@ def differentiated_as(value: Bilinear, differentiable: Bilinear) -> Bilinear:
     def jvp(primals, tangents):
         (x, k), (dx, dk) = primals, tangents
         # Only the nonzero tangents: a zero one would still be carried through the program.
-        if isinstance(dk, SymbolicZero):
-            if isinstance(dx, SymbolicZero):
-                y = differentiable(x, k)
-                return y, jnp.zeros_like(y)
+        zero_x, zero_k = isinstance(dx, SymbolicZero), isinstance(dk, SymbolicZero)
+        if zero_x and zero_k:
+            y = differentiable(x, k)
+            return y, jnp.zeros_like(y)
+        if zero_k:
             return jax.jvp(lambda x: differentiable(x, k), (x,), (dx,))
-        if isinstance(dx, SymbolicZero):
+        if zero_x:
             return jax.jvp(lambda k: differentiable(x, k), (k,), (dk,))
         return jax.jvp(differentiable, (x, k), (dx, dk))
 

@@ -775,8 +775,9 @@ def _tile_loop(
     def write(out: jax.Array, index: jax.Array) -> tuple[jax.Array, None]:
         origin, y = tile_result(index)
         at: list[int | jax.Array] = [0] * out.ndim
+        first = spatial_axis(geom)
         for axis, start in enumerate(origin):
-            at[spatial_axis(geom) + axis] = start
+            at[first + axis] = start
         y = positions_to_result(y, tile)
         return lax.dynamic_update_slice(out, y, _int32(at), allow_negative_indices=False), None
 
@@ -832,11 +833,11 @@ def _stacked_positions(ys: jax.Array, geom: Geometry, plan: TilePlan) -> jax.Arr
     rest, tail = geom.output_shape[level + 1 :], ys.shape[2:]
     ys = ys.reshape(*counts, size, *rest, *tail)
     extent, last = geom.output_shape[level], counts[-1] - 1
-    if last * size + size != extent:  # ragged: the last tile ends at the edge
+    if extent % size:  # ragged (as _tile_origin decides): the last tile ends at the edge
         kept = lax.slice_in_dim(ys, 0, last, axis=level)
         kept = kept.reshape(*counts[:-1], last * size, *rest, *tail)
         edge = lax.index_in_dim(ys, last, axis=level, keepdims=False)
-        edge = lax.slice_in_dim(edge, last * size + size - extent, size, axis=level)
+        edge = lax.slice_in_dim(edge, counts[-1] * size - extent, size, axis=level)
         ys = lax.concatenate([kept, edge], dimension=level)
     return ys.reshape(geom.output_items, *tail)
 
