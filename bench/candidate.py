@@ -76,6 +76,8 @@ class Built:
         reference before timing).
       compile_s: (forward, forward+backward) compile seconds, None where not applicable.
       temp_bytes: (forward, forward+backward) XLA temp allocation, None outside XLA.
+      programs: (forward, forward+backward) digests of the compiled programs
+        (``bench.jax_measure.program_fingerprint``), None outside XLA.
     """
 
     forward: Callable[[], object]
@@ -83,6 +85,7 @@ class Built:
     result: np.ndarray
     compile_s: tuple[float | None, float | None] = (None, None)
     temp_bytes: tuple[int | None, int | None] = (None, None)
+    programs: tuple[str | None, str | None] = (None, None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import hashlib
+import re
 import time
 from collections.abc import Callable
 
@@ -45,7 +47,28 @@ def build(fn: Callable[[jax.Array, jax.Array], jax.Array], x, k, g) -> Built:
         result=result,
         compile_s=(fwd_s, vag_s),
         temp_bytes=(fwd_temp, vag_temp),
+        programs=(program_fingerprint(fwd), program_fingerprint(vag)),
     )
+
+
+def program_fingerprint(compiled: jax.stages.Compiled) -> str:
+    """A digest of what ``compiled`` runs: its optimized HLO, metadata aside.
+
+    Two candidates with one fingerprint run the very same program (e.g. "shifts"
+    differentiated by the "slices" route and auto's ``"slices/slices"``), so a timing
+    difference between them is noise; ``bench.sweep`` times such twins once. Kept: every
+    computation's instructions, shapes, layouts and operand wiring. Dropped: the module
+    name and source locations (the tables of file and function names and each
+    instruction's ``metadata``), and instruction and parameter names, renumbered in order of
+    first appearance or dropped (tracing numbers them by call history).
+    """
+    lines = compiled.as_text().splitlines()
+    text = "\n".join(line for line in lines if line.startswith((" ", "ENTRY", "%", "}")))
+    text = re.sub(r",? ?metadata=\{[^}]*\}", "", text)
+    text = re.sub(r"[\w.\-]+: ", "", text)  # parameter names in computation signatures
+    names: dict[str, str] = {}
+    text = re.sub(r"%[\w.\-]+", lambda m: names.setdefault(m.group(), f"%{len(names)}"), text)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def value_and_grad(fn: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable:

@@ -18,12 +18,13 @@ For each problem every jlocalconv implementation but "patches" (``SKIPPED``; and
 "shifts" only where ``implementations.shifts_unrolls_few``) and ``jax.lax`` are compiled (their
 value_and_grad temp memory and compile time recorded) and timed in alternation
 (round-robin calls, median per candidate), forward and forward+backward. "auto" on
-float32 compiles the very program of the implementation it chooses, so its time is that
-implementation's; on bfloat16 (it widens) it is timed on its own, and where it computes
-values and derivatives by different routes (``"tiles/slices"``, ``"slices/slices"``) its
-forward+backward is timed on its own while its forward, the value route's very program
-(a test compares the compiled HLO), takes that route's time (its own forward timing is
-kept as ``fwd_own_ms``). Per problem the report
+float32 compiles the very program of the implementation it chooses, so it is not built
+again and takes that implementation's times; elsewhere (bfloat16, which it widens, and
+composites such as ``"tiles/slices"``) it is built, and any two candidates that compile to
+the same program (``bench.jax_measure.program_fingerprint``: a composite's forward is its
+value route's, and "shifts" differentiated by "slices" is auto's ``"slices/slices"``) are
+timed once, as one, in that phase (:func:`twins`): timed apart, the same program ran up
+to 1.7x apart in one run (s63-6), noise that a regret would count. Per problem the report
 gives the speed-up of auto over lax and the *regret* = auto's time / the fastest
 implementation's time.
 """
@@ -204,13 +205,15 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
         except Skip as e:
             skipped[cand.name] = str(e)
     times = _alternate(built, rounds, budget_s)
+    same = twins(built)
     for name, b in built.items():
         rows[name] = _row(b, times[name])
+        shared = {phase: twin for (other, phase), twin in same.items() if other == name}
+        if shared:
+            rows[name]["timed_as"] = shared
     for chooser, name in ((AUTO, choice), (AUTOTUNE, tuned)):
         if chooser not in rows and f"jlocalconv:{name}" in rows:
             rows[chooser] = rows[f"jlocalconv:{name}"]
-        if shape.dtype == "float32":
-            value_route_forward(rows, chooser, name)
     del built
     gc.collect()
     return {
@@ -224,25 +227,6 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
     }
 
 
-def value_route_forward(rows: dict[str, dict], chooser: str, name: str | None) -> None:
-    """Gives a composite choice (``"values/derivatives"``) its value route's forward time.
-
-    Undifferentiated, the composite runs the value route's very program (float32; a test
-    compares the compiled HLO), so timing it twice only adds noise. Its own forward
-    timing stays in the row as ``fwd_own_ms``.
-
-    >>> rows = {"a": {"fwd_ms": 3.0, "fwd_bwd_ms": 5.0}, "jlocalconv:tiles": {"fwd_ms": 2.0}}
-    >>> value_route_forward(rows, "a", "tiles/slices"); rows["a"]
-    {'fwd_ms': 2.0, 'fwd_bwd_ms': 5.0, 'fwd_own_ms': 3.0}
-    """
-    if not name or "/" not in name or chooser not in rows:
-        return
-    values = rows.get(f"jlocalconv:{name.split('/')[0]}")
-    if values is not None:
-        row = rows[chooser]
-        rows[chooser] = {**row, "fwd_ms": values["fwd_ms"], "fwd_own_ms": row["fwd_ms"]}
-
-
 def _alternate(built: dict[str, Built], rounds: int, budget_s: float) -> dict:
     """Round-robin timing; a candidate whose call took over ``SLOW_CALL_S`` stops there.
 
@@ -253,19 +237,46 @@ def _alternate(built: dict[str, Built], rounds: int, budget_s: float) -> dict:
     program of its value route, which a 300-call A/B put within 2% of it (0.386 vs 0.378 ms).
     """
     times: dict[str, dict[str, list[float]]] = {n: {"fwd": [], "fwd_bwd": []} for n in built}
+    same = twins(built)
     names = list(built)
     start, done = time.perf_counter(), 0
     while done < rounds or (done < 4 * rounds and time.perf_counter() - start < budget_s):
         for name in random.Random(done).sample(names, len(names)):
             b = built[name]
-            if done and max(times[name]["fwd_bwd"]) > SLOW_CALL_S:
+            slowest = times[same.get((name, "fwd_bwd"), name)]["fwd_bwd"]
+            if done and slowest and max(slowest) > SLOW_CALL_S:
                 continue  # minutes-long calls (lax on some bf16 problems): one timing is plenty
             for phase, fn in (("fwd", b.forward), ("fwd_bwd", b.forward_backward)):
+                if (name, phase) in same:
+                    continue  # its twin's program: timed under the twin's name
                 t0 = time.perf_counter()
                 fn()
                 times[name][phase].append(time.perf_counter() - t0)
         done += 1
+    for (name, phase), twin in same.items():
+        times[name][phase] = times[twin][phase]
     return times
+
+
+def twins(built: dict[str, Built]) -> dict[tuple[str, str], str]:
+    """``{(name, phase): twin}`` for every candidate whose compiled program in that phase
+    (``"fwd"`` or ``"fwd_bwd"``) is the program of a candidate built before it, ``twin``
+    (``Built.programs``; candidates without a fingerprint have no twin).
+
+    >>> def b(*programs):
+    ...     return Built(print, print, np.zeros(1), programs=programs)
+    >>> twins({"a": b("p", "q"), "b": b("p", "r"), "c": b(None, "q")})
+    {('b', 'fwd'): 'a', ('c', 'fwd_bwd'): 'a'}
+    """
+    same, first = {}, {}
+    for name, b in built.items():
+        for phase, program in zip(("fwd", "fwd_bwd"), b.programs):
+            if program is None:
+                continue
+            twin = first.setdefault((phase, program), name)
+            if twin != name:
+                same[(name, phase)] = twin
+    return same
 
 
 def _row(b: Built, times: dict[str, list[float]]) -> dict:

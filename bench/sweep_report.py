@@ -125,7 +125,9 @@ def markdown(report: dict) -> str:
         "(candidates timed in alternation, ratios within one process)",
         "- problems drawn by `bench.sweep.problems` (ranges in its docstring); f32 auto and "
         "autotune are the chosen implementation's own program and time (autotune's choice "
-        "is measured first by `jlocalconv.autotune`, then timed here with the others)",
+        "is measured first by `jlocalconv.autotune`, then timed here with the others); "
+        "candidates that compile to one program (the same optimized HLO) are timed once, as "
+        "one (`bench.sweep.twins`)",
         "",
         "| target | value | met |",
         "|---|---|---|",

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `bench` is a folder of the repository, not an installed package
 
 import jlocalconv  # noqa: E402
-from bench import suite, sweep, sweep_report  # noqa: E402
+from bench import jax_measure, suite, sweep, sweep_report  # noqa: E402
 from bench.candidate import Built  # noqa: E402
 from jlocalconv.geometry import make_geometry  # noqa: E402
 from jlocalconv.implementations import choose  # noqa: E402
@@ -211,20 +210,58 @@ def test_sweep_temps_recompiles_auto_and_applies_the_bounds():
 def test_a_composite_forward_is_its_value_route_program(
     shape, kernel_size, padding, filters, route, derivatives
 ):
-    # What sweep.value_route_forward relies on: undifferentiated, "auto"'s composite
-    # compiles to the value route's very HLO (metadata aside).
+    # Why the sweep times a composite's forward once with its value route's (sweep.twins):
+    # undifferentiated, "auto"'s composite compiles to the value route's very program.
     geom = make_geometry(shape, kernel_size, padding=padding)
     assert choose(geom, shape[0], filters, "float32", "cpu") == f"{route}/{derivatives}"
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     k = jax.ShapeDtypeStruct(geom.kernel_shape(filters), jnp.float32)
 
-    def hlo(name):
+    def program(name):
         fn = lambda x, k: jlocalconv.local_conv(
             x, k, kernel_size, 1, padding=padding, implementation=name
         )
-        text = jax.jit(fn).lower(x, k).compile().as_text()
-        text = re.sub(r",? ?metadata=\{[^}]*\}", "", text)
-        return [line for line in text.splitlines() if line.startswith((" ", "ENTRY", "%", "}"))]
+        return jax_measure.program_fingerprint(jax.jit(fn).lower(x, k).compile())
 
-    auto, own, other = hlo("auto"), hlo(route), hlo("tiles" if route == "slices" else "slices")
+    auto, own, other = (
+        program("auto"),
+        program(route),
+        program("tiles" if route == "slices" else "slices"),
+    )
     assert auto == own and auto != other
+
+
+def test_program_fingerprint_ignores_names_and_sources_but_not_wiring():
+    x = jax.ShapeDtypeStruct((4, 3), jnp.float32)
+
+    def compiled(fn):
+        return jax_measure.program_fingerprint(jax.jit(fn).lower(x, x).compile())
+
+    def first(a, b):
+        return jnp.tanh(a) - b
+
+    def second(p, q):  # another name, other lines, the same program
+        out = jnp.tanh(p)
+        return out - q
+
+    assert compiled(first) == compiled(second)
+    assert compiled(first) != compiled(lambda a, b: jnp.tanh(b) - a)  # operands swapped
+    assert compiled(first) != compiled(lambda a, b: jnp.tanh(a) + b)
+
+
+def test_twins_are_timed_once_and_share_their_times():
+    calls: list[str] = []
+
+    def built(name: str, programs: tuple) -> Built:
+        return Built(
+            lambda: calls.append(f"{name}.fwd"),
+            lambda: calls.append(f"{name}.bwd"),
+            np.zeros(1),
+            programs=programs,
+        )
+
+    cands = {"a": built("a", ("p", "q")), "b": built("b", ("p", "r")), "c": built("c", (None, "q"))}
+    times = sweep._alternate(cands, rounds=2, budget_s=0.0)
+    assert sorted(set(calls)) == ["a.bwd", "a.fwd", "b.bwd", "c.fwd"]
+    assert times["b"]["fwd"] is times["a"]["fwd"] and times["c"]["fwd_bwd"] is times["a"]["fwd_bwd"]
+    assert len(times["b"]["fwd_bwd"]) == len(times["c"]["fwd"]) == 2
