@@ -309,6 +309,70 @@ def test_gathered_windows_equal_the_stack(shape, ks, st, dil, fmt):
     np.testing.assert_array_equal(_windows.gathered_windows(x, geom), _windows.windows(x, geom))
 
 
+def test_slices_values_gather_their_windows_and_differentiate_the_stack():
+    """Undifferentiated, "slices" windows that XLA would not fuse into one loop are one
+    gather (one kernel to compile instead of one per offset); differentiated, the stack
+    of static slices (whose transpose is a padded add, not a scatter), values included,
+    with the stack's gradients. A stack XLA fuses stays a stack."""
+    geom = make_geometry((2, 40, 40, 8), 3, 1, padding="same")  # 9 offsets, 900 KiB
+    x = jax.ShapeDtypeStruct(geom.input_shape(2), jnp.float32)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(5), jnp.float32)
+    f = lambda x, k: local_conv_slices(x, k, geom)
+
+    def primitives(fn, *args):
+        return collections.Counter(
+            e.primitive.name for e in _equations(jax.make_jaxpr(fn)(*args).jaxpr)
+        )
+
+    def compiled(fn, *args):
+        return jax.jit(fn).lower(*args).compile().as_text()
+
+    assert " gather(" in compiled(f, x, k)
+    vag = jax.value_and_grad(lambda x, k: jnp.sum(f(x, k)), (0, 1))
+    text = compiled(vag, x, k)
+    assert " gather(" not in text and " scatter(" not in text
+    small = make_geometry((2, 9, 13, 3), 3)  # 14 KiB: one fused stack
+    xs = jax.ShapeDtypeStruct(small.input_shape(2), jnp.float32)
+    ks = jax.ShapeDtypeStruct(small.kernel_shape(5), jnp.float32)
+    assert primitives(lambda x, k: local_conv_slices(x, k, small), xs, ks)["gather"] == 0
+    case = Case((20, 16), 4, 3, (5, 4), (1, 1), padding="same")  # 200 KiB of windows
+    xa, ka, _ = case.arrays()
+    w = np.random.default_rng(4).standard_normal(_ref(case, xa, ka).shape).astype(np.float32)
+    gx, gk = _grads(_impl("slices", case), xa, ka, w)
+    rx, rk = _grads(_impl("patches", case), xa, ka, w)
+    np.testing.assert_allclose(gx, rx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gk, rk, rtol=1e-5, atol=1e-5)
+
+
+def test_one_row_loop_values_come_from_the_rows_windows(monkeypatch):
+    """One row differentiated by the loop with its kernel gradient by rows: the values
+    are one contraction over the rows' gathered windows (XLA computes them once), so
+    value_and_grad traces one loop (the inputs' gradient) and compiles one gather; the gradients
+    match the reference's. Over ``ROWS_VALUES_MAX_WINDOW_BYTES`` the loop computes them."""
+    case = Case((10, 11), 3, 6, (4, 3), (1, 1), batch=1)
+    geom = _geom(case)
+    assert tiles_module.kernel_tangent_by_rows(geom, 1, 4)
+    x, k, _ = case.arrays()
+    w = np.random.default_rng(3).standard_normal(_ref(case, x, k).shape).astype(np.float32)
+
+    def value_and_grad():  # traced anew: JAX caches traces by function
+        impl = _impl("tiles", case)
+        return jax.value_and_grad(lambda x, k: jnp.sum(impl(x, k) * w), (0, 1))
+
+    def loops_and_gathers() -> tuple[int, int]:
+        vag = value_and_grad()
+        scans = sum(e.primitive.name == "scan" for e in _equations(jax.make_jaxpr(vag)(x, k).jaxpr))
+        return scans, jax.jit(vag).lower(x, k).compile().as_text().count(" gather(")
+
+    assert loops_and_gathers() == (1, 1)
+    (value, (gx, gk)), (rx, rk) = value_and_grad()(x, k), _grads(_impl("patches", case), x, k, w)
+    np.testing.assert_allclose(value, np.sum(_ref(case, x, k) * w), rtol=1e-5)
+    np.testing.assert_allclose(gx, rx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gk, rk, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(tiles_module, "ROWS_VALUES_MAX_WINDOW_BYTES", 0)
+    assert loops_and_gathers()[0] == 2
+
+
 @pytest.mark.parametrize("name", FAST)
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_accumulates_in_f32(name, dtype):

@@ -141,6 +141,7 @@ def windows(
     fuse: bool = False,
     shared: bool = False,
     select: bool = False,
+    gather: bool = False,
 ) -> jax.Array:
     """Every window of an unpadded-geometry input as ``(output_items, batch, feature_dim)``.
 
@@ -158,6 +159,8 @@ def windows(
       select: with ``by_axis``, take a stage whose input outweighs the windows by a
         one-hot contraction (:func:`_selects_by_contraction`); the same values, for
         windows whose transpose is taken.
+      gather: where the one-shot stack is not one fused loop, one gather where
+        undifferentiated (:func:`value_windows`).
 
     Returns:
       The patch tensor, features in Keras's order for ``geom.data_format``.
@@ -166,10 +169,13 @@ def windows(
         return _disjoint_windows(inputs, geom)
     if by_axis:
         return _windows_by_axis(inputs, geom, fuse, select)
+    nbytes = window_bytes(geom, inputs.shape[0], inputs.dtype.itemsize)
+    if _one_fusion(geom.window_items, nbytes, fuse):
+        return _stacked(inputs, geom, fuse, _static_slices)
     if shared:
-        nbytes = window_bytes(geom, inputs.shape[0], inputs.dtype.itemsize)
-        if not _one_fusion(geom.window_items, nbytes, fuse):
-            return shared_windows(inputs, geom, fuse)
+        return shared_windows(inputs, geom, fuse)
+    if gather:
+        return value_windows(inputs, geom)
     return _stacked(inputs, geom, fuse, _static_slices)
 
 
@@ -534,6 +540,43 @@ def gathered_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
     mode = lax.GatherScatterMode.PROMISE_IN_BOUNDS  # in range by construction
     out = lax.gather(inputs, starts, numbers, tuple(sizes), mode=mode)
     return out.reshape(geom.output_items, inputs.shape[0], geom.feature_dim)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def value_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
+    """:func:`gathered_windows` where undifferentiated; differentiated, the one-shot stack
+    of static slices, values and tangents.
+
+    Why the gather: where a stack is not one fused loop (``STACK_FUSION_MAX_PARTS``), XLA's
+    CPU backend compiles each offset's slice into an LLVM module of its own (10-36 ms
+    apiece, more for more channels); one gather kernel moves the same bytes. Forward of
+    "slices" values, the stack against the gather (one process, alternated) on the 60
+    problems of sweep seeds 2-8 whose "auto" values are one-shot slices not fused into
+    one loop (tuning): 0.90x the time (geometric mean; 0.35-1.57x: s2-56 0.16 -> 0.06 ms,
+    s4-16 21.6 -> 8.5 ms; s7-6, 213 rows of a 3x7 input, 0.65 -> 1.03 ms), compile 0.19x
+    (0.03-0.55x: s6-32's 324 offsets 4.5 -> 0.16 s; the suite's batch1 0.31 -> 0.08 s).
+    Held out (the first 30 such problems of seeds 40-42): 0.99x the time (0.72-1.48x:
+    s41-31, bf16, 1.0 -> 1.5 ms; s42-6 1.7 -> 2.4 ms), compile 0.19x.
+
+    Why not the gather under differentiation: its transpose would be a scatter where the
+    stack's is a padded add that XLA fuses, and value_and_grad of "slices" with the gather
+    for its values only (the tangent stacked) ran 1.12x slower (geometric mean of 14
+    problems of seeds 2-7; s5-29 2.2 -> 4.1 ms), though it compiled 2.3x faster.
+    ``inputs`` and ``geom`` as in :func:`windows`.
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((2, 5, 6, 3), (3, 2), (1, 2))
+    >>> x = jnp.arange(2 * 5 * 6 * 3.0).reshape(2, 5, 6, 3)
+    >>> bool((value_windows(x, geom) == windows(x, geom)).all())
+    True
+    """
+    return gathered_windows(inputs, geom)
+
+
+@value_windows.defjvp
+def _value_windows_jvp(geom: Geometry, primals: tuple, tangents: tuple) -> tuple:
+    ((x,), (dx,)) = primals, tangents
+    return tuple(_stacked(a, geom, False, _static_slices) for a in (x, dx))
 
 
 def _window_starts(geom: Geometry) -> np.ndarray:

@@ -17,8 +17,6 @@ the last stage's input is about its output (unstrided windows) or small (see
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 from jax import lax
 
@@ -74,19 +72,43 @@ def local_conv_slices(
     kernel first (:func:`~jlocalconv.implementations._common.contract_kernel_major`: the
     same values, a faster transpose in the inputs where filters outnumber batch rows).
     """
-    patches = windows(pad_spatial(inputs, geom), padded(geom), by_axis=by_axis)
+    return _sliced(inputs, kernel, geom, precision, preferred_element_type, by_axis,
+                   kernel_major, gather=True)  # fmt: skip
+
+
+def _sliced(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    geom: Geometry,
+    precision: lax.PrecisionLike,
+    preferred_element_type: jax.typing.DTypeLike | None,
+    by_axis: bool,
+    kernel_major: bool,
+    gather: bool,
+) -> jax.Array:
+    """:func:`local_conv_slices`; ``gather`` as in
+    :func:`~jlocalconv.implementations._windows.windows`, off in a tangent route."""
+    x, full = pad_spatial(inputs, geom), padded(geom)
+    patches = windows(x, full, by_axis=by_axis, gather=gather)
     contraction = contract_kernel_major if kernel_major else contract
     out = contraction(patches, kernel, precision, preferred_element_type)
     return positions_to_result(out, geom)
 
 
 def slices_tangent(
-    inputs: jax.Array, kernel: jax.Array, geom: Geometry, **options: Any
+    inputs: jax.Array,
+    kernel: jax.Array,
+    geom: Geometry,
+    *,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: jax.typing.DTypeLike | None = None,
+    kernel_major: bool = False,
 ) -> jax.Array:
-    """:func:`local_conv_slices` (same keywords) as a differentiated route: the tangent of
+    """:func:`local_conv_slices` as a differentiated route: the tangent of
     :func:`~jlocalconv.implementations._bilinear.split_bilinear` in "tiles/slices" and
-    "shifts". Windows are stacked axis by axis where
-    :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so: on unstrided
-    or small windows of many offsets XLA compiles and runs that transpose faster."""
+    "shifts", plain ``lax`` (its windows stacked, never gathered). Windows are stacked axis
+    by axis where :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so: on
+    unstrided or small windows of many offsets XLA compiles and runs that transpose faster."""
     by_axis = sliced_by_axis(geom, inputs.shape[0], inputs.dtype.itemsize)
-    return local_conv_slices(inputs, kernel, geom, by_axis=by_axis, **options)
+    pet = preferred_element_type
+    return _sliced(inputs, kernel, geom, precision, pet, by_axis, kernel_major, gather=False)

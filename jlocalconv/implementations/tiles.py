@@ -544,7 +544,63 @@ def differentiated_by_loop(
             rows_kernel_tangent, geom=geom, preferred_element_type=pet, window_dtype=window_dtype
         )
     on_inputs = functools.partial(tangent, shared=True, stacked=False)  # never transposed
+    if by_rows and _values_by_rows_windows(geom, batch, itemsize, kernel.dtype.itemsize):
+        on_inputs = functools.partial(
+            _values_over_rows_windows, geom=geom, precision=precision,
+            preferred_element_type=pet, window_dtype=window_dtype,
+        )  # fmt: skip
     return split_bilinear(values, tangent, for_kernel, tangent_value=on_inputs)
+
+
+# Where the tile loop's kernel gradient is by rows (:func:`rows_kernel_tangent`), one
+# row's differentiated values are one contraction over the rows' window tensor
+# (:func:`_values_over_rows_windows`) up to ROWS_VALUES_MAX_WINDOW_BYTES of it, and only
+# for a kernel as wide as the inputs: that contraction widens a 16-bit kernel whole
+# (sweep s6-2, bf16: temp 3.0 -> 29.7 MiB, lax 44.5). value_and_grad of "auto" with and
+# without it (one process, alternated) on the 20 one-row problems of sweep seeds 2-23 that
+# the loop differentiates by rows (tuning): 0.83x the time (geometric mean; 0.60-1.0x but
+# s6-32, bf16, 2.9x), compile 0.68x; temp up by about the window tensor (s16-29: 4.9 ->
+# 30.6 MiB of 30.6, over half lax's 51.6; s17-53 1.6 -> 8.4 of 8.1), hence the bound.
+# Held out (27 such problems of seeds 31-55, eight of them bf16 and unchanged): 0.86x the
+# time (0.36-1.05x: s31-6 8.2 -> 3.0 ms), compile 0.78x, temp at most doubled and within
+# half lax's (s53-21 5.8 -> 11.5 MiB, lax 46.1).
+ROWS_VALUES_MAX_WINDOW_BYTES = 8 << 20
+
+
+def _values_by_rows_windows(
+    geom: Geometry, batch: int, itemsize: int, kernel_itemsize: int
+) -> bool:
+    """Whether :func:`differentiated_by_loop` takes its values from
+    :func:`_values_over_rows_windows` (see ``ROWS_VALUES_MAX_WINDOW_BYTES``), given that
+    its kernel gradient is by rows."""
+    small = window_bytes(geom, batch, itemsize) <= ROWS_VALUES_MAX_WINDOW_BYTES
+    return batch == 1 and kernel_itemsize == itemsize and small
+
+
+def _values_over_rows_windows(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    geom: Geometry,
+    *,
+    precision: lax.PrecisionLike,
+    preferred_element_type: jax.typing.DTypeLike | None,
+    window_dtype: jax.typing.DTypeLike | None,
+) -> jax.Array:
+    """The differentiated values of one batch row as one contraction over the window
+    tensor that :func:`rows_kernel_tangent` gathers (the same op: XLA computes it once).
+
+    Why: the loop's values are a second tile loop in the program, whose fusions XLA's
+    CPU backend compiles on their own; the rows hold the whole window tensor anyway. The
+    suite's batch1 (value_and_grad, one process, alternated): compile 0.39 -> 0.24 s,
+    0.92x the time. One row only: with several, XLA gathered the windows offset-major
+    for the rows' products and copied them batch-major for the contraction (DeepFace L5,
+    8 rows: twice the temporaries, 1.4-2.2x the time).
+    """
+    x = inputs if window_dtype is None else inputs.astype(window_dtype)
+    x, full = pad_spatial(x, geom), padded(geom)
+    patches = gathered_windows(x, full) if geom.window_items > 1 else windows(x, full)
+    out = contract(patches.astype(inputs.dtype), kernel, precision, preferred_element_type)
+    return positions_to_result(out, geom)
 
 
 # Static and pure: "auto"'s choice and the implementation it picks plan the same problem
