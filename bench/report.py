@@ -40,13 +40,29 @@ def markdown(run: dict) -> str:
         + wide_table(run, "temp_fwd_bwd_bytes", _mib, families=("jlocalconv", "jax")),
         "## XLA temp memory of the forward pass, MiB (JAX only)\n\n"
         + wide_table(run, "temp_fwd_bytes", _mib, families=("jlocalconv", "jax")),
-        "## Compile time of value_and_grad, s (TF: first call)\n\n"
+        "## Compile time of value_and_grad, s (TF: first call; one compile each)\n\n"
         + wide_table(run, "compile_fwd_bwd_s", _sec, families=("jlocalconv", "jax", "tf_keras")),
+        compile_table(run),
         "## Roofline\n\n" + roofline_table(run),
         _sharded(run),
         _notes(run),
     ]
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def compile_table(run: dict) -> str:
+    """The compile-time target's measurement (``bench.compile_check``), one line per shape."""
+    rows = run.get("compile_vag")
+    if not rows:
+        return ""
+    lines = [
+        "## value_and_grad compile, auto against lax (median of 3, alternated), s\n",
+        "| shape | auto | lax | auto / lax |",
+        "|---|---|---|---|",
+    ]
+    for key, r in rows.items():
+        lines.append(f"| {key} | {_sec(r['auto_s'])} | {_sec(r['lax_s'])} | {r['ratio']:.2f} |")
+    return "\n".join(lines)
 
 
 def _header(run: dict) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 import jlocalconv
 from bench import (
     chart,
+    compile_check,
     environment,
     ours,
     peers,
@@ -38,7 +39,7 @@ from bench import (
 )
 from bench.candidate import Candidate, Problem
 from bench.measure import measure
-from bench.summary import summarize
+from bench.summary import compile_target, summarize
 from bench.timing import Policy
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     results, skipped = _run_suite(shapes, candidates, policy, machine)
     run = _assemble(args, shapes, machine, policy, results, skipped, notes)
+    in_suite = [s for s in shapes if s in suite.SUITE] or list(shapes)  # the target's shapes
+    run["compile_vag"] = compile_check.ratios(in_suite, repeats=1 if args.smoke else 3)
+    run["summary"]["targets"].append(compile_target(run["compile_vag"]))
     md, js = report.write(run, args.out)
     png = chart.write(run, md.with_suffix(".png"))
     _print(run, md, js, png)

@@ -169,6 +169,14 @@ def _targets(summary: dict) -> list[dict]:
     ]
 
 
+def compile_target(compile_vag: dict[str, dict[str, float]]) -> dict:
+    """The issue-13 target on ``bench.compile_check.ratios``: value_and_grad compile of
+    "auto" at most twice lax's on every suite shape (the worst ratio is the measure)."""
+    worst = max((r["ratio"] for r in compile_vag.values()), default=None)
+    name = "value_and_grad compile auto/lax (median of 3, alternated), worst suite shape"
+    return _target(name, worst, "<= 2", 2, le=True)
+
+
 def _target(name, value, goal, threshold, le=False) -> dict:
     if value is None or not math.isfinite(value):
         return {"target": name, "measured": None, "goal": goal, "met": None}

@@ -61,7 +61,12 @@ def test_smoke_measures_every_implementation(smoke):
 def test_smoke_reports_machine_targets_and_tables(smoke):
     run, md = smoke["json"], smoke["md"]
     assert run["machine"]["peak_gflops"] > 0 and run["machine"]["bandwidth_gbs"] > 0
-    assert len(run["summary"]["targets"]) == 6  # the smoke run has no real layers
+    assert len(run["summary"]["targets"]) == 7  # the smoke run has no real layers
+    compiled = run["compile_vag"]["tiny"]  # bench.compile_check, judged by the last target
+    assert compiled["auto_s"] > 0 and compiled["lax_s"] > 0
+    assert math.isclose(compiled["ratio"], compiled["auto_s"] / compiled["lax_s"])
+    assert run["summary"]["targets"][-1]["measured"] == compiled["ratio"]
+    assert "auto against lax (median of 3, alternated)" in md
     lax_ratio = run["summary"]["auto_vs_lax"]["fwd"]["per_shape"]["tiny"]
     assert math.isfinite(lax_ratio) and lax_ratio > 0
     assert "## Forward, median ms" in md and "| tiny: 2, 7x6, 2->3, 3x3, 2, same |" in md

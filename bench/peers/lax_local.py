@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 from bench import jax_measure
 from bench.candidate import Built, Candidate, Problem
+from jlocalconv.geometry import Geometry
 
 
 def candidates(options) -> list[Candidate]:
@@ -31,9 +35,9 @@ def lax_kernel(problem: Problem) -> jnp.ndarray:
     return jnp.asarray(k, jnp.dtype(problem.shape.dtype))
 
 
-def _build(problem: Problem) -> Built:
-    geom = problem.geom
-    x, _, g = jax_measure.operands(problem)
+def local_conv_fn(geom: Geometry) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``(x, rhs) -> conv_general_dilated_local(...)`` for ``geom``, channels_last, the
+    kernel in lax's layout (:func:`lax_kernel`)."""
 
     def fn(x, rhs):
         return lax.conv_general_dilated_local(
@@ -46,4 +50,9 @@ def _build(problem: Problem) -> Built:
             dimension_numbers=dimension_numbers(geom.ndim),
         )
 
-    return jax_measure.build(fn, x, lax_kernel(problem), g)
+    return fn
+
+
+def _build(problem: Problem) -> Built:
+    x, _, g = jax_measure.operands(problem)
+    return jax_measure.build(local_conv_fn(problem.geom), x, lax_kernel(problem), g)
