@@ -309,6 +309,17 @@ def test_gathered_windows_equal_the_stack(shape, ks, st, dil, fmt):
     np.testing.assert_array_equal(_windows.gathered_windows(x, geom), _windows.windows(x, geom))
 
 
+def test_one_row_takes_sliced_values_where_several_would_take_the_loop(monkeypatch):
+    """Rule 3 of ``choose`` gives values to the loop's per-position dots over several
+    tiles only from ``LOOP_VALUES_MIN_BATCH`` rows: one row's go by "slices"."""
+    geom = make_geometry((1, 2, 12, 397), (1, 7), padding="same")  # sweep s46-26
+    plan = plan_tiles(geom, 1, 2, 4)
+    assert plan.per_position_values and np.prod(plan.counts(geom)) > 1
+    assert choose(geom, 1, 2, jnp.float32, "cpu") == "slices/slices"
+    monkeypatch.setattr(implementations_module, "LOOP_VALUES_MIN_BATCH", 1)
+    assert choose(geom, 1, 2, jnp.float32, "cpu") == "tiles/slices"
+
+
 def test_slices_values_gather_their_windows_and_differentiate_the_stack():
     """Undifferentiated, "slices" windows that XLA would not fuse into one loop are one
     gather (one kernel to compile instead of one per offset); differentiated, the stack
@@ -603,7 +614,7 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     sliced = kernel_bound or (fits and not transpose_bound and not rows_bound)
     assert tiles_module.derivatives_by_slices(geom, batch, filters, 4) == sliced
     plan = plan_tiles(geom, batch, filters, 4)  # per_position_values: checked below
-    loop_values = plan.per_position_values and np.prod(plan.counts(geom)) > 1
+    loop_values = plan.per_position_values and np.prod(plan.counts(geom)) > 1 and batch > 1
     values_sliced = kernel_bound or geom.window_items <= 4 or geom.ndim == 1 or not loop_values
     cheap = kernel_bound or geom.window_items <= 4 or geom.ndim == 1
     # sliced_by_axis: its own doctests and the slices_tangent tests below

@@ -139,6 +139,13 @@ SLICED_VALUES_MAX_OFFSETS = 4
 # worst 2.35), always by "slices" 1.075 (worst 2.04), this rule 1.037 (worst 1.50);
 # the loop won on 6 of the 8 per-position problems of several tiles (1.04-2.04x), and
 # "slices" on most of the others (up to 2x: 30 tiles of one position on s9-22).
+# Not for one batch row (LOOP_VALUES_MIN_BATCH): since "slices" gathers its windows for
+# values (``_windows.value_windows``) its one batched contraction computed one row's values
+# in 0.43-0.89x the loop's time on five of the six such problems of seeds 2-40 (s11-36,
+# s16-46; s15-29 1.19x) and on s64-59 (0.47x; seed 64's worst forward case, 2.7x).
+# Held out (the six such problems of seeds 41-62): forward 0.90x the time (geometric
+# mean; s46-26 0.56x, s62-16 0.81x; s56-47, bf16, 1.22x and s60-52 1.17x).
+LOOP_VALUES_MIN_BATCH = 2
 # A composed route's derivatives: ``_routes.DERIVATIVE_ROUTES`` (re-exported).
 DERIVATIVE_ROUTES = _routes.DERIVATIVE_ROUTES
 # Where "shifts" takes the "products" route (autotune times it there).
@@ -196,7 +203,8 @@ def choose(
          except by "tiles"
          (``"tiles/slices"``) where the tile loop contracts each position with its
          own dot over more than one tile (``TilePlan.per_position_values``; see
-         :mod:`jlocalconv.implementations.tiles` for how it sizes its tiles) and
+         :mod:`jlocalconv.implementations.tiles` for how it sizes its tiles), the
+         batch has at least ``LOOP_VALUES_MIN_BATCH`` rows and
          neither the kernel dominates (``1 < batch`` and
          ``batch * MIN_TILES < filters``: YOLOv1's local layer) nor windows have at
          most ``SLICED_VALUES_MAX_OFFSETS`` offsets or one spatial dimension.
@@ -283,6 +291,8 @@ def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing
 def _loop_values(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
     """Whether the tile loop computes values faster than "slices" where derivatives go
     by "slices" (rule 3 of :func:`choose`): per-position dots over several tiles."""
+    if batch < LOOP_VALUES_MIN_BATCH:
+        return False
     plan = plan_tiles(geom, batch, filters, itemsize)
     return plan.per_position_values and math.prod(plan.counts(geom)) > 1
 
