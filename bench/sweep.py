@@ -204,13 +204,12 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
             built[cand.name] = cand.build(problem)
         except Skip as e:
             skipped[cand.name] = str(e)
-    times = _alternate(built, rounds, budget_s)
     same = twins(built)
+    times = _alternate(built, rounds, budget_s, same)
     for name, b in built.items():
         rows[name] = _row(b, times[name])
-        shared = {phase: twin for (other, phase), twin in same.items() if other == name}
-        if shared:
-            rows[name]["timed_as"] = shared
+    for (name, phase), twin in same.items():
+        rows[name].setdefault("timed_as", {})[phase] = twin
     for chooser, name in ((AUTO, choice), (AUTOTUNE, tuned)):
         if chooser not in rows and f"jlocalconv:{name}" in rows:
             rows[chooser] = rows[f"jlocalconv:{name}"]
@@ -227,8 +226,14 @@ def measure(shape: Shape, rounds: int, budget_s: float) -> dict:
     }
 
 
-def _alternate(built: dict[str, Built], rounds: int, budget_s: float) -> dict:
-    """Round-robin timing; a candidate whose call took over ``SLOW_CALL_S`` stops there.
+def _alternate(
+    built: dict[str, Built],
+    rounds: int,
+    budget_s: float,
+    same: dict[tuple[str, str], str] | None = None,
+) -> dict:
+    """Round-robin timing; a candidate whose call took over ``SLOW_CALL_S`` stops there;
+    twins (``same``, :func:`twins` of ``built`` if None) are timed once and share times.
 
     Each round takes the candidates in another order (a permutation seeded by the round):
     a large backward pass (lax's above all) leaves cold caches and fresh pages to
@@ -237,7 +242,7 @@ def _alternate(built: dict[str, Built], rounds: int, budget_s: float) -> dict:
     program of its value route, which a 300-call A/B put within 2% of it (0.386 vs 0.378 ms).
     """
     times: dict[str, dict[str, list[float]]] = {n: {"fwd": [], "fwd_bwd": []} for n in built}
-    same = twins(built)
+    same = twins(built) if same is None else same
     names = list(built)
     start, done = time.perf_counter(), 0
     while done < rounds or (done < 4 * rounds and time.perf_counter() - start < budget_s):

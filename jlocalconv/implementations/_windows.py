@@ -170,12 +170,11 @@ def windows(
     if by_axis:
         return _windows_by_axis(inputs, geom, fuse, select)
     nbytes = window_bytes(geom, inputs.shape[0], inputs.dtype.itemsize)
-    if _one_fusion(geom.window_items, nbytes, fuse):
-        return _stacked(inputs, geom, fuse, _static_slices)
-    if shared:
-        return shared_windows(inputs, geom, fuse)
-    if gather:
-        return value_windows(inputs, geom)
+    if not _one_fusion(geom.window_items, nbytes, fuse):
+        if shared:
+            return shared_windows(inputs, geom, fuse)
+        if gather:
+            return value_windows(inputs, geom)
     return _stacked(inputs, geom, fuse, _static_slices)
 
 

@@ -17,6 +17,8 @@ the last stage's input is about its output (unstrided windows) or small (see
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 from jax import lax
 
@@ -64,30 +66,18 @@ def local_conv_slices(
     preferred_element_type: jax.typing.DTypeLike | None = None,
     by_axis: bool = False,
     kernel_major: bool = False,
+    gather: bool = True,
 ) -> jax.Array:
     """Local convolution via strided-slice windows + one ``dot_general``.
 
     ``by_axis`` stacks the windows one spatial axis at a time (the same values; see
     :func:`~jlocalconv.implementations._windows.windows`); ``kernel_major`` contracts
     kernel first (:func:`~jlocalconv.implementations._common.contract_kernel_major`: the
-    same values, a faster transpose in the inputs where filters outnumber batch rows).
+    same values, a faster transpose in the inputs where filters outnumber batch rows);
+    ``gather`` takes undifferentiated windows by one gather where their stack is not one
+    fused loop (:func:`~jlocalconv.implementations._windows.value_windows`; off in the
+    tangent route, :func:`slices_tangent`).
     """
-    return _sliced(inputs, kernel, geom, precision, preferred_element_type, by_axis,
-                   kernel_major, gather=True)  # fmt: skip
-
-
-def _sliced(
-    inputs: jax.Array,
-    kernel: jax.Array,
-    geom: Geometry,
-    precision: lax.PrecisionLike,
-    preferred_element_type: jax.typing.DTypeLike | None,
-    by_axis: bool,
-    kernel_major: bool,
-    gather: bool,
-) -> jax.Array:
-    """:func:`local_conv_slices`; ``gather`` as in
-    :func:`~jlocalconv.implementations._windows.windows`, off in a tangent route."""
     x, full = pad_spatial(inputs, geom), padded(geom)
     patches = windows(x, full, by_axis=by_axis, gather=gather)
     contraction = contract_kernel_major if kernel_major else contract
@@ -96,19 +86,12 @@ def _sliced(
 
 
 def slices_tangent(
-    inputs: jax.Array,
-    kernel: jax.Array,
-    geom: Geometry,
-    *,
-    precision: lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
-    kernel_major: bool = False,
+    inputs: jax.Array, kernel: jax.Array, geom: Geometry, **options: Any
 ) -> jax.Array:
-    """:func:`local_conv_slices` as a differentiated route: the tangent of
+    """:func:`local_conv_slices` (same keywords) as a differentiated route: the tangent of
     :func:`~jlocalconv.implementations._bilinear.split_bilinear` in "tiles/slices" and
     "shifts", plain ``lax`` (its windows stacked, never gathered). Windows are stacked axis
     by axis where :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so: on
     unstrided or small windows of many offsets XLA compiles and runs that transpose faster."""
     by_axis = sliced_by_axis(geom, inputs.shape[0], inputs.dtype.itemsize)
-    pet = preferred_element_type
-    return _sliced(inputs, kernel, geom, precision, pet, by_axis, kernel_major, gather=False)
+    return local_conv_slices(inputs, kernel, geom, by_axis=by_axis, gather=False, **options)
