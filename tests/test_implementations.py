@@ -873,6 +873,23 @@ def test_the_loop_differentiates_a_dominant_16_bit_kernel():
     assert "scan" not in str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x32, wide))
 
 
+def test_the_loop_differentiates_one_rows_large_16_bit_kernel():
+    """One row (``tiles.NARROW_KERNEL_LOOP_ONE_ROW``): a 16-bit kernel of 2 MiB and up is
+    differentiated by the loop, as beside a few rows; a float32 or smaller one is not."""
+    geom = make_geometry((1, 2841, 107), 1, padding="same")  # sweep s61-27: an 18 MiB kernel
+    assert choose(geom, 1, 31, jnp.bfloat16, "cpu") == "tiles"
+    assert choose(geom, 1, 31, jnp.float32, "cpu").endswith("slices")
+    at = make_geometry((1, 32 + 3, 64), 4)  # 2 MiB at 128 filters, as above
+    assert choose(at, 1, 128, jnp.bfloat16, "cpu").endswith("tiles")
+    assert choose(at, 1, 127, jnp.bfloat16, "cpu").endswith("slices")
+    x = jax.ShapeDtypeStruct(geom.input_shape(1), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct(geom.kernel_shape(31), jnp.bfloat16)
+    loss = lambda x, k: jnp.sum(jlocalconv.local_conv(x, k, 1, 1, padding="same"))
+    grad = jax.jit(jax.grad(loss, (0, 1))).lower(x, k).compile()
+    kernel_f32 = 4 * math.prod(geom.kernel_shape(31))
+    assert grad.memory_analysis().temp_size_in_bytes < kernel_f32 / 4
+
+
 def test_the_loop_differentiates_a_dominant_kernel_over_sparse_windows():
     """A dominant kernel over dilated, strided windows (``tiles._sparse_windows_loop``:
     over 32 padded inputs per output, a transpose of 10 M+ elements, 256+ KiB of

@@ -133,6 +133,15 @@ ROWS_LOOP_MIN_WINDOW_BYTES = 2 << 20
 # (0.19-2.07x; over 1.1x on six, all under 2 ms), temp memory lower on all 55 (s360-54:
 # 115.0 -> 6.2 MiB, 54.2 -> 12.8 ms), compile time 1.17x.
 NARROW_KERNEL_LOOP_MIN_BYTES = 2 << 20
+# So for one row too (where ``kernel_dominates`` does not apply: one row's kernel always
+# outweighs its windows): "slices" widened all of sweep s61-27's 18 MiB bf16 kernel, 37.4
+# MiB of value_and_grad temporaries against lax's 55.1 (the loop's: 6.8). value_and_grad of
+# "auto" with and without it (one process, alternated; ``bench.studies.constant_ab``) on
+# the 19 problems of seeds 2-65 it changes: tuning (seeds 2-40, 14 problems) 0.95x the time
+# (geometric mean; 0.59-1.51x: s24-36 9.4 -> 14.2 ms), held out (seeds 41-56, four) 0.82x
+# (0.53-1.21x: s44-19 14.9 -> 7.9 ms, s56-47 19.2 -> 23.2); temp memory 0.11x (lower on all 19:
+# s56-47 31.1 -> 4.6 MiB), compile 1.13x; forward unchanged.
+NARROW_KERNEL_LOOP_ONE_ROW = True
 # A dominant kernel over windows of more than SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT
 # padded input elements per output position (large dilated or strided 3-D windows) is
 # differentiated by the loop too where the one-shot stack's transpose sums at least
@@ -249,8 +258,8 @@ def derivatives_by_slices(
     one contraction reads it once and writes its gradient once) unless it is a 16-bit
     kernel (``kernel_itemsize`` 2; the operands' ``itemsize`` if None) beside operands
     widened to ``itemsize`` (``implementations.widened``: the contraction would widen
-    all of it, the loop
-    widens one block at a time; see ``NARROW_KERNEL_LOOP_MIN_BYTES``) or its windows
+    all of it, the loop widens one block at a time; see ``NARROW_KERNEL_LOOP_MIN_BYTES``;
+    so also for one row, ``NARROW_KERNEL_LOOP_ONE_ROW``) or its windows
     are sparse and large (``KERNEL_BOUND_LOOP_MIN_TRANSPOSE``), for disjoint windows
     (:func:`~jlocalconv.implementations._windows.disjoint`), and wherever the window
     tensors fit (:func:`sliced_windows_fit`) unless the loop transposes them faster
@@ -267,10 +276,11 @@ def derivatives_by_slices(
     >>> derivatives_by_slices(make_geometry((2, 40, 40, 1), 3, 4, dilation=8), 2, 4, 4)
     False
     """
+    narrow = _narrow_kernel_loops(geom, batch, filters, itemsize, kernel_itemsize or itemsize)
     if batch > 1 and kernel_dominates(batch, filters):
-        if _narrow_kernel_loops(geom, batch, filters, itemsize, kernel_itemsize or itemsize):
-            return False
-        return not _sparse_windows_loop(geom, batch, itemsize)
+        return not narrow and not _sparse_windows_loop(geom, batch, itemsize)
+    if narrow and batch == 1 and NARROW_KERNEL_LOOP_ONE_ROW:
+        return False
     if disjoint(geom):
         return True
     if _one_tile_loop(geom, batch, filters, itemsize):
