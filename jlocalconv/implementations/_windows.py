@@ -87,6 +87,17 @@ SLICED_BY_AXIS_MIN_OFFSETS = 8
 # -> 9.0 ms, s310-39 85 -> 145 ms), compile 0.73x, temp lower on 12 and equal on 2. The
 # suite's and real layers' programs are unchanged.
 STAGE_SELECT_MIN_RATIO = 4
+# "slices" pads its input once and stacks every offset's slice of the padded copy; where
+# that copy outweighs the window tensor (more than UNPADDED_STACK_MIN_INPUT_PER_WINDOW
+# padded input elements per window element: strided or dilated windows), XLA held it
+# whole in value_and_grad (sweep s65-49, a 3x1x1 window strided 1x2x3: 18.8 of 33.7 MiB
+# of temporaries, lax's 21.7), so there each slice is padded after it is taken
+# (``unpadded_windows``). Every padded problem "slices" computed (tuning, 30 of seeds
+# 2-30, one process, alternated): 0.97x the time, compile 1.05x, temp 0.5-2x, hence the
+# bound. Held out (the 28 such problems of seeds 49-65 under the bound, s65-49 aside):
+# forward 0.96x the time (geometric mean; 0.66-1.15x), value_and_grad 1.00x (0.71-1.15x),
+# compile 0.96x, temp 0.98x (0.5-1.3x); s65-49: 33.7 -> 16.5 MiB, 43.5 -> 29.4 ms.
+UNPADDED_STACK_MIN_INPUT_PER_WINDOW = 1.0
 # XLA's CPU backend fuses a concatenate of at most STACK_FUSION_MAX_PARTS operands, with
 # the slices that feed it, into one loop; from nine operands on it launches one fusion
 # per slice, each writing its own buffer, and copies them into the concatenate (a 3x3
@@ -481,6 +492,81 @@ def window_slice(inputs: jax.Array, geom: Geometry, offset: tuple[int, ...]) -> 
     return lax.slice(inputs, start, limit, strides)
 
 
+def padded_windows(
+    inputs: jax.Array, geom: Geometry, *, by_axis: bool = False, gather: bool = False
+) -> jax.Array:
+    """:func:`windows` of ``inputs`` padded by ``geom.padding`` (the other arguments'
+    meaning as there): "slices"' windows.
+
+    Where the padded input outweighs the window tensor
+    (``UNPADDED_STACK_MIN_INPUT_PER_WINDOW``), a one-shot stack of static slices pads each
+    slice after taking it (:func:`unpadded_windows`), and gathered values pad inside
+    (:func:`value_windows`); elsewhere the input is padded first.
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((2, 6, 9, 3), (3, 1), (1, 3), padding="same", dilation=2)
+    >>> x = jnp.arange(2 * 6 * 9 * 3.0).reshape(2, 6, 9, 3)
+    >>> bool((padded_windows(x, geom) == windows(pad_spatial(x, geom), padded(geom))).all())
+    True
+    """
+    full = padded(geom)
+    light = input_per_output(geom) <= UNPADDED_STACK_MIN_INPUT_PER_WINDOW * geom.window_items
+    if by_axis or _tiles_input(full) or light:
+        return windows(pad_spatial(inputs, geom), full, by_axis=by_axis, gather=gather)
+    nbytes = window_bytes(geom, inputs.shape[0], inputs.dtype.itemsize)
+    if gather and not _one_fusion(geom.window_items, nbytes, False):
+        return value_windows(inputs, geom)
+    return unpadded_windows(inputs, geom)
+
+
+def unpadded_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
+    """:func:`windows`' one-shot stack (the same values) of the *unpadded* input: each
+    offset's slice is taken where it overlaps the input and padded after
+    (:func:`_padded_slices`), so no padded copy of the input exists.
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((2, 5, 7, 3), (3, 2), (2, 3), padding="same", dilation=2)
+    >>> x = jnp.arange(2 * 5 * 7 * 3.0).reshape(2, 5, 7, 3)
+    >>> bool((unpadded_windows(x, geom) == windows(pad_spatial(x, geom), padded(geom))).all())
+    True
+    """
+    return _stacked(inputs, geom, False, _padded_slices)
+
+
+def _padded_slices(inputs: jax.Array, geom: Geometry, offsets: list[tuple[int, ...]]) -> list:
+    return [_padded_window_slice(inputs, geom, offset) for offset in offsets]
+
+
+def _padded_window_slice(inputs: jax.Array, geom: Geometry, offset: tuple[int, ...]) -> jax.Array:
+    """:func:`window_slice` of the padded input, from the unpadded one: the output
+    positions whose element lies in the input, sliced, then zero-padded to all of them."""
+    first = spatial_axis(geom)
+    start, limit, strides = [0] * inputs.ndim, list(inputs.shape), [1] * inputs.ndim
+    pads = [(0, 0, 0)] * inputs.ndim
+    for i, (o, d, s, n) in enumerate(zip(offset, geom.dilation, geom.strides, geom.output_shape)):
+        lo, size = geom.padding[i][0], geom.spatial_shape[i]
+        begin = o * d - lo  # input index of output position 0
+        first_in = min(n, max(0, -(begin // s) if begin < 0 else 0))
+        end_in = max(first_in, min(n, (size - 1 - begin) // s + 1))
+        if end_in == first_in:  # every position in the padding
+            return jnp.zeros(_window_slice_shape(inputs, geom), inputs.dtype)
+        start[first + i] = begin + first_in * s
+        limit[first + i] = begin + (end_in - 1) * s + 1
+        strides[first + i] = s
+        pads[first + i] = (first_in, n - end_in, 0)
+    sliced = lax.slice(inputs, start, limit, strides)
+    if all(p == (0, 0, 0) for p in pads):
+        return sliced
+    return lax.pad(sliced, jnp.zeros((), inputs.dtype), pads)
+
+
+def _window_slice_shape(inputs: jax.Array, geom: Geometry) -> tuple[int, ...]:
+    first = spatial_axis(geom)
+    shape = list(inputs.shape)
+    shape[first : first + geom.ndim] = geom.output_shape
+    return tuple(shape)
+
+
 def disjoint(geom: Geometry) -> bool:
     """Whether ``geom``'s windows (after padding) are disjoint and cover the padded input.
 
@@ -561,7 +647,7 @@ def value_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
     stack's is a padded add that XLA fuses, and value_and_grad of "slices" with the gather
     for its values only (the tangent stacked) ran 1.12x slower (geometric mean of 14
     problems of seeds 2-7; s5-29 2.2 -> 4.1 ms), though it compiled 2.3x faster.
-    ``inputs`` and ``geom`` as in :func:`windows`.
+    ``inputs`` as in :func:`padded_windows` (padded here, by ``geom.padding``).
 
     >>> from jlocalconv.geometry import make_geometry
     >>> geom = make_geometry((2, 5, 6, 3), (3, 2), (1, 2))
@@ -569,13 +655,13 @@ def value_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
     >>> bool((value_windows(x, geom) == windows(x, geom)).all())
     True
     """
-    return gathered_windows(inputs, geom)
+    return gathered_windows(pad_spatial(inputs, geom), padded(geom))
 
 
 @value_windows.defjvp
 def _value_windows_jvp(geom: Geometry, primals: tuple, tangents: tuple) -> tuple:
     ((x,), (dx,)) = primals, tangents
-    return tuple(_stacked(a, geom, False, _static_slices) for a in (x, dx))
+    return tuple(_stacked(a, geom, False, _padded_slices) for a in (x, dx))
 
 
 def _window_starts(geom: Geometry) -> np.ndarray:

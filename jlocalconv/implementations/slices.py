@@ -28,7 +28,7 @@ from jlocalconv.implementations._common import (
     contract_kernel_major,
     positions_to_result,
 )
-from jlocalconv.implementations._windows import pad_spatial, padded, sliced_by_axis, windows
+from jlocalconv.implementations._windows import padded_windows, sliced_by_axis
 
 # The inputs' gradient of a batched contraction is a batched dot of the cotangent with the
 # kernel that contracts the kernel's last (filter) axis; XLA's CPU backend runs that
@@ -78,8 +78,7 @@ def local_conv_slices(
     fused loop (:func:`~jlocalconv.implementations._windows.value_windows`; off in the
     tangent route, :func:`slices_tangent`).
     """
-    x, full = pad_spatial(inputs, geom), padded(geom)
-    patches = windows(x, full, by_axis=by_axis, gather=gather)
+    patches = padded_windows(inputs, geom, by_axis=by_axis, gather=gather)
     contraction = contract_kernel_major if kernel_major else contract
     out = contraction(patches, kernel, precision, preferred_element_type)
     return positions_to_result(out, geom)
