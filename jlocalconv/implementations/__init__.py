@@ -182,7 +182,8 @@ def choose(
       2. derivatives by "slices" where
          :func:`~jlocalconv.implementations.tiles.derivatives_by_slices` says so (a
          dominant kernel, unless a 16-bit one of 2+ MiB beside at most 16 rows, whose
-         operands are widened, or one over sparse windows whose stack's transpose sums
+         operands are widened (so also for one row: ``tiles.NARROW_KERNEL_LOOP_ONE_ROW``),
+         or one over sparse windows whose stack's transpose sums
          10 M+ elements (``tiles.KERNEL_BOUND_LOOP_MIN_TRANSPOSE``); disjoint windows,
          or three window tensors within ``SLICED_DERIVATIVES_BYTES`` over an input at most
          ``SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT`` times the output, unless

@@ -1,9 +1,11 @@
 """Windows by strided slices, one batched contraction over all output positions.
 
-The input is padded once; ``prod(kernel_size)`` strided slices, stacked in Keras's
-feature order, form the ``(positions, batch, features)`` patch tensor directly (no
-one-hot convolution as in "patches", no kernel reordering), and one ``dot_general``
-with positions as its batch dimension multiplies every window by its own filters.
+The input is padded once (or, where that copy would outweigh the windows, each slice
+after it is taken: ``_windows.padded_windows``); ``prod(kernel_size)`` strided slices,
+stacked in Keras's feature order, form the ``(positions, batch, features)`` patch tensor
+directly (no one-hot convolution as in "patches", no kernel reordering), and one
+``dot_general`` with positions as its batch dimension multiplies every window by its own
+filters.
 One large contraction suits accelerators; on CPU "tiles" bounds the working set.
 Everything is plain ``lax``, so "slices" also serves as the tangent route of
 :func:`~jlocalconv.implementations._bilinear.split_bilinear` ("auto"'s ``"tiles/slices"``,
