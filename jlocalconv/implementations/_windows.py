@@ -480,16 +480,30 @@ def _shared_slices(inputs: jax.Array, geom: Geometry, offsets: list[tuple[int, .
 def window_slice(inputs: jax.Array, geom: Geometry, offset: tuple[int, ...]) -> jax.Array:
     """The input element under window ``offset`` for every output position.
 
-    ``inputs`` as in :func:`windows`; the result is ``inputs`` with its spatial axes
-    replaced by ``geom.output_shape``.
+    ``inputs`` unpadded for ``geom.padding`` (already padded where it is zero, as in
+    :func:`windows`): the positions whose element lies in the input are sliced, and
+    zero-padded to all of them. The result is ``inputs`` with its spatial axes replaced
+    by ``geom.output_shape``.
     """
     first = spatial_axis(geom)
     start, limit, strides = [0] * inputs.ndim, list(inputs.shape), [1] * inputs.ndim
+    pads = [(0, 0, 0)] * inputs.ndim
     for i, (o, d, s, n) in enumerate(zip(offset, geom.dilation, geom.strides, geom.output_shape)):
-        start[first + i] = o * d
-        limit[first + i] = o * d + (n - 1) * s + 1
+        begin = o * d - geom.padding[i][0]  # input index of output position 0
+        first_in = min(n, -(begin // s)) if begin < 0 else 0
+        end_in = max(first_in, min(n, (geom.spatial_shape[i] - 1 - begin) // s + 1))
+        if end_in == first_in:  # every position in the padding
+            shape = list(inputs.shape)
+            shape[first : first + geom.ndim] = geom.output_shape
+            return jnp.zeros(shape, inputs.dtype)
+        start[first + i] = begin + first_in * s
+        limit[first + i] = begin + (end_in - 1) * s + 1
         strides[first + i] = s
-    return lax.slice(inputs, start, limit, strides)
+        pads[first + i] = (first_in, n - end_in, 0)
+    sliced = lax.slice(inputs, start, limit, strides)
+    if all(p == (0, 0, 0) for p in pads):
+        return sliced
+    return lax.pad(sliced, jnp.zeros((), inputs.dtype), pads)
 
 
 def padded_windows(
@@ -522,7 +536,7 @@ def padded_windows(
 def unpadded_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
     """:func:`windows`' one-shot stack (the same values) of the *unpadded* input: each
     offset's slice is taken where it overlaps the input and padded after
-    (:func:`_padded_slices`), so no padded copy of the input exists.
+    (:func:`window_slice`), so no padded copy of the input exists.
 
     >>> from jlocalconv.geometry import make_geometry
     >>> geom = make_geometry((2, 5, 7, 3), (3, 2), (2, 3), padding="same", dilation=2)
@@ -530,41 +544,7 @@ def unpadded_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
     >>> bool((unpadded_windows(x, geom) == windows(pad_spatial(x, geom), padded(geom))).all())
     True
     """
-    return _stacked(inputs, geom, False, _padded_slices)
-
-
-def _padded_slices(inputs: jax.Array, geom: Geometry, offsets: list[tuple[int, ...]]) -> list:
-    return [_padded_window_slice(inputs, geom, offset) for offset in offsets]
-
-
-def _padded_window_slice(inputs: jax.Array, geom: Geometry, offset: tuple[int, ...]) -> jax.Array:
-    """:func:`window_slice` of the padded input, from the unpadded one: the output
-    positions whose element lies in the input, sliced, then zero-padded to all of them."""
-    first = spatial_axis(geom)
-    start, limit, strides = [0] * inputs.ndim, list(inputs.shape), [1] * inputs.ndim
-    pads = [(0, 0, 0)] * inputs.ndim
-    for i, (o, d, s, n) in enumerate(zip(offset, geom.dilation, geom.strides, geom.output_shape)):
-        lo, size = geom.padding[i][0], geom.spatial_shape[i]
-        begin = o * d - lo  # input index of output position 0
-        first_in = min(n, max(0, -(begin // s) if begin < 0 else 0))
-        end_in = max(first_in, min(n, (size - 1 - begin) // s + 1))
-        if end_in == first_in:  # every position in the padding
-            return jnp.zeros(_window_slice_shape(inputs, geom), inputs.dtype)
-        start[first + i] = begin + first_in * s
-        limit[first + i] = begin + (end_in - 1) * s + 1
-        strides[first + i] = s
-        pads[first + i] = (first_in, n - end_in, 0)
-    sliced = lax.slice(inputs, start, limit, strides)
-    if all(p == (0, 0, 0) for p in pads):
-        return sliced
-    return lax.pad(sliced, jnp.zeros((), inputs.dtype), pads)
-
-
-def _window_slice_shape(inputs: jax.Array, geom: Geometry) -> tuple[int, ...]:
-    first = spatial_axis(geom)
-    shape = list(inputs.shape)
-    shape[first : first + geom.ndim] = geom.output_shape
-    return tuple(shape)
+    return _stacked(inputs, geom, False, _static_slices)
 
 
 def disjoint(geom: Geometry) -> bool:
@@ -661,7 +641,7 @@ def value_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
 @value_windows.defjvp
 def _value_windows_jvp(geom: Geometry, primals: tuple, tangents: tuple) -> tuple:
     ((x,), (dx,)) = primals, tangents
-    return tuple(_stacked(a, geom, False, _padded_slices) for a in (x, dx))
+    return tuple(_stacked(a, geom, False, _static_slices) for a in (x, dx))
 
 
 def _window_starts(geom: Geometry) -> np.ndarray:
