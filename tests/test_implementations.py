@@ -664,8 +664,9 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     kernel_major = batch > 1 and filters >= 4 * batch  # the inputs' gradient kernel first
     sliced_values = "slices/slices" if kernel_major or (not cheap and by_axis) else "slices"
     want = sliced_values if values_sliced else "tiles/slices"
-    if not sliced:
-        want = "slices/tiles" if fits and values_sliced else "tiles"
+    if not sliced:  # values by "slices" where windows fit, or are small beside the input
+        gathered = fits or patch_bytes <= (2 << 20)
+        want = "slices/tiles" if gathered and values_sliced else "tiles"
     if deep_values:
         want = "shifts/" + want.rpartition("/")[2]
     assert choose(geom, batch, filters, jnp.float32, "cpu") == ("shifts" if few else want)
@@ -711,7 +712,7 @@ def test_auto_specific_choices():
     assert plan_tiles(d, 1, 64, 4) == TilePlan(0, 3, one_shot_forward=True)
     yolo = make_geometry((8, 7, 7, 1024), 3, padding="same")  # a 441 MiB kernel
     assert choose(yolo, 8, 256, jnp.float32, "cpu") == "slices/slices"  # kernel first
-    assert choose(d, 1, 64, jnp.float32, "cpu") == "tiles"  # one row: see choose
+    assert choose(d, 1, 64, jnp.float32, "cpu") == "slices/tiles"  # 2 MiB of windows
     tiny = make_geometry((2, 6, 6, 20), 3)  # values: one tile, one contraction
     assert choose(tiny, 2, 4, jnp.float32, "cpu") == "slices/slices"  # kernel grad by rows
     assert choose(make_geometry((2, 6, 6, 3), 3), 2, 4, jnp.float32, "cpu") == "shifts"
@@ -748,11 +749,15 @@ def test_auto_specific_choices():
     assert at.output_items == over.output_items == 2
     assert tiles_module.derivatives_by_slices(at, 2, 8, 4)
     assert not tiles_module.derivatives_by_slices(over, 2, 8, 4)
-    assert choose(make_geometry((2, 65, 20), 2, 32), 2, 8, jnp.float32, "cpu") == "tiles"
+    # ... but values by "slices" (gathered) while a window tensor takes at most 2 MiB
+    assert choose(make_geometry((2, 65, 20), 2, 32), 2, 8, jnp.float32, "cpu") == "slices/tiles"
+    for batch, want in ((64, "slices/tiles"), (128, "tiles")):  # 1.95 / 3.9 MiB of windows
+        spread = make_geometry((batch, 6600, 20), 2, 33)  # 33 inputs per output
+        assert choose(spread, batch, 8, jnp.float32, "cpu") == want
     assert tiles_module.derivatives_by_slices(over, 2, 64, 4)  # unless the kernel dominates
     # 360 offsets over 6 positions (sweep problem s7-9): neither "shifts" nor slices
     wide = make_geometry((23, 19, 11, 16, 1), (9, 5, 8), (3, 1, 1), dilation=2)
-    assert choose(wide, 23, 40, jnp.bfloat16, "cpu") == "tiles"
+    assert choose(wide, 23, 40, jnp.bfloat16, "cpu") == "slices/tiles"  # 0.6 MiB: gathered
     # "shifts" while a position's bank has fewer than 4096 weights: 81 x 50, not 81 x 51
     bank = make_geometry((8, 20, 20, 1), 9)
     assert choose(bank, 8, 50, jnp.float32, "cpu") == "shifts"
@@ -919,7 +924,7 @@ def test_the_loop_differentiates_one_rows_large_16_bit_kernel():
     """One row (``tiles.NARROW_KERNEL_LOOP_ONE_ROW``): a 16-bit kernel of 2 MiB and up is
     differentiated by the loop, as beside a few rows; a float32 or smaller one is not."""
     geom = make_geometry((1, 2841, 107), 1, padding="same")  # sweep s61-27: an 18 MiB kernel
-    assert choose(geom, 1, 31, jnp.bfloat16, "cpu") == "tiles"
+    assert choose(geom, 1, 31, jnp.bfloat16, "cpu").endswith("tiles")
     assert choose(geom, 1, 31, jnp.float32, "cpu").endswith("slices")
     at = make_geometry((1, 32 + 3, 64), 4)  # 2 MiB at 128 filters, as above
     assert choose(at, 1, 128, jnp.bfloat16, "cpu").endswith("tiles")
@@ -939,7 +944,7 @@ def test_the_loop_differentiates_a_dominant_kernel_over_sparse_windows():
     # sweep s53-6: 3 rows of 10x22x22x49 inputs, 2x8x7 windows, 27 filters
     geom = make_geometry((3, 10, 22, 22, 49), (2, 8, 7), (3, 2, 2), dilation=3)
     assert tiles_module.kernel_dominates(3, 27) and input_per_output(geom) > 32
-    assert choose(geom, 3, 27, jnp.float32, "cpu") == "tiles"
+    assert choose(geom, 3, 27, jnp.float32, "cpu") == "slices/tiles"  # gathered values
 
     def transpose(g):
         return 2 * math.prod(g.padded_shape) * g.feature_dim  # 2 rows: window elements * ratio
@@ -949,7 +954,8 @@ def test_the_loop_differentiates_a_dominant_kernel_over_sparse_windows():
     edge = [make_geometry((2, n, 100), 10, 50) for n in (5000, 4999)]
     assert [transpose(g) >= 10_000_000 for g in edge] == [True, False]
     assert [tiles_module._sparse_windows_loop(g, 2, 4) for g in edge] == [True, False]
-    assert [choose(g, 2, 32, jnp.float32, "cpu") for g in edge] == ["tiles", "slices/slices"]
+    derivatives = [choose(g, 2, 32, jnp.float32, "cpu").rpartition("/")[2] for g in edge]
+    assert derivatives == ["tiles", "slices"]
     # Windows: 256 KiB (2 rows x 64 positions x 8 offsets x 64 channels x 4 B), 63 not
     edge = [make_geometry((2, 160 * (n - 1) + 8, 64), 8, 160) for n in (64, 63)]
     assert [window_bytes(g, 2, 4) for g in edge] == [256 << 10, 4 * 2 * 63 * 512]
@@ -1014,7 +1020,7 @@ def test_widened_tile_loop_rounds_gradients_once(dtype):
     whole kernel), yet both gradients equal the float32 program's, rounded once."""
     case = Case((65,), 20, 8, (2,), (32,), batch=2)  # input per output > 32: the loop
     geom = _geom(case)
-    assert choose(geom, 2, 8, dtype, "cpu") == "tiles"
+    assert choose(geom, 2, 8, dtype, "cpu") == "slices/tiles"  # 640 B of windows
     x, k, _ = case.arrays()
     x, k = x.astype(dtype), k.astype(dtype)
     # The cotangent reaches a 16-bit result in its dtype: draw it representable.
@@ -1234,7 +1240,8 @@ def test_widened_tile_loop_reads_kernel_blocks_inside_the_loop():
     assert compiled.memory_analysis().temp_size_in_bytes < kernel_bf16 // 2
 
 
-def test_widened_tile_loop_differentiates_its_kernel_inside_a_scan():
+@pytest.mark.parametrize("values", ["tiles", "slices"])
+def test_widened_tile_loop_differentiates_its_kernel_inside_a_scan(values, monkeypatch):
     """Second order through the widened tile loop's kernel blocks inside a ``lax.scan``
     whose carry is the kernel (layers scanned, as models do): equal to the float32
     route's up to bf16 rounding. Kernel blocks read as 16-bit integer words (behind a
@@ -1242,7 +1249,10 @@ def test_widened_tile_loop_differentiates_its_kernel_inside_a_scan():
     derivative here: JAX's partial evaluation of the scan inlines the value route, whose
     bit cast has a zero derivative."""
     geom = make_geometry((2, 65, 20), 2, 32)
-    assert choose(geom, 2, 8, jnp.bfloat16, "cpu") == "tiles"
+    if values == "tiles":  # the loop's own values, as beside windows over 2 MiB
+        monkeypatch.setattr(implementations, "SLICED_VALUES_MAX_WINDOW_BYTES", 0)
+    want = "tiles" if values == "tiles" else "slices/tiles"
+    assert choose(geom, 2, 8, jnp.bfloat16, "cpu") == want
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.standard_normal(geom.input_shape(2)), jnp.bfloat16).astype(jnp.float32)
     k = jnp.asarray(rng.standard_normal(geom.kernel_shape(8)), jnp.bfloat16).astype(jnp.float32)

@@ -34,7 +34,7 @@ import numpy as np
 
 from bench import ours, sweep
 from bench.candidate import Problem
-from bench.suite import Shape
+from bench.suite import DEFAULT, Shape
 from bench.summary import geomean
 from jlocalconv.implementations import products, tiles
 
@@ -166,6 +166,12 @@ def _seeds(text: str) -> range:
     return range(int(low), int(high or low) + 1)
 
 
+def _problem(key: str) -> Shape:
+    """A sweep problem (``"s54-4"``) or a default suite shape (``"batch1"``)."""
+    suite = {shape.key: shape for shape in DEFAULT}
+    return suite[key] if key in suite else sweep.problem(key)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.studies.constant_ab", description=__doc__
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("assignment", help="MODULE.NAME=VALUE, e.g. tiles.MIN_TILES=4")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--seeds", type=_seeds, help="a seed or a range, e.g. 2-12")
-    which.add_argument("--keys", help="sweep problem keys, e.g. s54-4,s54-27")
+    which.add_argument("--keys", help="sweep or suite problem keys, e.g. s54-4,batch1")
     parser.add_argument("--n", type=int, default=60, help="sweep problems drawn per seed")
     parser.add_argument("--list", action="store_true", help="list the problems, time none")
     parser.add_argument("--max", type=int, default=None, help="time at most this many")
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     change = parse(args.assignment)
     if args.keys:
-        shapes = [sweep.problem(key) for key in args.keys.split(",")]
+        shapes = [_problem(key) for key in args.keys.split(",")]
     else:
         shapes = affected(args.seeds, args.n, change)
     print(f"{args.assignment}: {len(shapes)} problems", flush=True)

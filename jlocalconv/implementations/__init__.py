@@ -26,7 +26,7 @@ import numpy as np
 from jlocalconv.geometry import Geometry
 from jlocalconv.implementations import _routes, products
 from jlocalconv.implementations._common import result_dtype
-from jlocalconv.implementations._windows import sliced_by_axis
+from jlocalconv.implementations._windows import sliced_by_axis, window_bytes
 from jlocalconv.implementations.patches import local_conv_patches
 from jlocalconv.implementations.shifts import local_conv_shifts
 from jlocalconv.implementations.slices import local_conv_slices
@@ -146,6 +146,17 @@ SLICED_VALUES_MAX_OFFSETS = 4
 # Held out (the six such problems of seeds 41-62): forward 0.90x the time (geometric
 # mean; s46-26 0.56x, s62-16 0.81x; s56-47, bf16, 1.22x and s60-52 1.17x).
 LOOP_VALUES_MIN_BATCH = 2
+# Where the loop differentiates because the window tensors do not fit beside a large
+# input (``tiles.sliced_windows_fit``: over SLICED_DERIVATIVES_MAX_INPUT_PER_OUTPUT input
+# elements per output position, whose stack's transpose would sum them all), values
+# still go by "slices" ("slices/tiles") while one window tensor takes at most this many
+# bytes: "slices" gathers its value windows (``_windows.value_windows``), reading only
+# what the windows hold however large the input. Tuned on the 77 problems of sweep seeds
+# 2-40 this changes (auto with and without it, one process, alternated): forward 0.86x
+# the time (geometric mean; 0.32-1.76x, worst s8-13: 206 rows of 3 positions), value_and_
+# grad the same programs but for names (1.00x). Held out, the 67 such problems of seeds
+# 67-100: forward 0.87x (0.42-1.51x), value_and_grad 1.00x, compile 1.00x, temp 1.00x.
+SLICED_VALUES_MAX_WINDOW_BYTES = 2 << 20
 # A composed route's derivatives: ``_routes.DERIVATIVE_ROUTES`` (re-exported).
 DERIVATIVE_ROUTES = _routes.DERIVATIVE_ROUTES
 # Where "shifts" takes the "products" route (autotune times it there).
@@ -195,7 +206,8 @@ def choose(
          as they are (``tiles.ONE_TILE_LOOP_MIN_OFFSETS``); windows stacked axis by axis where
          :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so), else by
          the "tiles" loop (``"slices/tiles"`` where only the transposition decided it
-         and rule 3 gives values to "slices");
+         or the window tensor takes at most ``SLICED_VALUES_MAX_WINDOW_BYTES``, and
+         rule 3 gives values to "slices");
       3. values by "slices" where derivatives are ("slices"; ``"slices/slices"``
          where the derivatives stack windows axis by axis, take the kernel gradient
          by rows (:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows`)
@@ -253,6 +265,9 @@ def choose(
       'tiles/slices'
       >>> choose(make_geometry((32, 705, 11), 5), 32, 24, "float32", "cpu")  # 1-D
       'slices'
+      >>> deep = make_geometry((2, 9, 21, 20, 3), (8, 7, 7), (3, 3, 1))  # 162 inputs/output
+      >>> choose(deep, 2, 6, "float32", "cpu")  # 0.6 MiB of windows: gathered values
+      'slices/tiles'
       >>> strided = make_geometry((17, 65, 25, 7), 9, 3)  # 81 offsets, 14 inputs per output
       >>> choose(strided, 17, 5, "float32", "cpu"), choose(strided, 17, 16, "float32", "cpu")
       ('slices/tiles', 'slices')
@@ -278,8 +293,10 @@ def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing
     kernel_itemsize = np.dtype(dtype).itemsize  # 16-bit kernels stay 16-bit
     if not derivatives_by_slices(geom, batch, filters, itemsize, kernel_itemsize):
         # The loop differentiates; where only because it transposes the windows faster
-        # (their tensor fits), values still follow rule 3.
+        # (their tensor fits), or beside a large input while the windows stay small,
+        # values still follow rule 3.
         fits = sliced_windows_fit(geom, batch, filters, itemsize)
+        fits = fits or window_bytes(geom, batch, itemsize) <= SLICED_VALUES_MAX_WINDOW_BYTES
         return "slices/tiles" if fits and not loop_values else "tiles"
     if loop_values:
         return "tiles/slices"
