@@ -49,8 +49,10 @@ def _geom(case):
 
 
 def _impl(name, case, **kw):
+    """``IMPLEMENTATIONS[name]`` on ``case``, under jit: one program per transformation,
+    not an eager dispatch (and compile) per operation, which dominated these tests' time."""
     geom = _geom(case)
-    return lambda x, k: IMPLEMENTATIONS[name](x, k, geom, precision="highest", **kw)
+    return jax.jit(lambda x, k: IMPLEMENTATIONS[name](x, k, geom, precision="highest", **kw))
 
 
 def _ref(case, x, k):
@@ -1094,12 +1096,12 @@ def test_windows_by_axis_equal_the_one_shot_stack_and_its_transpose(
     monkeypatch.setattr(_windows, "STAGE_SELECT_MIN_RATIO", 0)
     geom = make_geometry(shape, ks, st, dilation=dil, data_format=fmt)
     x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
-    one_shot = _windows.windows(x, geom)
-    by_axis = _windows.windows(x, geom, by_axis=True, select=select)
-    np.testing.assert_array_equal(by_axis, one_shot)
+    # Under jit: one program each, not an eager dispatch (and compile) per slice.
+    stack = lambda by: jax.jit(lambda v: _windows.windows(v, geom, by_axis=by, select=select))
+    one_shot = stack(False)(x)
+    np.testing.assert_array_equal(stack(True)(x), one_shot)
     ct = jnp.asarray(np.random.default_rng(1).standard_normal(one_shot.shape), jnp.float32)
-    transpose = lambda by: jax.linear_transpose(
-        lambda v: _windows.windows(v, geom, by_axis=by, select=select), x)(ct)[0]  # fmt: skip
+    transpose = lambda by: jax.jit(jax.linear_transpose(stack(by), x))(ct)[0]
     np.testing.assert_allclose(transpose(True), transpose(False), rtol=1e-6, atol=1e-5)
 
 
@@ -1120,8 +1122,8 @@ def test_shared_windows_equal_static_ones_under_every_transformation(shape, ks, 
     geom = make_geometry(shape, ks, st, dilation=dil, data_format=fmt)
     rng = np.random.default_rng(0)
     x, dx = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(2))
-    static = lambda v: _windows.windows(v, geom)
-    shared = lambda v: _windows.shared_windows(v, geom)
+    static = jax.jit(lambda v: _windows.windows(v, geom))  # jit: one program, not op by op
+    shared = jax.jit(lambda v: _windows.shared_windows(v, geom))
     np.testing.assert_array_equal(jax.jit(shared)(x), static(x))
     np.testing.assert_array_equal(jax.jvp(shared, (x,), (dx,))[1], static(dx))
     ct = jnp.asarray(rng.standard_normal(static(x).shape), jnp.float32)
@@ -1240,8 +1242,7 @@ def test_widened_tile_loop_reads_kernel_blocks_inside_the_loop():
     assert compiled.memory_analysis().temp_size_in_bytes < kernel_bf16 // 2
 
 
-@pytest.mark.parametrize("values", ["tiles", "slices"])
-def test_widened_tile_loop_differentiates_its_kernel_inside_a_scan(values, monkeypatch):
+def test_widened_tile_loop_differentiates_its_kernel_inside_a_scan(monkeypatch):
     """Second order through the widened tile loop's kernel blocks inside a ``lax.scan``
     whose carry is the kernel (layers scanned, as models do): equal to the float32
     route's up to bf16 rounding. Kernel blocks read as 16-bit integer words (behind a
@@ -1249,10 +1250,9 @@ def test_widened_tile_loop_differentiates_its_kernel_inside_a_scan(values, monke
     derivative here: JAX's partial evaluation of the scan inlines the value route, whose
     bit cast has a zero derivative."""
     geom = make_geometry((2, 65, 20), 2, 32)
-    if values == "tiles":  # the loop's own values, as beside windows over 2 MiB
-        monkeypatch.setattr(implementations, "SLICED_VALUES_MAX_WINDOW_BYTES", 0)
-    want = "tiles" if values == "tiles" else "slices/tiles"
-    assert choose(geom, 2, 8, jnp.bfloat16, "cpu") == want
+    # The loop's own values (as beside windows over 2 MiB), not "slices"' gathered ones
+    monkeypatch.setattr(implementations, "SLICED_VALUES_MAX_WINDOW_BYTES", 0)
+    assert choose(geom, 2, 8, jnp.bfloat16, "cpu") == "tiles"
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.standard_normal(geom.input_shape(2)), jnp.bfloat16).astype(jnp.float32)
     k = jnp.asarray(rng.standard_normal(geom.kernel_shape(8)), jnp.bfloat16).astype(jnp.float32)
@@ -1407,7 +1407,7 @@ def test_inputs_gradient_kernel_first_matches_the_reference(shape, ks, strides, 
     w = rng.standard_normal(geom.result_shape(shape[0], filters)).astype(np.float32)
     ref = lambda x, k: local_conv_ref(x, k, geom.kernel_size, geom.strides, fmt)
     run = implementations.lookup(name)
-    op = lambda x, k: run(x, k, geom, precision="highest", preferred_element_type=None)
+    op = jax.jit(lambda x, k: run(x, k, geom, precision="highest", preferred_element_type=None))
     np.testing.assert_allclose(op(x, k), ref(x, k), rtol=1e-5, atol=1e-4)
     gx, gk = _grads(op, x, k, w)
     # <f(x, k), w> is bilinear: <grad_x, dx> = <f(dx, k), w>, <grad_k, dk> = <f(x, dk), w>
@@ -1447,8 +1447,8 @@ def test_slices_tangent_by_axis_matches_the_one_shot_route(shape, ks, strides, p
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     k = jnp.asarray(rng.standard_normal(geom.kernel_shape(3)), jnp.float32)
     w = jnp.asarray(rng.standard_normal(geom.result_shape(shape[0], 3)), jnp.float32)
-    ours = lambda x, k: slices_tangent(x, k, geom, precision="highest")
-    one_shot = lambda x, k: local_conv_slices(x, k, geom, precision="highest")
+    ours = jax.jit(lambda x, k: slices_tangent(x, k, geom, precision="highest"))
+    one_shot = jax.jit(lambda x, k: local_conv_slices(x, k, geom, precision="highest"))
     np.testing.assert_array_equal(ours(x, k), one_shot(x, k))
     for a, b in zip(_grads(ours, x, k, w), _grads(one_shot, x, k, w)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
