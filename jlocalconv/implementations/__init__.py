@@ -295,9 +295,9 @@ def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing
         # The loop differentiates; where only because it transposes the windows faster
         # (their tensor fits), or beside a large input while the windows stay small,
         # values still follow rule 3.
-        fits = sliced_windows_fit(geom, batch, filters, itemsize)
-        fits = fits or window_bytes(geom, batch, itemsize) <= SLICED_VALUES_MAX_WINDOW_BYTES
-        return "slices/tiles" if fits and not loop_values else "tiles"
+        small = window_bytes(geom, batch, itemsize) <= SLICED_VALUES_MAX_WINDOW_BYTES
+        gathered = small or sliced_windows_fit(geom, batch, filters, itemsize)
+        return "slices/tiles" if gathered and not loop_values else "tiles"
     if loop_values:
         return "tiles/slices"
     # One route; composed where the tangent differs from "slices" itself.
