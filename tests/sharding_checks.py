@@ -111,24 +111,35 @@ def _assert_close(got, want, what: str) -> None:
 
 
 @functools.cache
+def _unsharded_all() -> dict:
+    """Every geometry's single-device result and gradients (one program, run once)."""
+    cases = list(GEOMETRIES.values())
+    ys, grads = _sweep_value_and_grads(jlocalconv.local_conv, cases, [_operands(c) for c in cases])
+    return dict(zip(GEOMETRIES, zip(ys, grads)))
+
+
 def _unsharded(name: str):
-    """The single-device result and gradients for ``GEOMETRIES[name]`` (computed once)."""
-    case = GEOMETRIES[name]
-    return _value_and_grads(jlocalconv.local_conv, case, *_operands(case))
+    """The single-device result and gradients for ``GEOMETRIES[name]``."""
+    return _unsharded_all()[name]
+
+
+def _assert_matches(y, grads, name: str, what: str) -> None:
+    """``y`` and ``grads`` (inputs, kernel, bias) equal one device's for ``GEOMETRIES[name]``."""
+    y0, grads0 = _unsharded(name)
+    _assert_close(y, y0, f"{what}: forward")
+    for label, g, g0 in zip(("inputs", "kernel", "bias"), grads, grads0):
+        if g0 is not None:
+            _assert_close(g, g0, f"{what}: d/d{label}")
 
 
 def _compare_meshes(mesh, batch_axis, spatial_axis, names) -> None:
     f = sharded_local_conv(mesh, batch_axis=batch_axis, spatial_axis=spatial_axis)
-    for name in names:
-        case = GEOMETRIES[name]
-        x, k, b = _operands(case)
-        y, grads = _value_and_grads(f, case, x, k, b)
-        y0, grads0 = _unsharded(name)
-        _assert_close(y, y0, f"{name}: forward")
-        for label, g, g0 in zip(("inputs", "kernel", "bias"), grads, grads0):
-            _assert_close(g, g0, f"{name}: d/d{label}")
+    cases = [GEOMETRIES[name] for name in names]
+    ys, grads = _sweep_value_and_grads(f, cases, [_operands(c) for c in cases])
+    for name, y, g in zip(names, ys, grads, strict=True):
+        _assert_matches(y, g, name, name)
         if spatial_axis is not None:  # the kernel's gradient stays split by output row
-            assert grads[1].sharding.spec[0] == spatial_axis, grads[1].sharding
+            assert g[1].sharding.spec[0] == spatial_axis, g[1].sharding
 
 
 @check
@@ -164,17 +175,14 @@ def check_every_implementation_2x4() -> None:
     """Each implementation runs per device inside shard_map (e.g. a scan carry must vary
     over the mesh axes like its operands) and gives the same forward and gradients."""
     case = GEOMETRIES["stride2-same"]
-    x, k, b = _operands(case)
-    y0, grads0 = _unsharded("stride2-same")
     f = sharded_local_conv(
         _mesh((2, 4), ("data", "space")), batch_axis="data", spatial_axis="space"
     )
-    for name in implementations.names():
-        conv = functools.partial(f, implementation=name)
-        y, grads = _value_and_grads(conv, case, x, k, b)
-        _assert_close(y, y0, f"{name}: forward")
-        for g, g0 in zip(grads, grads0):
-            _assert_close(g, g0, f"{name}: gradient")
+    names = implementations.names()
+    convs = [functools.partial(f, implementation=name) for name in names]
+    ys, grads = _sweep_value_and_grads(convs, [case] * len(names), [_operands(case)] * len(names))
+    for name, y, g in zip(names, ys, grads, strict=True):
+        _assert_matches(y, g, "stride2-same", name)
 
 
 @check
@@ -393,25 +401,27 @@ def _sweep_operands(cases, mesh, batch_axis, spatial_axis):
 
 
 def _sweep_forward(conv, cases):
-    """One program for all cases' forwards, each in its named scope ``case<i>``."""
+    """One program for all cases' forwards, each in its named scope ``case<i>``; ``conv``
+    is one function for all, or a list of one per case."""
+    convs = conv if isinstance(conv, list) else [conv] * len(cases)
 
     def forward(operands):
         ys = []
-        for c, (case, (x, k, b)) in enumerate(zip(cases, operands)):
+        for c, (f, case, (x, k, b)) in enumerate(zip(convs, cases, operands, strict=True)):
             with jax.named_scope(f"case{c}"):
-                ys.append(conv(x, k, case.kernel_size, case.strides,
-                               data_format=case.data_format, bias=b, **case.kwargs()))  # fmt: skip
+                ys.append(f(x, k, case.kernel_size, case.strides,
+                            data_format=case.data_format, bias=b, **case.kwargs()))  # fmt: skip
         return ys
 
     return forward
 
 
 def _sweep_value_and_grads(conv, cases, operands):
-    """All cases' forwards and gradients (of fixed random projections) from one program."""
-    rng = np.random.default_rng(2)
+    """All cases' forwards and gradients (of fixed random projections, one per case's shape
+    whatever its place in ``cases``) from one program: a compile per case dominated."""
     forward = _sweep_forward(conv, cases)
-    cts = [jnp.asarray(rng.standard_normal(conv_shape(case, k))) for case, (_, k, _)
-           in zip(cases, operands)]  # fmt: skip
+    cts = [jnp.asarray(np.random.default_rng(2).standard_normal(conv_shape(case, k)))
+           for case, (_, k, _) in zip(cases, operands)]  # fmt: skip
 
     def loss(operands):
         ys = forward(operands)
