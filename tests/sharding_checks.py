@@ -84,18 +84,10 @@ def _operands(case: Case):
 
 
 def _value_and_grads(conv, case: Case, x, k, b):
-    """Forward result and gradients of a fixed random projection, as one jit program."""
-    ct = jnp.asarray(np.random.default_rng(2).standard_normal(conv_shape(case, k)))
-
-    def loss(x, k, b):
-        y = conv(x, k, case.kernel_size, case.strides, data_format=case.data_format,
-                 bias=b, **case.kwargs())  # fmt: skip
-        return jnp.vdot(y, ct), y
-
-    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2) if b is not None else (0, 1),
-                                      has_aux=True))  # fmt: skip
-    (_, y), grads = grad(x, k, b)
-    return y, grads
+    """One case's forward result and gradients (inputs, kernel, bias): the one-case
+    :func:`_sweep_value_and_grads`."""
+    ys, grads = _sweep_value_and_grads(conv, [case], [(x, k, b)])
+    return ys[0], grads[0]
 
 
 def conv_shape(case: Case, k) -> tuple[int, ...]:
@@ -197,10 +189,7 @@ def check_explicit_mesh_2x4() -> None:
         y, grads = _value_and_grads(
             sharded_local_conv(mesh, batch_axis="data", spatial_axis="space"), case, x, k, b
         )
-    y0, grads0 = _unsharded("valid")
-    _assert_close(y, y0, "forward")
-    for g, g0 in zip(grads, grads0):
-        _assert_close(g, g0, "gradient")
+    _assert_matches(y, grads, "valid", "explicit mesh")
     assert grads[1].sharding.spec[0] == "space"
 
 

@@ -5,7 +5,7 @@ before it), in one Python process for all of them, in README order. A process pe
 cost ~4 s of interpreter and JAX start-up each (14 blocks: ~55 s of the suite); what a
 separate process would add is only process-wide state (JAX's config, Keras's backend),
 which no block changes but Keras's (``KERAS_BACKEND``, set to "jax" by every block that
-imports Keras).
+imports Keras) and autotune's cache file (set by the one block that uses it).
 """
 
 import json
@@ -35,6 +35,18 @@ json.dump(outcomes, open(sys.argv[2], "w"))
 """
 
 
+def _run_blocks(blocks: list, tmp: Path, timeout: float) -> dict[str, str | None]:
+    """:data:`_RUNNER`'s outcomes for ``blocks`` (``[(line, source), ...]``), run in ``tmp``'s
+    files from the repository root."""
+    source, results = tmp / "blocks.json", tmp / "outcomes.json"
+    source.write_text(json.dumps(blocks))
+    env = {**os.environ, "MPLBACKEND": "Agg"}  # plt.show() in an example must not block
+    cmd = [sys.executable, "-c", _RUNNER, str(source), str(results)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"the README blocks' process failed:\n{proc.stderr[-3000:]}"
+    return json.loads(results.read_text())
+
+
 def python_blocks() -> list[tuple[int, str]]:
     """``(line number, source)`` of each ```python block, in order."""
     text = (ROOT / "README.md").read_text()
@@ -44,20 +56,8 @@ def python_blocks() -> list[tuple[int, str]]:
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict[int, str | None]:
     """Each block's traceback (None where it ran), from one run of all of them."""
-    tmp = tmp_path_factory.mktemp("readme")
-    blocks, results = tmp / "blocks.json", tmp / "outcomes.json"
-    blocks.write_text(json.dumps(python_blocks()))
-    env = {**os.environ, "MPLBACKEND": "Agg"}  # plt.show() in an example must not block
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(blocks), str(results)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, f"the README blocks' process failed:\n{proc.stderr[-3000:]}"
-    return {int(line): tb for line, tb in json.loads(results.read_text()).items()}
+    got = _run_blocks(python_blocks(), tmp_path_factory.mktemp("readme"), timeout=900)
+    return {int(line): tb for line, tb in got.items()}
 
 
 def test_readme_has_python_examples():
@@ -73,10 +73,6 @@ def test_readme_block_runs(line, source, outcomes):
 
 def test_a_failing_block_is_reported_with_its_line(tmp_path):
     """The runner reports a block's own error and still runs the blocks after it."""
-    blocks, results = tmp_path / "blocks.json", tmp_path / "outcomes.json"
-    blocks.write_text(json.dumps([[3, "x = 1\n"], [7, "print(x)\n"], [9, "y = 2\n"]]))
-    cmd = [sys.executable, "-c", _RUNNER, str(blocks), str(results)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-    got = json.loads(results.read_text())
+    got = _run_blocks([(3, "x = 1\n"), (7, "print(x)\n"), (9, "y = 2\n")], tmp_path, timeout=60)
     assert got["3"] is None and got["9"] is None  # each in a fresh namespace:
     assert "README.md:7" in got["7"] and "NameError" in got["7"]  # x is not defined there
