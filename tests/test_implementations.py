@@ -674,7 +674,7 @@ def test_auto_choices_follow_the_documented_model(shape, ks, st, pad, filters):
     sliced_values = "slices/slices" if kernel_major or (not cheap and by_axis) else "slices"
     want = sliced_values if values_sliced else "tiles/slices"
     if not sliced:  # values by "slices" where windows fit, or are small beside the input
-        gathered = fits or patch_bytes <= (2 << 20)
+        gathered = (fits and patch_bytes <= (4 << 20)) or patch_bytes <= (2 << 20)
         want = "slices/tiles" if gathered and values_sliced else "tiles"
     if deep_values:
         want = "shifts/" + want.rpartition("/")[2]
@@ -884,7 +884,7 @@ def test_the_loop_differentiates_many_windows_of_few_rows():
     geom = make_geometry((4, 40, 40, 8), (5, 7))  # 35 offsets, 4 x 36 x 34 x 280 x 4 B
     assert tiles_module.sliced_windows_fit(geom, 4, 8, 4)
     assert tiles_module.loop_rows_faster(geom, 4, 4)
-    assert choose(geom, 4, 8, jnp.float32, "cpu") == "slices/tiles"
+    assert choose(geom, 4, 8, jnp.float32, "cpu") == "tiles"  # 5.2 MiB: the loop's values
     assert not tiles_module.loop_rows_faster(geom, 17, 4)  # 17 rows: no kernel gradient by rows
     assert not tiles_module.loop_rows_faster(geom, 1, 4)  # one row
     # Offsets: 20 along one axis, 19 not (4 rows of 2 x 400 positions x 64 channels)
@@ -900,6 +900,19 @@ def test_the_loop_differentiates_many_windows_of_few_rows():
     assert window_bytes(at, 4, 4) == 2 << 20
     assert tiles_module.loop_rows_faster(at, 4, 4)
     assert not tiles_module.loop_rows_faster(make_geometry((4, 1024 + 30, 4), 32), 4, 4)
+
+
+def test_fitting_windows_are_gathered_for_values_up_to_4_mib():
+    """Where the loop differentiates windows whose tensors fit, values go by "slices"
+    (gathered) while one window tensor takes at most 4 MiB
+    (``SLICED_VALUES_FITTING_MAX_WINDOW_BYTES``), by the loop beyond."""
+    at, over = (make_geometry((4, n + 31, 64), 32) for n in (128, 129))  # 4 x n x 2048 x 4 B
+    assert window_bytes(at, 4, 4) == 4 << 20 < window_bytes(over, 4, 4)
+    for geom, want in ((at, "slices/tiles"), (over, "tiles")):
+        assert tiles_module.sliced_windows_fit(geom, 4, 8, 4)
+        assert not tiles_module.derivatives_by_slices(geom, 4, 8, 4, 4)
+        for dtype in (jnp.float32, jnp.bfloat16):  # 16-bit: windows of float32
+            assert choose(geom, 4, 8, dtype, "cpu") == want
 
 
 def test_the_loop_differentiates_a_dominant_16_bit_kernel():

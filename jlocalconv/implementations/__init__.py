@@ -157,6 +157,16 @@ LOOP_VALUES_MIN_BATCH = 2
 # grad the same programs but for names (1.00x). Held out, the 67 such problems of seeds
 # 67-100: forward 0.87x (0.42-1.51x), value_and_grad 1.00x, compile 1.00x, temp 1.00x.
 SLICED_VALUES_MAX_WINDOW_BYTES = 2 << 20
+# Beyond that, values are gathered where the window tensors fit (``sliced_windows_fit``)
+# only while one takes at most this many bytes: larger, writing the gathered tensor and
+# reading it back cost more than the loop's tiles, which stay in cache. Sweep seed 102's
+# worst forward case (s102-50: 6.2 MiB, 943 channels, 2.1x the loop's time) found it.
+# Tuned on the 36 problems of seeds 430-480 the bound changes (auto with and without
+# it, one process, alternated): no bound 1.00, 2 MiB 0.90x the forward time (geometric
+# mean) but up to 2.43x (three 2.6-3.0 MiB problems 1.39-2.43x), 4 MiB 0.91x, worst
+# 1.08x. Held out, the 47 such problems of seeds 481-560: forward 0.86x (0.32-1.42x),
+# value_and_grad, compile and temp 1.00x (the same derivatives).
+SLICED_VALUES_FITTING_MAX_WINDOW_BYTES = 4 << 20
 # A composed route's derivatives: ``_routes.DERIVATIVE_ROUTES`` (re-exported).
 DERIVATIVE_ROUTES = _routes.DERIVATIVE_ROUTES
 # Where "shifts" takes the "products" route (autotune times it there).
@@ -205,9 +215,10 @@ def choose(
          rows, or a tile plan of one tile over windows "slices" would differentiate
          as they are (``tiles.ONE_TILE_LOOP_MIN_OFFSETS``); windows stacked axis by axis where
          :func:`~jlocalconv.implementations._windows.sliced_by_axis` says so), else by
-         the "tiles" loop (``"slices/tiles"`` where only the transposition decided it
-         or the window tensor takes at most ``SLICED_VALUES_MAX_WINDOW_BYTES``, and
-         rule 3 gives values to "slices");
+         the "tiles" loop (``"slices/tiles"`` where the window tensor takes at most
+         ``SLICED_VALUES_MAX_WINDOW_BYTES``, or at most
+         ``SLICED_VALUES_FITTING_MAX_WINDOW_BYTES`` where only the transposition decided
+         it, and rule 3 gives values to "slices");
       3. values by "slices" where derivatives are ("slices"; ``"slices/slices"``
          where the derivatives stack windows axis by axis, take the kernel gradient
          by rows (:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows`)
@@ -259,7 +270,7 @@ def choose(
       >>> choose(make_geometry((4, 20, 20, 8), (5, 7)), 4, 8, "float32", "cpu")  # unstrided
       'slices/slices'
       >>> choose(make_geometry((4, 40, 40, 8), (5, 7)), 4, 8, "float32", "cpu")  # 5.2 MiB
-      'slices/tiles'
+      'tiles'
       >>> same = make_geometry((8, 24, 24, 32), 3, padding="same")  # 48 tiles, a dot each
       >>> choose(same, 8, 64, "float32", "cpu")
       'tiles/slices'
@@ -270,7 +281,9 @@ def choose(
       'slices/tiles'
       >>> strided = make_geometry((17, 65, 25, 7), 9, 3)  # 81 offsets, 14 inputs per output
       >>> choose(strided, 17, 5, "float32", "cpu"), choose(strided, 17, 16, "float32", "cpu")
-      ('slices/tiles', 'slices')
+      ('tiles', 'slices')
+      >>> choose(strided, 15, 5, "float32", "cpu")  # 3.7 MiB of windows: gathered values
+      'slices/tiles'
     """
     if backend != "cpu":
         return "slices"
@@ -295,8 +308,10 @@ def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing
         # The loop differentiates; where only because it transposes the windows faster
         # (their tensor fits), or beside a large input while the windows stay small,
         # values still follow rule 3.
-        small = window_bytes(geom, batch, itemsize) <= SLICED_VALUES_MAX_WINDOW_BYTES
-        gathered = small or sliced_windows_fit(geom, batch, filters, itemsize)
+        nbytes = window_bytes(geom, batch, itemsize)
+        fitting = nbytes <= SLICED_VALUES_FITTING_MAX_WINDOW_BYTES
+        small = nbytes <= SLICED_VALUES_MAX_WINDOW_BYTES
+        gathered = small or (fitting and sliced_windows_fit(geom, batch, filters, itemsize))
         return "slices/tiles" if gathered and not loop_values else "tiles"
     if loop_values:
         return "tiles/slices"
