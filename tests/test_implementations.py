@@ -1546,3 +1546,30 @@ def test_the_loop_differentiates_a_problem_of_one_tile():
     np.testing.assert_allclose(got, want, rtol=1e-4)
     np.testing.assert_allclose(gx, wx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gk, wk, rtol=1e-4, atol=1e-4)
+
+
+def test_loop_derivatives_take_whole_rows_where_values_split_them(monkeypatch):
+    """Where the values' plan splits the innermost output axis, the loop's derivatives
+    tile whole rows (``tiles.derivative_plan``, within ``ROW_TILE_MAX_BYTES`` and the
+    memory bound); values and both gradients still equal "slices"'."""
+    geom = make_geometry((8, 8, 8, 256), 3)  # 6 x 6 positions, 2.5 MiB of windows
+    assert plan_tiles(geom, 8, 2, 4) == TilePlan(1, 3)  # half a row per tile
+    assert tiles_module.derivative_plan(geom, 8, 2, 4) == TilePlan(0, 1)  # whole rows
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal(geom.input_shape(8)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal(geom.kernel_shape(2)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal(geom.result_shape(8, 2)), jnp.float32)
+
+    def value_and_grads(impl):
+        loss = lambda x, k: jnp.sum(impl(x, k, geom) * g)
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, k)
+
+    got, want = value_and_grads(local_conv_tiles), value_and_grads(local_conv_slices)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-3)
+    # A row over the byte bound keeps the values' plan (6 positions' working set)
+    row = 6 * tiles_module.position_bytes(geom, 8, 2, 4)
+    monkeypatch.setattr(tiles_module, "ROW_TILE_MAX_BYTES", row - 1)
+    assert tiles_module.derivative_plan(geom, 8, 2, 4) == TilePlan(1, 3)
+    monkeypatch.setattr(tiles_module, "ROW_TILE_MAX_BYTES", row)
+    assert tiles_module.derivative_plan(geom, 8, 2, 4) == TilePlan(0, 1)

@@ -183,6 +183,18 @@ ONE_TILE_LOOP_MIN_OFFSETS = 2
 # Derivatives keep the batched dot (one dot per position differentiated 2-30x slower).
 PER_POSITION_MAX_BATCH = 8
 PER_POSITION_MAX_POSITIONS = 64
+# The derivatives' tiles, where the plan splits the innermost output axis, grow to whole
+# rows of it (one index along the axis before) while a row's working set
+# (``position_bytes``) takes at most ROW_TILE_MAX_BYTES (and at most the memory bound of
+# ``plan_tiles``, ``2 / MIN_TILES`` of the window tensor). Split rows cost the backward
+# pass more than the cache they save: sweep s102-53 (seed 102's worst value_and_grad, 3
+# positions of a 6-position row per tile) ran 330 ms in 43 MiB, by rows 201 ms in 39.
+# value_and_grad of auto with and without it (one process, alternated): tuned on the 16
+# problems of seeds 430-460 it changes, 0.85x the time (geometric mean; 0.42-1.30x);
+# held out, the 42 of seeds 461-540: 0.87x (0.50-1.71x; s469-29, 169 rows of a 9x9
+# window over 8 channels, 1.71x), compile 1.06x, temp 1.6x but none newly over the
+# issue's bounds against lax's (compiled, same problems); values unchanged.
+ROW_TILE_MAX_BYTES = 8 << 20
 # The loop's kernel gradient is a batched dot per tile that contracts over the batch
 # rows; XLA's CPU backend runs such a thin contraction (DeepFace L4: 1296 x 8 by 8 x 16
 # per position) at a fraction of the bandwidth, slower still inside a loop body. With at
@@ -526,7 +538,7 @@ def differentiated_by_loop(
     here."""
     batch, itemsize = inputs.shape[0], inputs.dtype.itemsize
     if plan is None:
-        plan = plan_tiles(geom, batch, kernel.shape[-1], itemsize)
+        plan = derivative_plan(geom, batch, kernel.shape[-1], itemsize)
     pet = preferred_element_type
     by_rows = kernel_tangent_by_rows(geom, batch, itemsize)
     tangent = functools.partial(
@@ -675,6 +687,31 @@ def plan_tiles(
     return dataclasses.replace(plan, per_position_values=few and heavy)
 
 
+def derivative_plan(geom: Geometry, batch: int, filters: int, itemsize: int) -> TilePlan:
+    """The tiling of the loop's derivatives: :func:`plan_tiles`, but tiles of one whole
+    innermost row each where that plan splits the row and the row's working set takes at
+    most ``ROW_TILE_MAX_BYTES``.
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((57, 6, 8, 11, 121), (3, 2, 7), (2, 3, 2), "same")  # s102-53
+    >>> plan_tiles(geom, 57, 2, 4).size, derivative_plan(geom, 57, 2, 4)
+    (3, TilePlan(level=1, size=1, one_shot_forward=False, per_position_values=False))
+    """
+    plan = plan_tiles(geom, batch, filters, itemsize)
+    inner = geom.ndim - 1
+    if inner == 0 or plan.level != inner or plan.size >= geom.output_shape[inner]:
+        return plan
+    if plan.one_shot_forward:  # a dominant kernel: its blocks size the tiles
+        return plan
+    row = TilePlan(inner - 1, 1)
+    # Within the memory bound of plan_tiles (a fraction of the window tensor), not its
+    # cache bound.
+    bound = min(ROW_TILE_MAX_BYTES, 2 * window_bytes(geom, batch, itemsize) // MIN_TILES)
+    if row.tile_positions(geom) * position_bytes(geom, batch, filters, itemsize) > bound:
+        return plan
+    return row
+
+
 def _within(plans: list[TilePlan], geom: Geometry, lower: float, upper: float) -> list[TilePlan]:
     """The plans whose tiles hold ``lower..upper`` positions, in their order."""
     return [p for p in plans if lower <= p.tile_positions(geom) <= upper]
@@ -721,8 +758,10 @@ def local_conv_tiles(
     ``plan`` defaults to :func:`plan_tiles` for this problem; ``window_dtype`` is
     :func:`rows_kernel_tangent`'s.
     """
-    if plan is None:
-        plan = plan_tiles(geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
+    static = (geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
+    # A plan given serves both; else the derivatives' own (derivative_plan).
+    tangent_plan = plan or derivative_plan(*static)
+    plan = plan or plan_tiles(*static)
     pet = preferred_element_type
     loop = functools.partial(
         _tile_loop,
@@ -749,7 +788,8 @@ def local_conv_tiles(
     else:
         # The loop as it is, values and gradients in one program: one backward loop for
         # both gradients; stacked where differentiated (see _tile_loop).
-        return differentiated_as(loop, functools.partial(loop, stacked=True))(inputs, kernel)
+        stacked = functools.partial(loop, stacked=True, plan=tangent_plan)
+        return differentiated_as(loop, stacked)(inputs, kernel)
     op = differentiated_by_loop(
         values,
         inputs,
@@ -758,7 +798,7 @@ def local_conv_tiles(
         precision=precision,
         preferred_element_type=pet,
         window_dtype=window_dtype,
-        plan=plan,
+        plan=tangent_plan,
     )
     return op(inputs, kernel)
 
