@@ -190,7 +190,8 @@ PER_POSITION_MAX_POSITIONS = 64
 # pass more than the cache they save: sweep s102-53 (seed 102's worst value_and_grad, 3
 # positions of a 6-position row per tile) ran 330 ms in 43 MiB, by rows 201 ms in 39.
 # value_and_grad of auto with and without it (one process, alternated): tuned on the 16
-# problems of seeds 430-460 it changes, 0.85x the time (geometric mean; 0.42-1.30x);
+# problems of seeds 430-460 it changes (without the memory bound: 74, 0.83x, but three
+# newly over the issue's temp bounds), 0.85x the time (geometric mean; 0.42-1.30x);
 # held out, the 42 of seeds 461-540: 0.87x (0.50-1.71x; s469-29, 169 rows of a 9x9
 # window over 8 channels, 1.71x), compile 1.06x, temp 1.6x but none newly over the
 # issue's bounds against lax's (compiled, same problems); values unchanged.
@@ -531,7 +532,7 @@ def differentiated_by_loop(
     plan: TilePlan | None = None,
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """``values`` (any route), differentiated by the tile loop (:func:`tiles_tangent`
-    through ``split_bilinear``) over ``plan`` (:func:`plan_tiles` for the operands'
+    through ``split_bilinear``) over ``plan`` (:func:`derivative_plan` for the operands'
     static shapes if None); its kernel gradient by :func:`rows_kernel_tangent` where
     :func:`kernel_tangent_by_rows` says so, its windows held in ``window_dtype``.
     "tiles" and the "tiles" derivative route (``implementations._routes``) build theirs
@@ -689,8 +690,9 @@ def plan_tiles(
 
 def derivative_plan(geom: Geometry, batch: int, filters: int, itemsize: int) -> TilePlan:
     """The tiling of the loop's derivatives: :func:`plan_tiles`, but tiles of one whole
-    innermost row each where that plan splits the row and the row's working set takes at
-    most ``ROW_TILE_MAX_BYTES``.
+    innermost row each where that plan splits the row (a dominant kernel's excepted) and
+    the row's working set takes at most ``ROW_TILE_MAX_BYTES`` and at most the plan's
+    memory bound (``2 / MIN_TILES`` of the window tensor).
 
     >>> from jlocalconv.geometry import make_geometry
     >>> geom = make_geometry((57, 6, 8, 11, 121), (3, 2, 7), (2, 3, 2), "same")  # s102-53
@@ -755,8 +757,9 @@ def local_conv_tiles(
 ) -> jax.Array:
     """Local convolution over tiles of output positions (see the module docstring).
 
-    ``plan`` defaults to :func:`plan_tiles` for this problem; ``window_dtype`` is
-    :func:`rows_kernel_tangent`'s.
+    ``plan``, given, tiles values and derivatives; by default values take
+    :func:`plan_tiles` for this problem and derivatives :func:`derivative_plan`.
+    ``window_dtype`` is :func:`rows_kernel_tangent`'s.
     """
     static = (geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
     # A plan given serves both; else the derivatives' own (derivative_plan).
