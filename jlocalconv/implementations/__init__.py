@@ -309,9 +309,10 @@ def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing
         # (their tensor fits), or beside a large input while the windows stay small,
         # values still follow rule 3.
         nbytes = window_bytes(geom, batch, itemsize)
-        fitting = nbytes <= SLICED_VALUES_FITTING_MAX_WINDOW_BYTES
-        small = nbytes <= SLICED_VALUES_MAX_WINDOW_BYTES
-        gathered = small or (fitting and sliced_windows_fit(geom, batch, filters, itemsize))
+        fit = nbytes <= SLICED_VALUES_FITTING_MAX_WINDOW_BYTES and sliced_windows_fit(
+            geom, batch, filters, itemsize
+        )
+        gathered = nbytes <= SLICED_VALUES_MAX_WINDOW_BYTES or fit
         return "slices/tiles" if gathered and not loop_values else "tiles"
     if loop_values:
         return "tiles/slices"

@@ -671,10 +671,9 @@ def plan_tiles(
         if math.prod(fitting[-1].counts(geom)) > MAX_TILES:  # e.g. a prime extent
             fitting = _within(_ragged_plans(geom), geom, 1, at_most)
         return dataclasses.replace(fitting[-1], one_shot_forward=True)
-    patch_bytes = window_bytes(geom, batch, itemsize)
     per_position = max(position_bytes(geom, batch, filters, itemsize), 1)
     lower = max(-(-geom.output_items // MAX_TILES), -(-MIN_TILE_BYTES // per_position))
-    upper = min(min(tile_bytes, 2 * patch_bytes // MIN_TILES) // per_position,
+    upper = min(min(tile_bytes, _memory_bound(geom, batch, itemsize)) // per_position,
                 geom.output_items // MIN_TILES)  # fmt: skip
     fitting = _within(plans, geom, lower, upper)
     above = _within(plans, geom, lower, math.inf)
@@ -701,17 +700,21 @@ def derivative_plan(geom: Geometry, batch: int, filters: int, itemsize: int) -> 
     """
     plan = plan_tiles(geom, batch, filters, itemsize)
     inner = geom.ndim - 1
-    if inner == 0 or plan.level != inner or plan.size >= geom.output_shape[inner]:
-        return plan
-    if plan.one_shot_forward:  # a dominant kernel: its blocks size the tiles
+    # A dominant kernel's tiles (one_shot_forward) are sized by its filter blocks.
+    if inner == 0 or plan.one_shot_forward or plan.level != inner:
         return plan
     row = TilePlan(inner - 1, 1)
-    # Within the memory bound of plan_tiles (a fraction of the window tensor), not its
-    # cache bound.
-    bound = min(ROW_TILE_MAX_BYTES, 2 * window_bytes(geom, batch, itemsize) // MIN_TILES)
-    if row.tile_positions(geom) * position_bytes(geom, batch, filters, itemsize) > bound:
-        return plan
-    return row
+    # Within plan_tiles' memory bound, not its cache bound (TILE_BYTES).
+    bound = min(ROW_TILE_MAX_BYTES, _memory_bound(geom, batch, itemsize))
+    row_bytes = row.tile_positions(geom) * position_bytes(geom, batch, filters, itemsize)
+    split = plan.size < geom.output_shape[inner]
+    return row if split and row_bytes <= bound else plan
+
+
+def _memory_bound(geom: Geometry, batch: int, itemsize: int) -> int:
+    """The most bytes a tile may hold: ``2 / MIN_TILES`` of the window tensor, which
+    the one-shot paths (and lax) hold twice in the backward pass."""
+    return 2 * window_bytes(geom, batch, itemsize) // MIN_TILES
 
 
 def _within(plans: list[TilePlan], geom: Geometry, lower: float, upper: float) -> list[TilePlan]:
