@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from bench import jax_measure, ours
+from bench.peers import lax_local
 from bench.suite import Shape
 from bench.sweep_report import temp_ok
 
@@ -30,10 +32,22 @@ def shape_of(entry: dict) -> Shape:
 
 def auto_temp_mib(shape: Shape) -> float:
     """auto's value_and_grad temp MiB on ``shape`` (compile only)."""
-    fn = ours.local_conv_fn("auto", shape)
+    kernel = shape.geometry().kernel_shape(shape.filters)
+    return _temp_mib(ours.local_conv_fn("auto", shape), shape, kernel)
+
+
+def lax_temp_mib(shape: Shape) -> float:
+    """``jax.lax.conv_general_dilated_local``'s value_and_grad temp MiB on ``shape``, its
+    kernel in lax's layout, as the sweep builds it (compile only)."""
+    geom = shape.geometry()
+    kernel = (*geom.output_shape, geom.feature_dim, shape.filters)
+    return _temp_mib(lax_local.local_conv_fn(geom), shape, kernel)
+
+
+def _temp_mib(fn: Callable, shape: Shape, kernel_shape: tuple[int, ...]) -> float:
     dtype = jnp.dtype(shape.dtype)
     x = jax.ShapeDtypeStruct(shape.input_shape, dtype)
-    k = jax.ShapeDtypeStruct(shape.geometry().kernel_shape(shape.filters), dtype)
+    k = jax.ShapeDtypeStruct(kernel_shape, dtype)
     g = jax.ShapeDtypeStruct(jax.eval_shape(fn, x, k).shape, jnp.float32)
     return jax_measure.temp_bytes(jax_measure.value_and_grad(fn), x, k, g) / 2**20
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -205,8 +206,16 @@ def test_constant_ab_study_times_both_ways_and_restores_the_constant(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "tiles.MIN_TILES=4: 1 problems" and tiles.MIN_TILES == 8
     assert out[1].startswith("s2-1 3, 35, 66->2, 7, 3, dil 2: ") and out[2].startswith("1 problems")
-    ratios = [float(part.rsplit("(", 1)[1].rstrip(")")) for part in out[1].split("; ")[1:]]
+    *measures, lax_temp = out[1].split("; ")[1:]
+    ratios = [float(part.rsplit("(", 1)[1].rstrip(")")) for part in measures]
     assert len(ratios) == 4 and all(r > 0 for r in ratios[:3])
+    assert lax_temp.startswith("lax temp ")
+    assert re.search(r"; over the temp bounds: [01] -> [01]$", out[2])
+    # The temp flag: lax's temp against the sweep's bounds, current and changed.
+    row = {"lax_temp_mib": 4.0, False: {"temp_mib": 4.5}, True: {"temp_mib": 5.5}}
+    assert [constant_ab.within_temp_bounds(row, on) for on in (False, True)] == [True, False]
+    assert constant_ab._over_flag(row) == " NEWLY OVER"
+    assert constant_ab._over_flag(row | {False: row[True], True: row[False]}) == " newly within"
     unchanged = constant_ab.parse(f"tiles.MIN_TILES={tiles.MIN_TILES}")
     assert constant_ab.affected(range(2, 3), 20, unchanged) == []
     assert constant_ab.affected(range(2, 3), 20, constant_ab.parse("tiles.MIN_TILES=2"))

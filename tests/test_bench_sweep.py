@@ -193,7 +193,7 @@ def test_sweep_temps_recompiles_auto_and_applies_the_bounds():
     entry = {"shape": json.loads(json.dumps(dataclasses.asdict(shape)))}  # as in a report
     assert sweep_temps.shape_of(entry) == shape
     now = sweep_temps.auto_temp_mib(shape)
-    assert now >= 0
+    assert now >= 0 and sweep_temps.lax_temp_mib(shape) >= 0
     roomy, tight = (entry | {"temp_auto_mib": 0.0, "temp_lax_mib": lax} for lax in (now, now - 2))
     assert [r["ok"] for r in sweep_temps.recheck({"problems": [roomy, tight]})] == [True, False]
 

@@ -13,7 +13,10 @@ differentiates, and the tile plan), ``--keys`` takes the named ones whatever. Fo
 builds auto's forward and ``value_and_grad`` both ways and times them in alternation
 (``bench.sweep``'s timing, one process), and prints per problem and in geometric means
 the changed/current ratios of time (forward and forward+backward), compile time and XLA
-temp memory. Tune on some seeds, then report on seeds drawn after the change.
+temp memory, and lax's value_and_grad temp (compiled, not timed), flagging a problem the
+change takes over the sweep's temp bounds on it (``NEWLY OVER``; the issue asks for every
+problem within them) or back within. Tune on some seeds, then report on seeds drawn after
+the change.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench import ours, sweep
+from bench import ours, sweep, sweep_temps
 from bench.candidate import Problem
 from bench.suite import DEFAULT, Shape
 from bench.summary import geomean
+from bench.sweep_report import temp_ok
 from jlocalconv.implementations import products, tiles
 
 
@@ -135,6 +139,7 @@ def measure(shape: Shape, change: tuple, rounds: int) -> dict:
             "compile_s": b.compile_s[1],
             "temp_mib": b.temp_bytes[1] / 2**20,
         }
+    row["lax_temp_mib"] = sweep_temps.lax_temp_mib(shape)
     del built
     gc.collect()
     return row
@@ -147,7 +152,19 @@ def line(row: dict) -> str:
     for key in ("fwd_ms", "fwd_bwd_ms", "compile_s", "temp_mib"):
         ratio = new[key] / old[key] if old[key] > 0 else float("nan")
         parts.append(f"{key} {old[key]:.3f} -> {new[key]:.3f} ({ratio:.2f})")
+    parts.append(f"lax temp {row['lax_temp_mib']:.3f} MiB{_over_flag(row)}")
     return "; ".join(parts)
+
+
+def within_temp_bounds(row: dict, on: bool) -> bool:
+    """Whether ``row``'s value_and_grad temp, changed (``on``) or current, is within the
+    sweep's bounds on lax's (``bench.sweep_report.temp_ok``)."""
+    return temp_ok({"temp_auto_mib": row[on]["temp_mib"], "temp_lax_mib": row["lax_temp_mib"]})
+
+
+def _over_flag(row: dict) -> str:
+    before, after = (within_temp_bounds(row, on) for on in (False, True))
+    return {(True, False): " NEWLY OVER", (False, True): " newly within"}.get((before, after), "")
 
 
 def totals(rows: list[dict]) -> str:
@@ -158,7 +175,11 @@ def totals(rows: list[dict]) -> str:
         pairs = [(r[True][key], r[False][key]) for r in rows]
         means.append(f"{key} {geomean(a / b for a, b in pairs if a > 0 and b > 0):.3f}x")
     slower = sum(r[True]["fwd_bwd_ms"] > 1.1 * r[False]["fwd_bwd_ms"] for r in rows)
-    return f"{len(rows)} problems, changed / current: {', '.join(means)}; slower > 1.1x: {slower}"
+    over = [sum(not within_temp_bounds(r, on) for r in rows) for on in (False, True)]
+    return (
+        f"{len(rows)} problems, changed / current: {', '.join(means)}; slower > 1.1x: {slower}"
+        f"; over the temp bounds: {over[0]} -> {over[1]}"
+    )
 
 
 def _seeds(text: str) -> range:
