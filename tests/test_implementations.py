@@ -915,6 +915,24 @@ def test_fitting_windows_are_gathered_for_values_up_to_4_mib():
             assert choose(geom, 4, 8, dtype, "cpu") == want
 
 
+def test_the_loop_differentiates_windows_of_many_offsets_stacked_in_one_shot():
+    """Over ``tiles.SLICED_DERIVATIVES_MAX_STACKED_OFFSETS`` offsets stacked in one shot
+    (whose transpose XLA compiles for seconds) the loop differentiates, even a dominant
+    kernel; at the bound, or stacked axis by axis, "slices" still does."""
+    bound = tiles_module.SLICED_DERIVATIVES_MAX_STACKED_OFFSETS
+    at, over = (make_geometry((4, 40, 40, 8), window, 2) for window in ((16, 8), (16, 9)))
+    assert at.window_items == bound < over.window_items
+    for geom in (at, over):
+        assert not sliced_by_axis(geom, 4, 4)
+    assert choose(at, 4, 64, jnp.float32, "cpu") == "slices/slices"
+    assert choose(over, 4, 64, jnp.float32, "cpu") == "slices/tiles"
+    dominant = make_geometry((2, 25, 25, 19, 27), (9, 9, 7), (2, 3, 2), dilation=3)  # s650-29
+    assert tiles_module.kernel_dominates(2, 317)
+    assert not tiles_module.derivatives_by_slices(dominant, 2, 317, 4)
+    by_axis = make_geometry((2, 40, 40, 8), (8, 17))  # 136 offsets, unstrided
+    assert sliced_by_axis(by_axis, 2, 4) and tiles_module.derivatives_by_slices(by_axis, 2, 64, 4)
+
+
 def test_the_loop_differentiates_a_dominant_16_bit_kernel():
     """A dominant 16-bit kernel beside widened operands (``tiles.NARROW_KERNEL_LOOP_MIN_BYTES``
     and up, at most 16 rows): derivatives by the loop, which widens it block by block,

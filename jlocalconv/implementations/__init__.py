@@ -201,7 +201,9 @@ def choose(
          derivatives by the route rules 2-3 give (``"shifts/tiles"``,
          ``"shifts/slices"``);
       2. derivatives by "slices" where
-         :func:`~jlocalconv.implementations.tiles.derivatives_by_slices` says so (a
+         :func:`~jlocalconv.implementations.tiles.derivatives_by_slices` says so (never
+         over windows of more than ``tiles.SLICED_DERIVATIVES_MAX_STACKED_OFFSETS`` offsets
+         stacked in one shot, whose transpose compiles for seconds; otherwise a
          dominant kernel, unless a 16-bit one of 2+ MiB beside at most 16 rows, whose
          operands are widened (so also for one row: ``tiles.NARROW_KERNEL_LOOP_ONE_ROW``),
          or one over sparse windows whose stack's transpose sums

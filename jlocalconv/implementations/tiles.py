@@ -173,6 +173,18 @@ KERNEL_BOUND_LOOP_MIN_WINDOW_BYTES = 256 << 10
 # (91 problems): 0.94x (0.40-1.32x; the 12 over 1 ms 0.75x), compile time +26 ms on
 # average, temp memory up on three by at most 0.5 MiB.
 ONE_TILE_LOOP_MIN_OFFSETS = 2
+# Nor does "slices" differentiate windows of more than SLICED_DERIVATIVES_MAX_STACKED_OFFSETS
+# offsets stacked in one shot (not axis by axis: ``_windows.sliced_by_axis``), whatever
+# the rules below say: XLA's CPU backend compiles that stack's transpose (a sum of every
+# offset's padded slice) for seconds, about linearly in the offsets (144-567 offsets:
+# 3.6-21.5 s, against 1-4 s for the loop; axis by axis under 2 s), and often runs it slower
+# too. value_and_grad of "auto" with and without it (one process, alternated;
+# ``python -m bench.studies.constant_ab``): tuned on the 13 problems of sweep seeds
+# 600-700 it changes, 0.70x the time (geometric mean; 0.06-1.47x: s650-29 224 -> 12 ms),
+# compile 0.13-0.34x. Held out, the 16 of seeds 701-800: 0.95x (0.69-1.75x; slower by
+# over 10% on three, s788-13 33 -> 58 ms), compile 0.29x (0.11-0.64x), temp 0.36x; over
+# the issue's temp bounds on lax's 2 -> 1 (s718-2 and s723-31 within, s784-1 over).
+SLICED_DERIVATIVES_MAX_STACKED_OFFSETS = 128
 # Undifferentiated values of tiles of at most PER_POSITION_MAX_POSITIONS positions and
 # batches of at most PER_POSITION_MAX_BATCH rows take one dot per position: XLA's CPU
 # backend runs a batched dot of such thin matrices on one core, independent dots
@@ -267,7 +279,9 @@ def derivatives_by_slices(
 ) -> bool:
     """Whether "slices" differentiates this problem faster than the tile loop, in budget.
 
-    True where the kernel dominates (``batch > 1`` and ``batch * MIN_TILES < filters``:
+    Never over windows of more than ``SLICED_DERIVATIVES_MAX_STACKED_OFFSETS`` offsets
+    stacked in one shot (:func:`_stack_compiles_slowly`: seconds of compile). Otherwise
+    true where the kernel dominates (``batch > 1`` and ``batch * MIN_TILES < filters``:
     one contraction reads it once and writes its gradient once) unless it is a 16-bit
     kernel (``kernel_itemsize`` 2; the operands' ``itemsize`` if None) beside operands
     widened to ``itemsize`` (``implementations.widened``: the contraction would widen
@@ -289,6 +303,8 @@ def derivatives_by_slices(
     >>> derivatives_by_slices(make_geometry((2, 40, 40, 1), 3, 4, dilation=8), 2, 4, 4)
     False
     """
+    if _stack_compiles_slowly(geom, batch, itemsize):
+        return False
     narrow = _narrow_kernel_loops(geom, batch, filters, itemsize, kernel_itemsize or itemsize)
     if batch > 1 and kernel_dominates(batch, filters):
         return not narrow and not _sparse_windows_loop(geom, batch, itemsize)
@@ -302,6 +318,21 @@ def derivatives_by_slices(
         return False
     loop = loop_transposes_faster(geom, batch, filters, itemsize)
     return not loop and not loop_rows_faster(geom, batch, itemsize)
+
+
+def _stack_compiles_slowly(geom: Geometry, batch: int, itemsize: int) -> bool:
+    """Whether "slices" would differentiate windows of more than
+    ``SLICED_DERIVATIVES_MAX_STACKED_OFFSETS`` offsets stacked in one shot (not axis by
+    axis: ``_windows.sliced_by_axis``), a transpose XLA compiles for seconds.
+
+    >>> from jlocalconv.geometry import make_geometry
+    >>> geom = make_geometry((5, 12, 16, 11, 2), (8, 5, 7), 2)  # sweep s638-42: 280 offsets
+    >>> fewer = make_geometry((5, 12, 16, 11, 2), (4, 4, 7), 2)  # 112 offsets
+    >>> _stack_compiles_slowly(geom, 5, 4), _stack_compiles_slowly(fewer, 5, 4)
+    (True, False)
+    """
+    many = geom.window_items > SLICED_DERIVATIVES_MAX_STACKED_OFFSETS
+    return many and not sliced_by_axis(geom, batch, itemsize)
 
 
 def _one_tile_loop(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
