@@ -173,17 +173,19 @@ KERNEL_BOUND_LOOP_MIN_WINDOW_BYTES = 256 << 10
 # (91 problems): 0.94x (0.40-1.32x; the 12 over 1 ms 0.75x), compile time +26 ms on
 # average, temp memory up on three by at most 0.5 MiB.
 ONE_TILE_LOOP_MIN_OFFSETS = 2
-# Nor does "slices" differentiate windows of more than SLICED_DERIVATIVES_MAX_STACKED_OFFSETS
-# offsets stacked in one shot (not axis by axis: ``_windows.sliced_by_axis``), whatever
-# the rules below say: XLA's CPU backend compiles that stack's transpose (a sum of every
-# offset's padded slice) for seconds, about linearly in the offsets (144-567 offsets:
-# 3.6-21.5 s, against 1-4 s for the loop; axis by axis under 2 s), and often runs it slower
-# too. value_and_grad of "auto" with and without it (one process, alternated;
+# Whatever the other rules say, "slices" does not differentiate windows of more than
+# SLICED_DERIVATIVES_MAX_STACKED_OFFSETS offsets stacked in one shot (not axis by axis:
+# ``_windows.sliced_by_axis``): XLA's CPU backend compiles that stack's transpose (a sum
+# of every offset's padded slice) for seconds, about linearly in the offsets (144-567
+# offsets: 3.6-21.5 s, against 1-4 s for the loop; axis by axis under 2 s), and often runs
+# it slower too. value_and_grad of "auto" with and without it (one process, alternated;
 # ``python -m bench.studies.constant_ab``): tuned on the 13 problems of sweep seeds
-# 600-700 it changes, 0.70x the time (geometric mean; 0.06-1.47x: s650-29 224 -> 12 ms),
-# compile 0.13-0.34x. Held out, the 16 of seeds 701-800: 0.95x (0.69-1.75x; slower by
-# over 10% on three, s788-13 33 -> 58 ms), compile 0.29x (0.11-0.64x), temp 0.36x; over
-# the temp bounds on lax's 2 -> 1 (s718-2 and s723-31 within, s784-1 over).
+# 600-700 it changes (timed in a rejected rule's run, the loop over 100+ offsets however
+# stacked, which routed them alike), 0.70x the time (geometric mean; 0.06-1.47x: s650-29
+# 224 -> 12 ms), compile 0.13-0.34x. Held out, the 16 of seeds 701-800: 0.95x
+# (0.69-1.75x; slower by over 10% on three, s788-13 33 -> 58 ms), compile 0.29x
+# (0.11-0.64x), temp 0.36x; over the temp bounds on lax's 2 -> 1 (s718-2 and
+# s723-31 within, s784-1 over).
 SLICED_DERIVATIVES_MAX_STACKED_OFFSETS = 128
 # Undifferentiated values of tiles of at most PER_POSITION_MAX_POSITIONS positions and
 # batches of at most PER_POSITION_MAX_BATCH rows take one dot per position: XLA's CPU
