@@ -40,7 +40,7 @@ def lax_temp_mib(shape: Shape) -> float:
     """``jax.lax.conv_general_dilated_local``'s value_and_grad temp MiB on ``shape``, its
     kernel in lax's layout, as the sweep builds it (compile only)."""
     geom = shape.geometry()
-    kernel = (*geom.output_shape, geom.feature_dim, shape.filters)
+    kernel = lax_local.lax_kernel_shape(geom, shape.filters)
     return _temp_mib(lax_local.local_conv_fn(geom), shape, kernel)
 
 

@@ -25,13 +25,18 @@ def dimension_numbers(ndim: int) -> tuple[str, str, str]:
     return lhs, f"{letters}IO", lhs
 
 
+def lax_kernel_shape(geom: Geometry, filters: int) -> tuple[int, ...]:
+    """lax's kernel layout: ``(*output_shape, C * prod(k), filters)``."""
+    return (*geom.output_shape, geom.feature_dim, filters)
+
+
 def lax_kernel(problem: Problem) -> jnp.ndarray:
-    """The Keras kernel in lax's layout ``(*output_shape, C * prod(k), filters)``.
+    """The Keras kernel in lax's layout (:func:`lax_kernel_shape`).
 
     Converted once, outside timing: a model using lax would store its kernel this way.
     """
-    geom = problem.geom
-    k = problem.kernel_channels_major().reshape(*geom.output_shape, geom.feature_dim, -1)
+    shape = lax_kernel_shape(problem.geom, problem.shape.filters)
+    k = problem.kernel_channels_major().reshape(shape)
     return jnp.asarray(k, jnp.dtype(problem.shape.dtype))
 
 

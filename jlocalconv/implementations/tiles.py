@@ -799,8 +799,8 @@ def local_conv_tiles(
     """
     static = (geom, inputs.shape[0], kernel.shape[-1], inputs.dtype.itemsize)
     # A plan given serves both; else the derivatives' own (derivative_plan).
-    tangent_plan = plan or derivative_plan(*static)
-    plan = plan or plan_tiles(*static)
+    tangent_plan = derivative_plan(*static) if plan is None else plan
+    plan = plan_tiles(*static) if plan is None else plan
     pet = preferred_element_type
     loop = functools.partial(
         _tile_loop,
