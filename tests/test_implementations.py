@@ -1054,6 +1054,38 @@ def test_auto_computes_16_bit_operands_in_float32_on_cpu(dtype):
     assert not jlocalconv.implementations.widens(x.astype(jnp.float32), k, None, "cpu")
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU widening policy")
+def test_auto_takes_slices_values_of_a_dominant_bf16_kernel_from_bf16_operands():
+    """"slices" values over a dominant bf16 kernel (40 filters over 2 rows) and 2-D windows:
+    a bf16 dot accumulating in float32, with no float32 copy of the kernel; the same exact
+    products summed in float32 as the widened program's, so within one rounding of the
+    reference. Differentiated, the widened program itself, bit for bit."""
+    case = Case((9, 9), 20, 40, (3, 3), (1, 1), batch=2)
+    geom = _geom(case)
+    x, k, _ = case.arrays()
+    x, k = x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
+    name = choose(geom, 2, 40, jnp.bfloat16, "cpu")
+    assert name.startswith("slices") and implementations.narrows_values(name, x, k)
+    auto = lambda x, k: jlocalconv.local_conv(x, k, 3, 1)
+    wide = implementations.widened(implementations.lookup(name))
+    wide_auto = lambda x, k: wide(x, k, geom, precision=None, preferred_element_type=None)
+    kernel32 = f"f32[{','.join(map(str, k.shape))}]"
+    assert kernel32 not in str(jax.make_jaxpr(auto)(x, k))
+    assert kernel32 in str(jax.make_jaxpr(wide_auto)(x, k))  # what it saves
+    got = jax.jit(auto)(x, k)
+    assert got.dtype == jnp.bfloat16
+    want = _ref(case, np.asarray(x, np.float32), np.asarray(k, np.float32))
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2**-8, atol=1e-6)
+    # Not for 1-D windows, float16, or a kernel that does not dominate.
+    x1, k1 = x[:, 0], k[: geom.output_shape[1], :60]
+    assert not implementations.narrows_values(name, x1, k1)
+    assert not implementations.narrows_values(name, x.astype(jnp.float16), k.astype(jnp.float16))
+    assert not implementations.narrows_values(name, x, k[..., :16])
+    w = np.random.default_rng(3).standard_normal(want.shape).astype(np.float32)
+    for got_g, wide_g in zip(_grads(auto, x, k, w), _grads(wide_auto, x, k, w)):
+        np.testing.assert_array_equal(np.asarray(got_g, np.float32), np.asarray(wide_g, np.float32))
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_widened_tile_loop_rounds_gradients_once(dtype):
     """The tile loop widens its 16-bit kernel a block at a time (no float32 copy of the

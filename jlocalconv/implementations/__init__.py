@@ -25,6 +25,7 @@ import numpy as np
 
 from jlocalconv.geometry import Geometry
 from jlocalconv.implementations import _routes, products
+from jlocalconv.implementations._bilinear import differentiated_as
 from jlocalconv.implementations._common import result_dtype
 from jlocalconv.implementations._windows import sliced_by_axis, window_bytes
 from jlocalconv.implementations.patches import local_conv_patches
@@ -123,6 +124,17 @@ SHIFTS_TRIAL_MAX_FEATURES = 1024
 # float32, so widening the operands once, accumulating in float32 and rounding the
 # result once gives what a float32-accumulating 16-bit dot gives.
 CPU_WIDENED_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
+# ... except the undifferentiated values of "slices" over a dominant bfloat16 kernel
+# (``tiles.kernel_dominates``) and windows of 2+ spatial dimensions: a bf16 dot that
+# accumulates in float32 (XLA's CPU backend runs it through YNNPACK) reads the kernel
+# at half the width, where widening first writes and reads a float32 copy of the whole
+# kernel (the same exact products, accumulated in float32, rounded once). Forward, one
+# process, alternated (``python -m bench.studies.constant_ab``): tuned on the 58 such
+# problems of sweep seeds 980-999, 2-3-D windows 0.79x the time (37; 0.16-1.22x:
+# s980-15 21.6 -> 3.5 ms), 1-D windows 1.00x (21; 0.54-1.39x: left out); held out,
+# seeds 1000-1019 (37 problems): 0.79x (0.28-1.29x; s1010-14 22.2 -> 6.3 ms, five over
+# 1.1x, the worst s1007-57 0.13 -> 0.17 ms). value_and_grad runs the widened program.
+NARROW_KERNEL_BOUND_VALUES = True
 # With this few window offsets the window stack is a handful of slices and one batched
 # dot computed values faster than the tile loop: on sweep seeds 2 and 5, 0.48-0.98x the
 # loop's time on 10 of 17 such problems (under 0.8x on seven), 1.03-1.34x on the other
@@ -236,7 +248,8 @@ def choose(
          most ``SLICED_VALUES_MAX_OFFSETS`` offsets or one spatial dimension.
 
       16-bit float operands are computed in float32 and the result rounded once
-      (:func:`widens`).
+      (:func:`widens`), but for "slices" values over a dominant bfloat16 kernel
+      (:func:`narrows_values`).
     * any other backend (GPU, TPU): "slices", one large batched contraction, which is
       what accelerators favour; a sequential tile loop would serialise small kernels.
       These choices are reasoned, not measured (no accelerator was available).
@@ -421,7 +434,54 @@ def resolve(
     """``IMPLEMENTATIONS[name]`` (or :func:`composed` for a ``"values/derivatives"``
     name) as "auto" and "autotune" run it: widened where :func:`widens` says so."""
     impl = lookup(name)
-    return widened(impl) if widens(inputs, kernel, preferred_element_type, backend) else impl
+    if not widens(inputs, kernel, preferred_element_type, backend):
+        return impl
+    return narrow_values(widened(impl)) if narrows_values(name, inputs, kernel) else widened(impl)
+
+
+def narrows_values(
+    name: str, inputs: jax.Array | np.ndarray, kernel: jax.Array | np.ndarray
+) -> bool:
+    """Whether :func:`resolve` computes ``name``'s undifferentiated values from the 16-bit
+    operands themselves (:func:`narrow_values`; see ``NARROW_KERNEL_BOUND_VALUES``):
+    "slices" values, bfloat16 operands, 2+ spatial dimensions and a dominant kernel.
+
+    >>> import jax.numpy as jnp
+    >>> x, k = jnp.ones((2, 9, 9, 3), jnp.bfloat16), jnp.ones((49, 27, 64), jnp.bfloat16)
+    >>> [narrows_values(name, x, k) for name in ("slices/tiles", "slices", "tiles")]
+    [True, True, False]
+    >>> narrows_values("slices", x, k[..., :16])  # 16 filters over 2 rows: not dominant
+    False
+    """
+    return (
+        NARROW_KERNEL_BOUND_VALUES
+        and name.partition("/")[0] == "slices"
+        and np.dtype(kernel.dtype) == np.dtype(jnp.bfloat16)
+        and inputs.ndim >= 4  # batch, channels and 2+ spatial axes
+        and kernel_dominates(inputs.shape[0], kernel.shape[-1])
+    )
+
+
+@functools.cache  # one wrapper per implementation, as widened
+def narrow_values(wide: Implementation) -> Implementation:
+    """``wide`` (a :func:`widened` implementation) under differentiation; undifferentiated,
+    "slices" on the 16-bit operands accumulating in float32, the result rounded once.
+
+    The same exact products summed in float32 as ``wide``'s (in another order), without
+    a float32 copy of the kernel: see ``NARROW_KERNEL_BOUND_VALUES``.
+    """
+
+    def run(inputs, kernel, geom, *, precision, preferred_element_type):
+        out_dtype = result_dtype(inputs, preferred_element_type)
+        options = dict(geom=geom, precision=precision)
+
+        def values(x: jax.Array, k: jax.Array) -> jax.Array:
+            return local_conv_slices(x, k, **options, preferred_element_type=jnp.float32)
+
+        whole = functools.partial(wide, **options, preferred_element_type=preferred_element_type)
+        return differentiated_as(lambda x, k: values(x, k).astype(out_dtype), whole)(inputs, kernel)
+
+    return run
 
 
 def lookup(name: str) -> Implementation:
