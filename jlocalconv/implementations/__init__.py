@@ -124,17 +124,23 @@ SHIFTS_TRIAL_MAX_FEATURES = 1024
 # float32, so widening the operands once, accumulating in float32 and rounding the
 # result once gives what a float32-accumulating 16-bit dot gives.
 CPU_WIDENED_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
-# ... except the undifferentiated values of "slices" over a dominant bfloat16 kernel
-# (``tiles.kernel_dominates``) and windows of 2+ spatial dimensions: a bf16 dot that
-# accumulates in float32 (XLA's CPU backend runs it through YNNPACK) reads the kernel
-# at half the width, where widening first writes and reads a float32 copy of the whole
-# kernel (the same exact products, accumulated in float32, rounded once). Forward, one
-# process, alternated (``python -m bench.studies.constant_ab``): tuned on the 58 such
-# problems of sweep seeds 980-999, 2-3-D windows 0.79x the time (37; 0.16-1.22x:
-# s980-15 21.6 -> 3.5 ms), 1-D windows 1.00x (21; 0.54-1.39x: left out); held out,
-# seeds 1000-1019 (37 problems): 0.79x (0.28-1.29x; s1010-14 22.2 -> 6.3 ms, five over
-# 1.1x, the worst s1007-57 0.13 -> 0.17 ms). value_and_grad runs the widened program.
+# ... except the undifferentiated values of "slices" over a bfloat16 kernel that outweighs
+# the windows (more than NARROW_MIN_FILTERS_PER_ROW filters per batch row: the kernel then
+# holds that many times the window tensor's elements) and windows of 2+ spatial
+# dimensions: a bf16 dot accumulating in float32 (XLA's CPU backend runs it through
+# YNNPACK) reads the kernel at half the width, where widening first writes and reads a
+# float32 copy of the whole kernel (the same exact products, accumulated in float32,
+# rounded once). Forward, one process, alternated (``python -m bench.studies.constant_ab``):
+# for a dominant kernel (over 8 filters per row, ``tiles.kernel_dominates``) tuned on the
+# 58 such problems of sweep seeds 980-999, 2-3-D windows 0.79x the time (37; 0.16-1.22x:
+# s980-15 21.6 -> 3.5 ms), 1-D windows 1.00x (21; 0.54-1.39x: left out); held out, seeds
+# 1000-1019 (37): 0.79x (0.28-1.29x; s1010-14 22.2 -> 6.3 ms, five over 1.1x, the worst
+# s1007-57 0.13 -> 0.17 ms). Then over 4 filters per row: tuned on the 13 more problems of
+# seeds 1120-1159, 0.89x (0.53-1.28x, the slower ones under 0.2 ms); held out, the 16 of
+# seeds 1160-1209, 0.88x (0.59-1.26x: s1190-27 1.7 -> 2.1 ms). value_and_grad runs the
+# widened program.
 NARROW_KERNEL_BOUND_VALUES = True
+NARROW_MIN_FILTERS_PER_ROW = 4
 # With this few window offsets the window stack is a handful of slices and one batched
 # dot computed values faster than the tile loop: on sweep seeds 2 and 5, 0.48-0.98x the
 # loop's time on 10 of 17 such problems (under 0.8x on seven), 1.03-1.34x on the other
@@ -248,8 +254,8 @@ def choose(
          most ``SLICED_VALUES_MAX_OFFSETS`` offsets or one spatial dimension.
 
       16-bit float operands are computed in float32 and the result rounded once
-      (:func:`widens`), but for "slices" values over a dominant bfloat16 kernel
-      (:func:`narrows_values`).
+      (:func:`widens`), but for "slices" values over a bfloat16 kernel that outweighs
+      the windows (:func:`narrows_values`).
     * any other backend (GPU, TPU): "slices", one large batched contraction, which is
       what accelerators favour; a sequential tile loop would serialise small kernels.
       These choices are reasoned, not measured (no accelerator was available).
@@ -444,13 +450,14 @@ def narrows_values(
 ) -> bool:
     """Whether :func:`resolve` computes ``name``'s undifferentiated values from the 16-bit
     operands themselves (:func:`narrow_values`; see ``NARROW_KERNEL_BOUND_VALUES``):
-    "slices" values, bfloat16 operands, 2+ spatial dimensions and a dominant kernel.
+    "slices" values, bfloat16 operands, 2+ spatial dimensions and more than
+    ``NARROW_MIN_FILTERS_PER_ROW`` filters per batch row.
 
     >>> import jax.numpy as jnp
     >>> x, k = jnp.ones((2, 9, 9, 3), jnp.bfloat16), jnp.ones((49, 27, 64), jnp.bfloat16)
     >>> [narrows_values(name, x, k) for name in ("slices/tiles", "slices", "tiles")]
     [True, True, False]
-    >>> narrows_values("slices", x, k[..., :16])  # 16 filters over 2 rows: not dominant
+    >>> narrows_values("slices", x, k[..., :8])  # 4 filters per row: widened
     False
     """
     return (
@@ -458,7 +465,7 @@ def narrows_values(
         and name.partition("/")[0] == "slices"
         and np.dtype(kernel.dtype) == np.dtype(jnp.bfloat16)
         and inputs.ndim >= 4  # batch, channels and 2+ spatial axes
-        and kernel_dominates(inputs.shape[0], kernel.shape[-1])
+        and kernel.shape[-1] > NARROW_MIN_FILTERS_PER_ROW * inputs.shape[0]
     )
 
 
