@@ -1056,7 +1056,7 @@ def test_auto_computes_16_bit_operands_in_float32_on_cpu(dtype):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU widening policy")
 def test_auto_takes_slices_values_of_a_heavy_bf16_kernel_from_bf16_operands():
-    """ "slices" values over a dominant bf16 kernel (40 filters over 2 rows) and 2-D windows:
+    """ "slices" values over a bf16 kernel of 20 filters per batch row and 2-D windows:
     a bf16 dot accumulating in float32, with no float32 copy of the kernel; the same exact
     products summed in float32 as the widened program's, so within one rounding of the
     reference. Differentiated, the widened program itself, bit for bit."""

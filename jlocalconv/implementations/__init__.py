@@ -483,10 +483,11 @@ def narrow_values(wide: Implementation) -> Implementation:
         options = dict(geom=geom, precision=precision)
 
         def values(x: jax.Array, k: jax.Array) -> jax.Array:
-            return local_conv_slices(x, k, **options, preferred_element_type=jnp.float32)
+            out = local_conv_slices(x, k, **options, preferred_element_type=jnp.float32)
+            return out.astype(out_dtype)
 
         whole = functools.partial(wide, **options, preferred_element_type=preferred_element_type)
-        return differentiated_as(lambda x, k: values(x, k).astype(out_dtype), whole)(inputs, kernel)
+        return differentiated_as(values, whole)(inputs, kernel)
 
     return run
 
