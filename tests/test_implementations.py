@@ -1086,6 +1086,25 @@ def test_auto_takes_slices_values_of_a_heavy_bf16_kernel_from_bf16_operands():
         np.testing.assert_array_equal(np.asarray(got_g, np.float32), np.asarray(wide_g, np.float32))
 
 
+def test_auto_counts_narrow_value_windows_at_two_bytes():
+    """Where "slices" values would narrow (a bf16 kernel of over 4 filters per row, 2+
+    rows), the window byte bounds count their bf16 windows: 3.6 MiB widened, over
+    ``SLICED_VALUES_MAX_WINDOW_BYTES``, 1.8 MiB narrow, within it. The loop still
+    differentiates; float32, float16, one row or few filters keep the loop's values."""
+    geom = make_geometry((6, 20, 22, 9, 12), (4, 4, 9), 2)
+    bound = implementations.SLICED_VALUES_MAX_WINDOW_BYTES
+    assert window_bytes(geom, 6, 2) <= bound < window_bytes(geom, 6, 4)
+    assert choose(geom, 6, 61, jnp.bfloat16, "cpu") == "slices/tiles"
+    x = jnp.zeros((6, 20, 22, 9, 12), jnp.bfloat16)
+    k = jnp.zeros((geom.output_items, geom.feature_dim, 61), jnp.bfloat16)
+    assert implementations.narrows_values("slices/tiles", x, k)
+    assert choose(geom, 6, 61, jnp.float32, "cpu") == "tiles"
+    assert choose(geom, 6, 61, jnp.float16, "cpu") == "tiles"  # widened, not narrowed
+    assert choose(geom, 6, 24, jnp.bfloat16, "cpu") == "tiles"  # 4 filters per row
+    bytes_per_item = functools.partial(implementations._value_itemsize, geom)
+    assert [bytes_per_item(6, 61, jnp.bfloat16), bytes_per_item(1, 61, jnp.bfloat16)] == [2, 4]
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_widened_tile_loop_rounds_gradients_once(dtype):
     """The tile loop widens its 16-bit kernel a block at a time (no float32 copy of the

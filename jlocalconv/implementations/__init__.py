@@ -141,6 +141,18 @@ CPU_WIDENED_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 # widened program.
 NARROW_KERNEL_BOUND_VALUES = True
 NARROW_MIN_FILTERS_PER_ROW = 4
+# Those bf16 value windows take half the bytes of the widened program's, so the window
+# byte bounds of rule 2 of :func:`choose` (``SLICED_VALUES_MAX_WINDOW_BYTES``,
+# ``SLICED_VALUES_FITTING_MAX_WINDOW_BYTES``) count them at 2 bytes where "slices" values
+# would narrow, batch of 2+ rows: values by bf16 "slices" where the widened loop computed
+# them. (Sweep s105-7, seed 105's worst forward case, 18.9 ms by the loop and 7.1 by bf16
+# "slices", raised it; its 2.04 MiB of bf16 windows beside a large input stay over both
+# bounds, and with the loop.) Forward, one process, alternated
+# (``bench.studies.constant_ab``; value_and_grad runs the same program): tuned on the
+# 22 such problems of seeds 1300-1799, 0.57x the time (batch-1 problems, 0.92-1.33x,
+# left out there); held out, the 15 of seeds 1800-2199: 0.66x (geometric mean;
+# 0.36-1.13x, s1857-48 9.1 -> 10.3 ms).
+NARROW_VALUE_WINDOW_BYTES = True
 # With this few window offsets the window stack is a handful of slices and one batched
 # dot computed values faster than the tile loop: on sweep seeds 2 and 5, 0.48-0.98x the
 # loop's time on 10 of 17 such problems (under 0.8x on seven), 1.03-1.34x on the other
@@ -238,7 +250,8 @@ def choose(
          the "tiles" loop (``"slices/tiles"`` where the window tensor takes at most
          ``SLICED_VALUES_MAX_WINDOW_BYTES``, or at most
          ``SLICED_VALUES_FITTING_MAX_WINDOW_BYTES`` where only the transposition decided
-         it, and rule 3 gives values to "slices");
+         it, and rule 3 gives values to "slices"; bf16 windows counted at 2 bytes where
+         those values would narrow: ``NARROW_VALUE_WINDOW_BYTES``);
       3. values by "slices" where derivatives are ("slices"; ``"slices/slices"``
          where the derivatives stack windows axis by axis, take the kernel gradient
          by rows (:func:`~jlocalconv.implementations.tiles.sliced_kernel_tangent_by_rows`)
@@ -329,7 +342,7 @@ def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing
         # The loop differentiates; where only because it transposes the windows faster
         # (their tensor fits), or beside a large input while the windows stay small,
         # values still follow rule 3.
-        nbytes = window_bytes(geom, batch, itemsize)
+        nbytes = window_bytes(geom, batch, _value_itemsize(geom, batch, filters, dtype))
         fit = nbytes <= SLICED_VALUES_FITTING_MAX_WINDOW_BYTES and sliced_windows_fit(
             geom, batch, filters, itemsize
         )
@@ -341,6 +354,16 @@ def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing
     differs = sliced_gradients_differ(geom, batch, filters, itemsize)
     by_axis = not plain and sliced_by_axis(geom, batch, itemsize)
     return "slices/slices" if differs or by_axis else "slices"
+
+
+def _value_itemsize(geom: Geometry, batch: int, filters: int, dtype: jax.typing.DTypeLike) -> int:
+    """Bytes per element of the window tensor "slices" values would hold: bfloat16 where
+    :func:`resolve` takes them from the 16-bit operands (:func:`narrows_values`; see
+    ``NARROW_VALUE_WINDOW_BYTES``), else float32 or wider."""
+    narrow = NARROW_VALUE_WINDOW_BYTES and batch > 1
+    if narrow and _narrow_kernel_bound(dtype, geom.ndim, batch, filters):
+        return 2
+    return max(np.dtype(dtype).itemsize, 4)
 
 
 def _loop_values(geom: Geometry, batch: int, filters: int, itemsize: int) -> bool:
@@ -460,12 +483,21 @@ def narrows_values(
     >>> narrows_values("slices", x, k[..., :8])  # 4 filters per row: widened
     False
     """
+    spatial_ndim = inputs.ndim - 2  # batch and channels
+    batch, filters = inputs.shape[0], kernel.shape[-1]
+    narrow = _narrow_kernel_bound(kernel.dtype, spatial_ndim, batch, filters)
+    return narrow and name.partition("/")[0] == "slices"
+
+
+def _narrow_kernel_bound(
+    kernel_dtype: jax.typing.DTypeLike, spatial_ndim: int, batch: int, filters: int
+) -> bool:
+    """The operand bounds of :func:`narrows_values` (see ``NARROW_KERNEL_BOUND_VALUES``)."""
     return (
         NARROW_KERNEL_BOUND_VALUES
-        and name.partition("/")[0] == "slices"
-        and np.dtype(kernel.dtype) == np.dtype(jnp.bfloat16)
-        and inputs.ndim >= 4  # batch, channels and 2+ spatial axes
-        and kernel.shape[-1] > NARROW_MIN_FILTERS_PER_ROW * inputs.shape[0]
+        and np.dtype(kernel_dtype) == np.dtype(jnp.bfloat16)
+        and spatial_ndim >= 2
+        and filters > NARROW_MIN_FILTERS_PER_ROW * batch
     )
 
 
