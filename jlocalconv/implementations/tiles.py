@@ -1013,7 +1013,8 @@ def _tile_origin(index: jax.Array, geom: Geometry, plan: TilePlan) -> list[jax.A
     for axis, count in reversed(list(enumerate(plan.counts(geom)))):
         # lax.rem/div, not % and //: the index is not negative, and jnp's floor division
         # traces a nested jit and puts sign fix-ups into every slice's index arithmetic.
-        start = lax.rem(index, np.int32(count))
+        # The outermost axis's index is already below its count: no remainder kernel.
+        start = lax.rem(index, np.int32(count)) if axis else index
         if axis == plan.level:
             start = start * np.int32(plan.size)
             if extent % plan.size:  # ragged: decided statically, no clamp in even loops
