@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -202,8 +202,7 @@ def window_bytes(geom: Geometry, batch: int, itemsize: int) -> int:
 def _stacked(inputs: jax.Array, geom: Geometry, fuse: bool, take: _Slicer) -> jax.Array:
     """:func:`windows`' one-shot stack of every offset's slice, each taken by ``take``."""
     batch = inputs.shape[0]
-    offsets = itertools.product(*(range(k) for k in geom.kernel_size))
-    slices = take(inputs, geom, list(offsets))
+    slices = take(inputs, geom, list(_offsets(geom)))
     if geom.channels_last:  # (B, *out, W, C) -> (B, P, W*C)
         stacked = stack(slices, geom.ndim + 1, fuse=fuse)
         stacked = stacked.reshape(batch, geom.output_items, geom.feature_dim)
@@ -211,6 +210,11 @@ def _stacked(inputs: jax.Array, geom: Geometry, fuse: bool, take: _Slicer) -> ja
     # (B, C, W, *out) -> (B, C*W, P): channels-first windows are ordered (C, k...).
     stacked = stack(slices, 2, fuse=fuse).reshape(batch, geom.feature_dim, geom.output_items)
     return lax.transpose(stacked, (2, 0, 1))
+
+
+def _offsets(geom: Geometry) -> Iterator[tuple[int, ...]]:
+    """Every window offset, row-major (Keras's feature order)."""
+    return itertools.product(*(range(k) for k in geom.kernel_size))
 
 
 def stack(parts: list[jax.Array], axis: int, *, fuse: bool = False) -> jax.Array:
@@ -641,7 +645,43 @@ def value_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
 @value_windows.defjvp
 def _value_windows_jvp(geom: Geometry, primals: tuple, tangents: tuple) -> tuple:
     ((x,), (dx,)) = primals, tangents
-    return tuple(_stacked(a, geom, False, _static_slices) for a in (x, dx))
+    return _primal_windows(x, geom), _stacked(dx, geom, False, _static_slices)
+
+
+def _primal_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
+    """:func:`value_windows`' values under differentiation (never transposed): where
+    their one-shot stack is not one fused loop, each offset's slice moved positions first
+    and the slices stacked as one (see ``POSITIONS_FIRST_PRIMAL_WINDOWS``)."""
+    slices = _static_slices(inputs, geom, list(_offsets(geom)))
+    nbytes = len(slices) * slices[0].size * slices[0].dtype.itemsize
+    if not POSITIONS_FIRST_PRIMAL_WINDOWS or _one_fusion(len(slices), nbytes, False):
+        return _stacked(inputs, geom, False, _static_slices)
+    nd = geom.ndim
+    if geom.channels_last:  # (B, *out, C) -> (*out, B, C), stacked to (*out, B, W, C)
+        order, lands = (*range(1, nd + 1), 0, nd + 1), nd + 1
+    else:  # (B, C, *out) -> (*out, B, C), stacked to (*out, B, C, W): features (C, k...)
+        order, lands = (*range(2, nd + 2), 0, 1), nd + 2
+    moved = [lax.transpose(part, order) for part in slices]
+    stacked = stack(moved, lands, fuse=True)
+    return stacked.reshape(geom.output_items, inputs.shape[0], geom.feature_dim)
+
+
+# Differentiated "slices" values keep their window tensor for the kernel gradient. Where
+# its one-shot stack is not one fused loop (``STACK_FUSION_MAX_PARTS``,
+# ``STACK_FUSION_MAX_BYTES``), XLA's CPU backend wrote every offset's slice to a buffer of
+# its own, copied them into the stack, then transposed the whole stack positions first:
+# three window-sized buffers, where lax holds two (sweep s106-1, one of seed 106's two
+# problems over the temp bounds: 6.9 MiB against lax's 4.9). Slices moved positions first
+# by their own fusions and stacked as one fused loop write the tensor once in its final
+# layout (s106-1: 2.5 MiB). value_and_grad of auto with and without it (one process,
+# alternated, ``bench.studies.constant_ab --keys``; the problems whose program it changes):
+# tuned on the 33 of sweep seeds 2200-2219, 0.81x the time (geometric mean), compile 0.76x,
+# temp 0.82x; held out, the 27 of seeds 2220-2239: 0.82x (0.46-1.21x: s2228-25 2.3 -> 2.8
+# ms), compile 0.76x, temp 0.87x, over the temp bounds 3 -> 1; s106-1 0.87x, temp 6.9 ->
+# 2.5 MiB. The suite's stride2 (its only problem changed): 0.96x and 1.10x in two runs,
+# temp 5.5 -> 3.7 MiB (lax's 5.3). Forward programs are unchanged (undifferentiated values
+# are gathered).
+POSITIONS_FIRST_PRIMAL_WINDOWS = True
 
 
 def _window_starts(geom: Geometry) -> np.ndarray:
