@@ -656,6 +656,12 @@ def _primal_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
     nbytes = len(slices) * slices[0].size * slices[0].dtype.itemsize
     if not POSITIONS_FIRST_PRIMAL_WINDOWS or _one_fusion(len(slices), nbytes, False):
         return _stacked(inputs, geom, False, _static_slices)
+    return _positions_first(slices, geom)
+
+
+def _positions_first(slices: list[jax.Array], geom: Geometry) -> jax.Array:
+    """The window tensor ``(P, B, F)`` of every offset's slice, each moved positions
+    first (by its own fusion) and stacked as one fused loop, in the tensor's layout."""
     nd = geom.ndim
     if geom.channels_last:  # (B, *out, C) -> (*out, B, C), stacked to (*out, B, W, C)
         order, lands = (*range(1, nd + 1), 0, nd + 1), nd + 1
@@ -663,7 +669,7 @@ def _primal_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
         order, lands = (*range(2, nd + 2), 0, 1), nd + 2
     moved = [lax.transpose(part, order) for part in slices]
     stacked = stack(moved, lands, fuse=True)
-    return stacked.reshape(geom.output_items, inputs.shape[0], geom.feature_dim)
+    return stacked.reshape(geom.output_items, slices[0].shape[0], geom.feature_dim)
 
 
 # Differentiated "slices" values keep their window tensor for the kernel gradient. Where
