@@ -358,8 +358,9 @@ def _windowed_choice(geom: Geometry, batch: int, filters: int, dtype: jax.typing
 
 def _value_itemsize(geom: Geometry, batch: int, filters: int, dtype: jax.typing.DTypeLike) -> int:
     """Bytes per element of the window tensor "slices" values would hold: bfloat16 where
-    :func:`resolve` takes them from the 16-bit operands (:func:`narrows_values`; see
-    ``NARROW_VALUE_WINDOW_BYTES``), else float32 or wider."""
+    :func:`resolve` takes them from the 16-bit operands (:func:`narrows_values`, the
+    kernel taken in the inputs' ``dtype``; see ``NARROW_VALUE_WINDOW_BYTES``), else
+    float32 or wider."""
     narrow = NARROW_VALUE_WINDOW_BYTES and batch > 1
     if narrow and _narrow_kernel_bound(dtype, geom.ndim, batch, filters):
         return 2

@@ -112,6 +112,22 @@ STACK_FUSION_MAX_PARTS = 8
 # 1.16-1.35x at 0.4-1.8 MiB of 5x5 ones, and 1.5-2.1x in the suite's tile loops (base,
 # "same", large5x5, DeepFace L6).
 STACK_FUSION_MAX_BYTES = 32 << 10
+# Differentiated "slices" values keep their window tensor for the kernel gradient. Where
+# its one-shot stack is not one fused loop (``STACK_FUSION_MAX_PARTS``,
+# ``STACK_FUSION_MAX_BYTES``), XLA's CPU backend wrote every offset's slice to a buffer of
+# its own, copied them into the stack, then transposed the whole stack positions first:
+# three window-sized buffers, where lax holds two (sweep s106-1, one of seed 106's two
+# problems over the temp bounds: 6.9 MiB against lax's 4.9). Slices moved positions first
+# by their own fusions and stacked as one fused loop write the tensor once in its final
+# layout (s106-1: 2.5 MiB). value_and_grad of auto with and without it (one process,
+# alternated, ``bench.studies.constant_ab --keys``; the problems whose program it changes):
+# tuned on the 33 of sweep seeds 2200-2219, 0.81x the time (geometric mean), compile 0.76x,
+# temp 0.82x; held out, the 27 of seeds 2220-2239: 0.82x (0.46-1.21x: s2228-25 2.3 -> 2.8
+# ms), compile 0.76x, temp 0.87x, over the temp bounds 3 -> 1; s106-1 0.87x, temp 6.9 ->
+# 2.5 MiB. The suite's stride2 (its only problem changed): 0.96x and 1.10x in two runs,
+# temp 5.5 -> 3.7 MiB (lax's 5.3). Forward programs are unchanged (undifferentiated values
+# are gathered).
+POSITIONS_FIRST_PRIMAL_WINDOWS = True
 
 
 def spatial_axis(geom: Geometry) -> int:
@@ -652,11 +668,10 @@ def _primal_windows(inputs: jax.Array, geom: Geometry) -> jax.Array:
     """:func:`value_windows`' values under differentiation (never transposed): where
     their one-shot stack is not one fused loop, each offset's slice moved positions first
     and the slices stacked as one (see ``POSITIONS_FIRST_PRIMAL_WINDOWS``)."""
-    slices = _static_slices(inputs, geom, list(_offsets(geom)))
-    nbytes = len(slices) * slices[0].size * slices[0].dtype.itemsize
-    if not POSITIONS_FIRST_PRIMAL_WINDOWS or _one_fusion(len(slices), nbytes, False):
+    nbytes = window_bytes(geom, inputs.shape[0], inputs.dtype.itemsize)
+    if not POSITIONS_FIRST_PRIMAL_WINDOWS or _one_fusion(geom.window_items, nbytes, False):
         return _stacked(inputs, geom, False, _static_slices)
-    return _positions_first(slices, geom)
+    return _positions_first(_static_slices(inputs, geom, list(_offsets(geom))), geom)
 
 
 def _positions_first(slices: list[jax.Array], geom: Geometry) -> jax.Array:
@@ -670,24 +685,6 @@ def _positions_first(slices: list[jax.Array], geom: Geometry) -> jax.Array:
     moved = [lax.transpose(part, order) for part in slices]
     stacked = stack(moved, lands, fuse=True)
     return stacked.reshape(geom.output_items, slices[0].shape[0], geom.feature_dim)
-
-
-# Differentiated "slices" values keep their window tensor for the kernel gradient. Where
-# its one-shot stack is not one fused loop (``STACK_FUSION_MAX_PARTS``,
-# ``STACK_FUSION_MAX_BYTES``), XLA's CPU backend wrote every offset's slice to a buffer of
-# its own, copied them into the stack, then transposed the whole stack positions first:
-# three window-sized buffers, where lax holds two (sweep s106-1, one of seed 106's two
-# problems over the temp bounds: 6.9 MiB against lax's 4.9). Slices moved positions first
-# by their own fusions and stacked as one fused loop write the tensor once in its final
-# layout (s106-1: 2.5 MiB). value_and_grad of auto with and without it (one process,
-# alternated, ``bench.studies.constant_ab --keys``; the problems whose program it changes):
-# tuned on the 33 of sweep seeds 2200-2219, 0.81x the time (geometric mean), compile 0.76x,
-# temp 0.82x; held out, the 27 of seeds 2220-2239: 0.82x (0.46-1.21x: s2228-25 2.3 -> 2.8
-# ms), compile 0.76x, temp 0.87x, over the temp bounds 3 -> 1; s106-1 0.87x, temp 6.9 ->
-# 2.5 MiB. The suite's stride2 (its only problem changed): 0.96x and 1.10x in two runs,
-# temp 5.5 -> 3.7 MiB (lax's 5.3). Forward programs are unchanged (undifferentiated values
-# are gathered).
-POSITIONS_FIRST_PRIMAL_WINDOWS = True
 
 
 def _window_starts(geom: Geometry) -> np.ndarray:
